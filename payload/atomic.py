@@ -1,0 +1,41 @@
+"""Outputs appear complete or not at all: write under a temporary name, rename on success."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from payload.errors import OutputError
+
+
+def check_writable_dir(directory: Path, what: str) -> None:
+    if not directory.exists():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{what} {directory}: cannot create directory ({err.strerror})") from None
+    if not directory.is_dir():
+        raise OutputError(f"{what} {directory}: exists and is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {directory}: directory is not writable; choose another output location")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it is renamed to ``final``, on failure removed."""
+    final = Path(final)
+    check_writable_dir(final.parent if str(final.parent) else Path("."), what)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise

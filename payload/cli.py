@@ -1,0 +1,100 @@
+"""The ``payload`` command: a thin layer over the plain functions of each stage.
+
+Exit codes (documented in the README): 0 success; 2 bad config or arguments; 3 input missing;
+4 input corrupt; 5 tree missing; 6 branch missing; 7 inconsistent data; 8 no events; 9 output not
+writable; 70 internal error (a bug, traceback printed); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from payload import __version__
+from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PayloadError
+
+log = logging.getLogger("payload")
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("payload: %(message)s"))
+    root = logging.getLogger("payload")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _config(path: str | None):
+    from payload.config import default_config_path, load_config
+
+    return load_config(path or default_config_path())
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from payload.convert import convert
+
+    result = convert(_config(args.config), args.inputs, args.output, progress=not args.quiet)
+    log.info("wrote %s: %d events from %d entries in %.1f s", result.output, result.events, result.entries,
+             result.seconds)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from payload.convert import convert
+
+    data_dir = Path(__file__).parent / "data"
+    out = Path(args.output)
+    config = _config(None)
+    for name in ("A", "B"):
+        result = convert(config, str(data_dir / f"sample_{name}.root"), out / f"sample_{name}.h5",
+                         progress=not args.quiet)
+        log.info("wrote %s: %d events", result.output, result.events)
+    print(f"demo outputs in {out.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payload", description="Train and apply neural networks on ROOT ntuples.")
+    parser.add_argument("--version", action="version", version=f"grid-payload {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="ROOT trees -> padded HDF5 event file")
+    p.add_argument("--config", help="job config YAML (default: the bundled seed-000 style config)")
+    p.add_argument("--inputs", required=True, nargs="+", action="extend",
+                   help="files, comma-separated lists (PanDA %%IN), globs, directories or root:// URLs")
+    p.add_argument("--output", required=True, help="HDF5 file to write")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="run the main job on the bundled sample")
+    p.add_argument("--output", default="demo-output", help="output directory (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except PayloadError as err:
+        print(f"payload: error: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("payload: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 - a bug: show everything
+        import traceback
+
+        traceback.print_exc()
+        print("payload: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return run_cli(args.func, args)

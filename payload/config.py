@@ -1,0 +1,165 @@
+"""The typed job config: one validated model drives every stage and is dumped into every output.
+
+A config is a YAML file; every key has a default except the object collections.  Unknown keys are
+errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from payload.errors import ConfigError
+
+#: Object feature filled from the collection's ``type_code`` rather than read from a branch.
+TYPE_FEATURE = "type"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _names_to_mapping(value: Any) -> Any:
+    """Accept ``[a, b]`` as shorthand for ``{a: a, b: b}`` (feature named as its branch)."""
+    if isinstance(value, (list, tuple)):
+        return {str(v): str(v) for v in value}
+    return value
+
+
+class Collection(_Strict):
+    """One kind of object (jets, leptons, ...) stacked into the padded object array.
+
+    ``branches`` maps each object feature to a branch name, or to a number used for every object
+    (e.g. ``eta: 0`` for a MET object).  Jagged branches give a variable number of objects per
+    event (NANOAOD ``Jet_pt[nJet]`` reads as jagged too); flat branches give exactly one.
+    """
+
+    name: str = Field(min_length=1)
+    type_code: int = 0
+    branches: dict[str, Union[str, float]]
+
+
+class DataConfig(_Strict):
+    """Where the events are and how they become (events, objects, features) arrays."""
+
+    tree: str = "nominal"
+    collections: list[Collection] = Field(min_length=1)
+    object_features: list[str] = Field(default_factory=lambda: ["pt", "eta", "phi", "m", TYPE_FEATURE], min_length=1)
+    max_objects: Annotated[int, Field(ge=1, le=10_000)] = 45
+    sort_by: str | None = "pt"
+    event_features: dict[str, str] = Field(default_factory=dict)
+    spectators: dict[str, str] = Field(default_factory=dict)
+    weight: str | None = None
+    selection: str | None = None
+    energy_unit: Literal["GeV", "MeV"] = "GeV"
+    energy_features: list[str] = Field(default_factory=lambda: ["pt", "m", "e", "met"])
+    chunk_size: Annotated[int, Field(ge=100)] = 50_000
+    workers: Annotated[int, Field(ge=0, le=512)] = 0  # conversion processes; 0 = every core the job may use
+    compression: Literal["blosc-lz4", "lzf", "gzip", "none"] = "blosc-lz4"
+
+    _to_mapping = field_validator("event_features", "spectators", mode="before")(_names_to_mapping)
+
+    @field_validator("selection")
+    @classmethod
+    def _check_selection(cls, value: str | None) -> str | None:
+        if value is not None:
+            from payload.selection import compile_selection
+
+            try:
+                compile_selection(value)
+            except ConfigError as err:
+                raise ValueError(err.message) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_features(self) -> "DataConfig":
+        features = self.object_features
+        if len(set(features)) != len(features):
+            raise ValueError(f"object_features has duplicates: {features}")
+        names = [c.name for c in self.collections]
+        if len(set(names)) != len(names):
+            raise ValueError(f"collection names must be unique: {names}")
+        wanted = [f for f in features if f != TYPE_FEATURE]
+        for coll in self.collections:
+            missing = [f for f in wanted if f not in coll.branches]
+            extra = [f for f in coll.branches if f not in wanted]
+            if missing:
+                raise ValueError(f"collection {coll.name!r} has no branch for feature(s) {missing}")
+            if extra:
+                raise ValueError(f"collection {coll.name!r} maps feature(s) {extra} not in object_features {features}")
+        if self.sort_by is not None and self.sort_by not in features:
+            raise ValueError(f"sort_by {self.sort_by!r} is not one of object_features {features}")
+        clash = set(self.event_features) & set(self.spectators)
+        if clash:
+            raise ValueError(f"names used both as event feature and spectator: {sorted(clash)}")
+        return self
+
+    def energy_scale(self, name: str) -> float:
+        """Factor that brings feature ``name`` to GeV (stored arrays are always in GeV)."""
+        return 1e-3 if self.energy_unit == "MeV" and name in self.energy_features else 1.0
+
+
+class JobConfig(_Strict):
+    """The whole job.  Later stages add their own sections here."""
+
+    data: DataConfig
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> JobConfig:
+    """Validate a config given as a mapping; raise ``ConfigError`` with one readable line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"config {source}: {_format_validation_error(err)}") from None
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Read and validate a YAML job config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"config {path}: cannot read ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config {path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    return parse_config(raw, str(path))
+
+
+def config_to_dict(config: JobConfig) -> dict[str, Any]:
+    """The fully resolved config (every default filled in), JSON-compatible."""
+    return config.model_dump(mode="json")
+
+
+def config_to_json(config: JobConfig) -> str:
+    return json.dumps(config_to_dict(config), sort_keys=True)
+
+
+def dump_config(config: JobConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML that ``load_config`` reads back to an equal config."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def default_config_path() -> Path:
+    """The bundled config for the reference ttbar ntuples (and the bundled demo sample)."""
+    return Path(__file__).parent / "data" / "default.yaml"

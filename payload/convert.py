@@ -1,0 +1,425 @@
+"""ROOT trees -> padded (events, objects, features) arrays in HDF5, streamed in bounded chunks.
+
+The work is split coffea-style: ``ChunkBuilder`` is a pure per-chunk processor (branch arrays in,
+a compact ``Block`` with partial statistics out), tasks are entry ranges of input files run in a
+process pool (or in-process), and the parent pads each block into the fixed (N, M, F) layout,
+appends it to the HDF5 file in input order and merges the statistics.  Memory is bounded by the
+chunk size and the number of tasks in flight, never by the number of events.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from itertools import islice
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from payload import __version__
+from payload.atomic import atomic_path
+from payload.config import TYPE_FEATURE, DataConfig, JobConfig, config_to_dict, parse_config
+from payload.errors import EmptyInputError, InconsistentDataError, OutputError
+from payload.h5layout import Chunk, EventFileWriter
+from payload.inputs import expand_inputs
+from payload.progress import Progress, log
+from payload.reader import InputTree, open_tree
+from payload.selection import Selection, compile_selection
+from payload.stats import GroupStats
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    events: int
+    entries: int
+    seconds: float
+    stats: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+@dataclass
+class Block:
+    """One converted entry range before padding: small enough to pass between processes."""
+
+    file_index: int
+    start: int
+    stop: int
+    n_objects: np.ndarray   # (n,) int16, real objects per event after clipping
+    slots: np.ndarray       # (k,) int64, flat slot event * M + position of each kept object
+    rows: np.ndarray        # (k, F) float32, the kept objects
+    events: np.ndarray      # (n, E) float32
+    spectators: np.ndarray  # (n, S) float32
+    weights: np.ndarray     # (n,) float32
+    entry: np.ndarray       # (n,) int64
+    clipped: int
+    stats: dict[str, GroupStats]
+
+    def __len__(self) -> int:
+        return len(self.entry)
+
+
+def new_stats(data: DataConfig) -> dict[str, GroupStats]:
+    return {
+        "objects": GroupStats(data.object_features),
+        "events": GroupStats(list(data.event_features)),
+        "spectators": GroupStats(list(data.spectators)),
+        "weights": GroupStats(["weight"]),
+    }
+
+
+def _sortable_bits(x: np.ndarray) -> np.ndarray:
+    """uint32 whose unsigned order is the float32 order of ``x`` (NaN above +inf)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+class ChunkBuilder:
+    """Turns the branch arrays of one entry range into a ``Block`` (the per-chunk processor)."""
+
+    def __init__(self, data: DataConfig):
+        self.data = data
+        self.selection: Selection | None = compile_selection(data.selection) if data.selection else None
+        self.features = list(data.object_features)
+        self.sort_col = self.features.index(data.sort_by) if data.sort_by else None
+        self.scales = np.array([data.energy_scale(f) for f in self.features], dtype=np.float32)
+        self.rescale = bool((self.scales != 1).any())
+
+    def branches(self) -> list[str]:
+        """Every branch the conversion reads, each once."""
+        wanted: list[str] = []
+        for coll in self.data.collections:
+            wanted += [b for b in coll.branches.values() if isinstance(b, str)]
+        wanted += list(self.data.event_features.values()) + list(self.data.spectators.values())
+        if self.data.weight:
+            wanted.append(self.data.weight)
+        if self.selection:
+            wanted += list(self.selection.branches)
+        return list(dict.fromkeys(wanted))
+
+    def _collection(self, coll, arrays: dict[str, ak.Array], n: int, location: str) -> tuple[np.ndarray, np.ndarray]:
+        """Counts per event and the flat (objects, features) values of one collection."""
+        counts = None
+        counted_by = None
+        columns: dict[str, np.ndarray] = {}
+        for feature, branch in coll.branches.items():
+            if not isinstance(branch, str):
+                continue
+            arr = arrays[branch]
+            if arr.ndim == 1:
+                c = np.ones(n, dtype=np.int64)
+                flat = ak.to_numpy(arr)
+            elif arr.ndim == 2:
+                c = ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64)
+                flat = ak.to_numpy(ak.flatten(arr, axis=1))
+            else:
+                raise InconsistentDataError(
+                    f"input {location}: branch {branch!r} has {arr.ndim - 1} levels of nesting; "
+                    "object features must be flat or one-level jagged"
+                )
+            if counts is None:
+                counts, counted_by = c, branch
+            elif not np.array_equal(counts, c):
+                bad = int(np.flatnonzero(counts != c)[0])
+                raise InconsistentDataError(
+                    f"input {location}: collection {coll.name!r}: branches {counted_by!r} and {branch!r} have "
+                    f"different object counts ({counts[bad]} vs {c[bad]} in selected event {bad}); "
+                    "they must describe the same objects"
+                )
+            columns[feature] = flat
+        if counts is None:  # only constants: one object per event
+            counts = np.ones(n, dtype=np.int64)
+        total = int(counts.sum())
+        values = np.empty((total, len(self.features)), dtype=np.float32)
+        for j, feature in enumerate(self.features):
+            if feature == TYPE_FEATURE:
+                values[:, j] = coll.type_code
+            elif feature in columns:
+                values[:, j] = columns[feature]
+            else:
+                values[:, j] = coll.branches[feature]
+        return counts, values
+
+    def __call__(self, arrays: dict[str, ak.Array], file_index: int, start: int, stop: int, location: str) -> Block:
+        n_read = len(next(iter(arrays.values())))
+        entry = np.arange(start, start + n_read, dtype=np.int64)
+        if self.selection is not None:
+            keep = self.selection.evaluate(arrays)
+            arrays = {k: v[keep] for k, v in arrays.items()}
+            entry = entry[keep]
+        n = len(entry)
+        m, f = self.data.max_objects, len(self.features)
+
+        counts_list, values_list = [], []
+        for coll in self.data.collections:
+            c, v = self._collection(coll, arrays, n, location)
+            counts_list.append(c)
+            values_list.append(v)
+        counts = np.sum(counts_list, axis=0) if n else np.zeros(0, dtype=np.int64)
+        values = np.concatenate(values_list)
+        if self.rescale:
+            values *= self.scales
+        event_of = np.concatenate([np.repeat(np.arange(n), c) for c in counts_list])
+
+        # Group objects by event, highest sort key first, with one stable sort on a 64-bit key
+        # (event number high, inverted float bits low): 6x faster than np.lexsort, and exact.
+        key = event_of.astype(np.uint64) << np.uint64(32)
+        if self.sort_col is not None:
+            key |= (~_sortable_bits(values[:, self.sort_col])).astype(np.uint64)
+        order = np.argsort(key, kind="stable")
+        event_of = event_of[order]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n else np.zeros(0, dtype=np.int64)
+        position = np.arange(len(event_of)) - starts[event_of]
+        kept = position < m
+        clipped = int(len(kept) - np.count_nonzero(kept))
+        if clipped:
+            order, event_of, position = order[kept], event_of[kept], position[kept]
+
+        # Whole objects move as one f*4-byte item: fancy indexing on a void view is ~2x faster
+        # than on (rows, f) floats.
+        row = np.dtype((np.void, 4 * f))
+        rows = values.view(row).ravel()[order].view(np.float32).reshape(-1, f)
+        n_objects = np.minimum(counts, m).astype(np.int16)
+
+        def flat(mapping: dict[str, str]) -> np.ndarray:
+            out = np.empty((n, len(mapping)), dtype=np.float32)
+            for j, (name, branch) in enumerate(mapping.items()):
+                arr = arrays[branch]
+                if arr.ndim != 1:
+                    raise InconsistentDataError(
+                        f"input {location}: branch {branch!r} (for {name!r}) is jagged, but event features and "
+                        "spectators need one value per event; put it in a collection instead"
+                    )
+                out[:, j] = ak.to_numpy(arr) * self.data.energy_scale(name)
+            return out
+
+        weights = (flat({"weight": self.data.weight})[:, 0] if self.data.weight
+                   else np.ones(n, dtype=np.float32))
+        events, spectators = flat(self.data.event_features), flat(self.data.spectators)
+        stats = new_stats(self.data)
+        stats["objects"].update(rows)
+        stats["events"].update(events)
+        stats["spectators"].update(spectators)
+        stats["weights"].update(weights[:, None])
+        return Block(file_index, start, stop, n_objects, event_of * m + position, rows, events, spectators,
+                     weights, entry, clipped, stats)
+
+
+
+class Padder:
+    """Places a ``Block``'s objects into the padded (n, M, F) array of a ``Chunk``."""
+
+    def __init__(self, max_objects: int, n_features: int):
+        self.m, self.f = max_objects, n_features
+        self._buffer = np.zeros((0, max_objects, n_features), dtype=np.float32)
+        self._filled = np.zeros(0, dtype=np.int64)
+
+    def __call__(self, block: Block) -> Chunk:
+        # One buffer is reused and only the slots the previous block filled are cleared: a fresh
+        # np.zeros or a full memset of this mostly-empty array costs more than the scatter itself.
+        # The chunk returned is valid until the next call.
+        n = len(block)
+        if len(self._buffer) < n:
+            self._buffer = np.zeros((n, self.m, self.f), dtype=np.float32)
+            self._filled = np.zeros(0, dtype=np.int64)
+        # Whole objects move as one f*4-byte item: ~2x faster than fancy indexing (rows, f) floats.
+        item = np.dtype((np.void, 4 * self.f))
+        slots = self._buffer.reshape(-1, self.f).view(item).ravel()
+        slots[self._filled] = np.zeros(1, dtype=item)
+        slots[block.slots] = np.ascontiguousarray(block.rows).view(item).ravel()
+        self._filled = block.slots
+        return Chunk(objects=self._buffer[:n], n_objects=block.n_objects, events=block.events,
+                     spectators=block.spectators, weights=block.weights,
+                     file_index=np.full(n, block.file_index, dtype=np.int32), entry=block.entry)
+
+
+@dataclass(frozen=True)
+class Task:
+    file_index: int
+    location: str
+    start: int
+    stop: int
+
+
+def _task_ranges(tree: InputTree, chunk_size: int) -> list[tuple[int, int]]:
+    """Entry ranges of about ``chunk_size`` cut where baskets/clusters end, so no compressed
+    basket is read by two tasks."""
+    n = tree.num_entries
+    try:
+        if hasattr(tree.tree, "common_entry_offsets"):
+            edges = list(tree.tree.common_entry_offsets())
+        else:
+            edges = [c.num_first_entry for c in tree.tree.cluster_summaries] + [n]
+    except Exception:  # noqa: BLE001 - layout unknown: fixed ranges are still correct
+        edges = list(range(0, n, chunk_size)) + [n]
+    cuts = [0]
+    for edge in edges:
+        if edge - cuts[-1] >= chunk_size or edge == n:
+            if edge > cuts[-1]:
+                cuts.append(edge)
+    if cuts[-1] != n:
+        cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+class _Worker:
+    """Reads and builds the blocks of tasks; one per process, trees kept open between tasks."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.data = parse_config(config).data
+        self.builder = ChunkBuilder(self.data)
+        self.branches = self.builder.branches()
+        self.trees: dict[str, InputTree] = {}
+
+    def __call__(self, task: Task) -> list[Block]:
+        tree = self.trees.get(task.location)
+        if tree is None:
+            tree = self.trees[task.location] = open_tree(task.location, self.data.tree)
+        return [self.builder(arrays, task.file_index, start, stop, task.location)
+                for start, stop, arrays in tree.iterate(self.branches, self.data.chunk_size, task.start, task.stop)]
+
+    def close(self) -> None:
+        for tree in self.trees.values():
+            tree.close()
+
+
+_worker: _Worker | None = None
+
+
+def _init_worker(config: dict[str, Any]) -> None:
+    global _worker
+    _worker = _Worker(config)
+
+
+def _run_task(task: Task) -> list[Block]:
+    assert _worker is not None
+    return _worker(task)
+
+
+def default_workers() -> int:
+    """Cores this job may use: the CPU affinity, or the grid's per-job core count when set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for var in ("PAYLOAD_WORKERS", "ATHENA_CORE_NUMBER"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return min(cores, int(os.environ[var]))
+    return cores
+
+
+def run_tasks(config: JobConfig, tasks: list[Task], workers: int) -> Iterator[Block]:
+    """Blocks of all tasks, in task order, with at most one task per worker (plus one) in flight."""
+    if workers <= 1 or len(tasks) <= 1:
+        worker = _Worker(config_to_dict(config))
+        try:
+            for task in tasks:
+                yield from worker(task)
+        finally:
+            worker.close()
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork starts workers in milliseconds with the modules already imported; elsewhere spawn.
+    method = "fork" if sys.platform == "linux" else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_init_worker, initargs=(config_to_dict(config),))
+    try:
+        queue = iter(tasks)
+        pending = deque(pool.submit(_run_task, t) for t in islice(queue, workers + 1))
+        while pending:
+            blocks = pending.popleft().result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(pool.submit(_run_task, following))
+            yield from blocks
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def convert(config: JobConfig, inputs: str | list[str], output: str | Path, progress: bool = True,
+            workers: int | None = None) -> ConvertResult:
+    """Convert ROOT inputs into one HDF5 event file (written atomically).
+
+    ``workers`` processes read and build chunks (default: ``data.workers``, 0 meaning every core
+    this job may use); the calling process pads and writes.
+    """
+    data = config.data
+    files = expand_inputs(inputs)
+    output = Path(output)
+    if output.is_dir():
+        raise OutputError(f"output {output}: is a directory; give a file name such as {output / 'events.h5'}")
+    branches = ChunkBuilder(data).branches()
+
+    # Open every input before writing anything: a bad file fails the job in seconds, not hours.
+    trees: list[InputTree] = []
+    tasks: list[Task] = []
+    try:
+        for index, location in enumerate(files):
+            tree = open_tree(location, data.tree)
+            trees.append(tree)
+            tree.check_branches(branches)
+            if tree.num_entries == 0:
+                log.warning("input %s: tree %r is empty, skipped", location, data.tree)
+            tasks += [Task(index, location, a, b) for a, b in _task_ranges(tree, data.chunk_size)]
+    finally:
+        for tree in trees:
+            tree.close()
+    total_entries = sum(t.num_entries for t in trees)
+    if total_entries == 0:
+        raise EmptyInputError(f"input {', '.join(files)}: tree {data.tree!r} has no entries; check the dataset")
+    workers = min(workers or data.workers or default_workers(), len(tasks))
+
+    stats = new_stats(data)
+    n_clipped = 0
+    selected = [0] * len(files)
+    started = time.perf_counter()
+    bar = Progress(total_entries, f"convert {output.name}") if progress else None
+    pad = Padder(data.max_objects, len(data.object_features))
+    with atomic_path(output) as tmp:
+        writer = EventFileWriter(tmp, data.max_objects, data.object_features, list(data.event_features),
+                                 list(data.spectators), data.compression)
+        try:
+            for block in run_tasks(config, tasks, workers):
+                writer.append(pad(block))
+                for key, group in block.stats.items():
+                    stats[key].merge(group)
+                n_clipped += block.clipped
+                selected[block.file_index] += len(block)
+                if bar:
+                    bar.update(block.stop - block.start)
+            if writer.size == 0:
+                raise EmptyInputError(
+                    f"selection {data.selection!r} rejected all {total_entries} events; loosen data.selection"
+                )
+            stats_dict = {k: v.to_dict() for k, v in stats.items()}
+            stats_dict["clipped_objects"] = n_clipped
+            seconds = time.perf_counter() - started
+            sources = [{"location": t.location, "entries": t.num_entries, "selected": selected[i], "bytes": t.num_bytes}
+                       for i, t in enumerate(trees)]
+            provenance = {
+                "sources": sources,
+                "entries": total_entries,
+                "events": writer.size,
+                "tree": data.tree,
+                "workers": workers,
+                "payload_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": platform.node(),
+                "seconds": round(seconds, 3),
+            }
+            writer.set_attrs(config=config_to_dict(config), provenance=provenance, stats=stats_dict,
+                             source_files=list(files))
+            events = writer.size
+        finally:
+            writer.close()
+    if bar:
+        bar.finish()
+    if n_clipped:
+        log.info("clipped %d objects beyond max_objects=%d", n_clipped, data.max_objects)
+    return ConvertResult(output, events, total_entries, seconds, stats_dict, provenance)

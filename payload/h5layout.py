@@ -1,0 +1,153 @@
+"""The HDF5 event file: the documented meeting point between conversion and every later stage.
+
+Layout (see docs/hdf5-layout.md), N events, M max objects, F object features:
+
+    /objects     float32 (N, M, F)  padded objects, sorted, padding is 0; attr ``names``
+    /n_objects   int16   (N,)       real objects per event (after clipping to M); mask = arange(M) < n
+    /events      float32 (N, E)     event-level features; attr ``names``
+    /spectators  float32 (N, S)     carried through untouched (not network inputs); attr ``names``
+    /weights     float32 (N,)       event weights (1 when no weight branch is configured)
+    /file_index  int32   (N,)       index into the root attr ``source_files``
+    /entry       int64   (N,)       entry number in that file's tree: joins results back to ROOT
+
+Datasets are Blosc-LZ4 compressed by default: ``import hdf5plugin`` before reading them with h5py.
+
+Root attributes (JSON strings): ``config``, ``provenance``, ``stats``, ``source_files``; plus
+``format``, ``format_version`` and ``payload_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # registers the Blosc filter: readers of these files need it imported too
+import numpy as np
+
+from payload import __version__
+from payload.errors import InputCorruptError, InputMissingError
+
+FORMAT = "grid-payload-events"
+FORMAT_VERSION = 1
+#: Target bytes per HDF5 chunk: big enough for fast contiguous reads, small enough to stream.
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class Chunk:
+    """One converted block of events, all arrays aligned on the first axis."""
+
+    objects: np.ndarray     # (n, M, F) float32
+    n_objects: np.ndarray   # (n,) int16
+    events: np.ndarray      # (n, E) float32
+    spectators: np.ndarray  # (n, S) float32
+    weights: np.ndarray     # (n,) float32
+    file_index: np.ndarray  # (n,) int32
+    entry: np.ndarray       # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def _compression(name: str) -> dict[str, Any]:
+    # Padded objects are mostly zeros.  Blosc-LZ4 (no shuffle) shrinks them ~6x at ~5 GB/s, which
+    # beats writing them raw (disk-bound) and lzf/gzip (CPU-bound) by 4-10x; see benchmarks/convert.py.
+    if name == "blosc-lz4":
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
+    if name == "none":
+        return {}
+    return {"compression": name}
+
+
+def _chunk_rows(row_bytes: int) -> int:
+    return max(1, min(65536, CHUNK_BYTES // max(row_bytes, 1)))
+
+
+class EventFileWriter:
+    """Appends ``Chunk``s to resizable, chunked datasets."""
+
+    def __init__(self, path: str | os.PathLike, max_objects: int, object_names: list[str],
+                 event_names: list[str], spectator_names: list[str], compression: str = "blosc-lz4"):
+        self.file = h5py.File(path, "w")
+        self.size = 0
+        comp = _compression(compression)
+        m, f = max_objects, len(object_names)
+        rows = _chunk_rows(m * f * 4)
+
+        self._empty: list[str] = []
+
+        def make(name: str, shape: tuple[int, ...], dtype: Any, names: list[str] | None = None) -> None:
+            if 0 in shape:
+                # HDF5 cannot chunk a zero-width dataset: it is written whole, at the end.
+                ds = self.file.create_dataset(name, shape=(0, *shape), dtype=dtype)
+                self._empty.append(name)
+            else:
+                ds = self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                              chunks=(rows, *shape), **comp)
+            if names is not None:
+                ds.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
+
+        make("objects", (m, f), np.float32, object_names)
+        make("n_objects", (), np.int16)
+        make("events", (len(event_names),), np.float32, event_names)
+        make("spectators", (len(spectator_names),), np.float32, spectator_names)
+        make("weights", (), np.float32)
+        make("file_index", (), np.int32)
+        make("entry", (), np.int64)
+
+    def append(self, chunk: Chunk) -> None:
+        n = len(chunk)
+        if n == 0:
+            return
+        new = self.size + n
+        for name in ("objects", "n_objects", "events", "spectators", "weights", "file_index", "entry"):
+            if name in self._empty:
+                continue
+            ds = self.file[name]
+            ds.resize(new, axis=0)
+            ds[self.size:new] = getattr(chunk, name)
+        self.size = new
+
+    def set_attrs(self, **attrs: Any) -> None:
+        self.file.attrs["format"] = FORMAT
+        self.file.attrs["format_version"] = FORMAT_VERSION
+        self.file.attrs["payload_version"] = __version__
+        for key, value in attrs.items():
+            self.file.attrs[key] = json.dumps(value, sort_keys=True)
+
+    def close(self) -> None:
+        for name in self._empty:
+            old = self.file[name]
+            attrs = dict(old.attrs)
+            del self.file[name]
+            new = self.file.create_dataset(name, shape=(self.size, *old.shape[1:]), dtype=old.dtype)
+            new.attrs.update(attrs)
+        self._empty.clear()
+        self.file.close()
+
+
+def names(dataset: h5py.Dataset) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in dataset.attrs["names"]]
+
+
+def json_attr(file: h5py.File, key: str) -> Any:
+    return json.loads(file.attrs[key])
+
+
+def open_event_file(path: str | Path) -> h5py.File:
+    """Open an event file read-only, checking it is one."""
+    path = Path(path)
+    if not path.exists():
+        raise InputMissingError(f"event file {path}: no such file")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as err:
+        raise InputCorruptError(f"event file {path}: not a readable HDF5 file ({err})") from None
+    if file.attrs.get("format") != FORMAT:
+        file.close()
+        raise InputCorruptError(f"event file {path}: not a grid-payload event file (run 'payload convert')")
+    return file

@@ -1,0 +1,65 @@
+"""Turn input specifications as users and PanDA give them into a list of file locations.
+
+PanDA passes ``%IN`` as one comma-joined list of file names (staged into the working directory) or
+``root://`` URLs (direct I/O).  Users also give globs and directories.  Remote URLs are left to uproot.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterable
+
+from payload.errors import InputMissingError
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_GLOB_CHARS = set("*?[")
+
+
+def is_url(location: str) -> bool:
+    return bool(_URL.match(location))
+
+
+def _split(specs: str | Iterable[str]) -> list[str]:
+    if isinstance(specs, str):
+        specs = [specs]
+    items: list[str] = []
+    for spec in specs:
+        items.extend(part.strip() for part in spec.split(",") if part.strip())
+    return items
+
+
+def expand_inputs(specs: str | Iterable[str]) -> list[str]:
+    """Expand comma-separated lists, globs and directories into an ordered list of files.
+
+    Order is preserved (PanDA's order), globs and directories expand sorted, and duplicates are
+    dropped so a file is never read twice.  A glob or directory that matches nothing is an error;
+    a plain path that does not exist is too.
+    """
+    files: list[str] = []
+    for item in _split(specs):
+        if is_url(item):
+            if item.startswith("file://"):
+                item = item[len("file://"):]
+            else:
+                files.append(item)
+                continue
+        if _GLOB_CHARS & set(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise InputMissingError(f"input {item}: no file matches this pattern")
+            files.extend(matches)
+        elif os.path.isdir(item):
+            matches = sorted(os.path.join(item, n) for n in os.listdir(item) if n.endswith(".root"))
+            if not matches:
+                raise InputMissingError(f"input {item}: directory holds no .root file")
+            files.extend(matches)
+        elif os.path.exists(item):
+            files.append(item)
+        else:
+            raise InputMissingError(f"input {item}: no such file (check the path, or the dataset's staging)")
+    if not files:
+        raise InputMissingError("no input files given")
+    seen: set[str] = set()
+    return [f for f in files if not (f in seen or seen.add(f))]

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from payload.config import config_to_dict, default_config_path, dump_config, load_config, parse_config
+from payload.errors import ConfigError
+
+from conftest import JAGGED_CONFIG
+
+
+def test_defaults_are_filled_and_round_trip(tmp_path):
+    config = parse_config(JAGGED_CONFIG)
+    assert config.data.compression == "blosc-lz4"
+    assert config.data.object_features == ["pt", "eta", "phi", "m", "type"]
+    assert config.data.event_features == {"njet": "njet"}  # list shorthand
+    path = tmp_path / "resolved.yaml"
+    dump_config(config, path)
+    again = load_config(path)
+    assert again == config
+    assert config_to_dict(again)["data"]["max_objects"] == 8
+
+
+def test_bundled_default_config_is_valid():
+    config = load_config(default_config_path())
+    assert [c.name for c in config.data.collections] == ["jets", "leptons", "met"]
+    assert config.data.max_objects == 45
+    assert config.data.collections[2].branches["eta"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"collections": []}, "collections"),
+        ({"collections": [{"name": "j", "branches": {"pt": "a"}}]}, "no branch for feature(s) ['eta', 'phi', 'm']"),
+        ({"collections": [{"name": "j", "branches": {"pt": "a", "eta": "b", "phi": "c", "m": "d", "q": "e"}}]},
+         "not in object_features"),
+        ({"collections": [{"name": "j", "branches": {"pt": "a"}}, {"name": "j", "branches": {"pt": "b"}}],
+          "object_features": ["pt"]}, "unique"),
+        ({"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"],
+          "event_features": ["x"], "spectators": ["x"]}, "both as event feature and spectator"),
+        ({"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"],
+          "selection": "a >"}, "data.selection"),
+        ({"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"],
+          "energy_unit": "TeV"}, "data.energy_unit"),
+    ],
+)
+def test_invalid_configs_name_the_field(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": data}, "job.yaml")
+    assert message in err.value.message
+    assert err.value.message.startswith("config job.yaml:")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_mev_scale_only_on_energy_features():
+    raw = {"data": {**JAGGED_CONFIG["data"], "energy_unit": "MeV"}}
+    data = parse_config(raw).data
+    assert data.energy_scale("pt") == 1e-3
+    assert data.energy_scale("eta") == 1.0
