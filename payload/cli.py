@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from payload import __version__
 from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PayloadError
 
 log = logging.getLogger("payload")
+# TensorFlow's C++ start-up chatter would bury the job's own log lines in grid logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -43,17 +46,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from payload.job import run_job
+
+    config = _config(args.config) if args.mode == "train" else None
+    result = run_job(config, args.primary, args.secondary, args.output, mode=args.mode, model=args.model,
+                     tarball=args.tarball, progress=not args.quiet)
+    _summary(result)
+    return 0
+
+
+def _summary(result) -> None:
+    m = result.metrics
+    parts = [f"test AUC {m['test']['auc']:.4f}"] if "test" in m else []
+    if "closure_classifier_auc" in m:
+        parts.append(f"closure-classifier AUC {m['closure_classifier_auc']:.4f}")
+    log.info("%s", ", ".join(parts))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from payload.convert import convert
+    from payload.config import load_config
+    from payload.job import run_job
 
     data_dir = Path(__file__).parent / "data"
-    out = Path(args.output)
-    config = _config(None)
-    for name in ("A", "B"):
-        result = convert(config, str(data_dir / f"sample_{name}.root"), out / f"sample_{name}.h5",
-                         progress=not args.quiet)
-        log.info("wrote %s: %d events", result.output, result.events)
-    print(f"demo outputs in {out.resolve()}")
+    result = run_job(load_config(data_dir / "demo.yaml"), str(data_dir / "sample_A.root"),
+                     str(data_dir / "sample_B.root"), args.output, progress=not args.quiet)
+    _summary(result)
+    print(f"demo finished: plots in {(Path(args.output) / 'plots').resolve()}, "
+          f"metrics in {(Path(args.output) / 'metrics.json').resolve()}")
     return 0
 
 
@@ -62,16 +82,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"grid-payload {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    # -v/-q work before or after the subcommand; SUPPRESS keeps the subparser from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress display")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="ROOT trees -> padded HDF5 event file")
+    p = sub.add_parser("convert", parents=[common], help="ROOT trees -> padded HDF5 event file")
     p.add_argument("--config", help="job config YAML (default: the bundled seed-000 style config)")
     p.add_argument("--inputs", required=True, nargs="+", action="extend",
                    help="files, comma-separated lists (PanDA %%IN), globs, directories or root:// URLs")
     p.add_argument("--output", required=True, help="HDF5 file to write")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("demo", help="run the main job on the bundled sample")
+    p = sub.add_parser("run", parents=[common], help="the job: convert, train or evaluate, write one output directory")
+    p.add_argument("--primary", required=True, nargs="+", action="extend",
+                   help="primary dataset (PanDA %%IN): files, comma-separated lists, globs, directories, URLs")
+    p.add_argument("--secondary", nargs="+", action="extend", help="secondary dataset (PanDA %%IN2)")
+    p.add_argument("--config", help="job config YAML (train mode; evaluate mode uses the model's)")
+    p.add_argument("--output", default="output", help="output directory (default: %(default)s)")
+    p.add_argument("--mode", choices=["train", "evaluate"], default="train")
+    p.add_argument("--model", help="evaluate mode: a trained job's output directory or tarball")
+    p.add_argument("--tarball", help="also pack the outputs into this .tar.gz (for PanDA --outputs)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled sample")
     p.add_argument("--output", default="demo-output", help="output directory (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -103,10 +103,93 @@ class DataConfig(_Strict):
         return 1e-3 if self.energy_unit == "MeV" and name in self.energy_features else 1.0
 
 
-class JobConfig(_Strict):
-    """The whole job.  Later stages add their own sections here."""
+class SplitConfig(_Strict):
+    """Deterministic train/validation/test split: a hash of (input file, entry, seed) per event,
+    so the same event lands in the same split in every job, chunking and evaluation."""
 
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    validation: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    seed: int = 12345
+
+    @model_validator(mode="after")
+    def _check_sum(self) -> "SplitConfig":
+        if self.train + self.validation >= 1:
+            raise ValueError("train + validation must leave a test fraction (sum < 1)")
+        return self
+
+    @property
+    def test(self) -> float:
+        return 1.0 - self.train - self.validation
+
+
+class ScalingConfig(_Strict):
+    """How network inputs are scaled; fitted on the training split of both samples together."""
+
+    method: Literal["minmax", "standard", "none"] = "minmax"
+    transforms: dict[str, Literal["log", "log1p", "none"]] = Field(default_factory=dict)
+    #: Drop events with any real object whose feature exceeds this value (seed 000: pt > 3000 GeV).
+    outliers: dict[str, float] = Field(default_factory=dict)
+    #: Object features passed through unscaled (categorical codes such as the object type).
+    passthrough: list[str] = Field(default_factory=lambda: [TYPE_FEATURE])
+
+
+class ModelConfig(_Strict):
+    type: Literal["deepsets", "dense"] = "deepsets"
+    phi_widths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
+    f_widths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
+    activation: str = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    pooling: Literal["sum", "mean"] = "sum"
+
+
+class TrainingConfig(_Strict):
+    epochs: Annotated[int, Field(ge=1)] = 20
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    #: seed000: constant for 2 epochs then x exp(-0.1) per epoch (seed 000); cosine; onecycle; constant.
+    schedule: Literal["seed000", "cosine", "onecycle", "constant"] = "seed000"
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 5  # 0 disables
+    class_balance: bool = True
+    use_weights: bool = True
+    #: Negative generator weights in the training loss: abs (default, stable), keep, or zero.
+    negative_weights: Literal["abs", "keep", "zero"] = "abs"
+    #: Events read per contiguous HDF5 block, and blocks mixed in the shuffle buffer.
+    block_size: Annotated[int, Field(ge=64)] = 8192
+    shuffle_blocks: Annotated[int, Field(ge=1)] = 4
+    seed: int = 1
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+
+
+class EvaluationConfig(_Strict):
+    #: NN weights p/(1-p) are clipped to [1/max, max] and normalised to the primary's sum of weights.
+    max_weight: Annotated[float, Field(gt=1)] = 20.0
+    bins: Annotated[int, Field(ge=5, le=1000)] = 40
+    #: Train a fresh classifier on reweighted primary vs secondary (its AUC should fall to 0.5).
+    closure_classifier: bool = True
+    closure_epochs: Annotated[int, Field(ge=1)] = 5
+
+
+class JobConfig(_Strict):
+    """The whole job: one config drives every stage and is dumped into every output."""
+
+    task: Literal["reweight", "classify"] = "reweight"
     data: DataConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "JobConfig":
+        known = set(self.data.object_features) | set(self.data.event_features)
+        for section, names in (("scaling.transforms", self.scaling.transforms), ("scaling.outliers", self.scaling.outliers)):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{section} names unknown feature(s) {unknown}; features are {sorted(known)}")
+        if self.model.type == "dense" and not self.data.event_features:
+            raise ValueError("model.type dense needs data.event_features (it reads flat per-event inputs)")
+        return self
 
 
 def _format_validation_error(err: ValidationError) -> str:

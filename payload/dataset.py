@@ -1,0 +1,246 @@
+"""Streaming batches from HDF5 event files: never the whole array in memory.
+
+An ``EventSource`` reads one event file in large contiguous blocks, keeps the events of one split
+that pass the outlier cuts and scales them.  ``TrainingStream`` shuffles block order per epoch and
+rows within a buffer of blocks, and mixes the classes (each in its own file) into every batch in
+their configured proportion.  Batches are dicts of numpy arrays, ready for ``keras.Model.fit``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from payload.config import JobConfig
+from payload.h5layout import json_attr, names, open_event_file
+from payload.scaling import Scaler, outlier_mask
+from payload.splits import assign, file_key
+
+
+@dataclass
+class Block:
+    """Selected, scaled events of one contiguous range of an event file."""
+
+    inputs: dict[str, np.ndarray]  # objects, mask (and events when configured)
+    weights: np.ndarray
+    rows: np.ndarray                # row numbers in the event file
+    raw_objects: np.ndarray         # unscaled, for plots of input features
+    n_objects: np.ndarray
+    events: np.ndarray              # unscaled event features
+    spectators: np.ndarray
+    entry: np.ndarray
+    file_index: np.ndarray
+    split: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: np.ndarray | slice) -> "Block":
+        """Rows by index array (a copy) or slice (views, no copy)."""
+        return Block({k: v[index] for k, v in self.inputs.items()}, *(getattr(self, f)[index] for f in _ROW_FIELDS))
+
+
+_ROW_FIELDS = ("weights", "rows", "raw_objects", "n_objects", "events", "spectators", "entry", "file_index", "split")
+
+
+def concat(blocks: list[Block]) -> Block:
+    return Block({k: np.concatenate([b.inputs[k] for b in blocks]) for k in blocks[0].inputs},
+                 *(np.concatenate([getattr(b, f) for b in blocks]) for f in _ROW_FIELDS))
+
+
+class EventSource:
+    """One event file, read block by block, filtered to some splits and scaled."""
+
+    def __init__(self, path: str | Path, config: JobConfig, scaler: Scaler | None):
+        self.path = Path(path)
+        self.config = config
+        self.scaler = scaler
+        with open_event_file(self.path) as f:
+            self.size = len(f["weights"])
+            self.object_names = names(f["objects"])
+            self.max_objects = f["objects"].shape[1]
+            self.event_names = names(f["events"])
+            self.spectator_names = names(f["spectators"])
+            self.source_files = json_attr(f, "source_files")
+            self.stats = json_attr(f, "stats")
+        self.file_keys = np.array([file_key(s) for s in self.source_files], dtype=np.int64)
+        self.use_events = bool(self.event_names)
+        self._file = None
+
+    def _h5(self):
+        if self._file is None:
+            self._file = open_event_file(self.path)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def block_ranges(self) -> list[tuple[int, int]]:
+        step = self.config.training.block_size
+        return [(a, min(a + step, self.size)) for a in range(0, self.size, step)]
+
+    def read(self, start: int, stop: int, splits: tuple[int, ...] | None, drop_outliers: bool = True,
+             half: int | None = None) -> Block:
+        """Events of rows [start, stop) in ``splits`` (all when None); ``half`` (0 or 1) further keeps
+        one hash-defined half of them, for checks trained and tested on disjoint halves."""
+        f = self._h5()
+        objects = f["objects"][start:stop]
+        n_objects = f["n_objects"][start:stop]
+        events = f["events"][start:stop]
+        entry = f["entry"][start:stop]
+        file_index = f["file_index"][start:stop]
+        split = assign(entry, self.file_keys[file_index], self.config.split.seed, self.config.split.train,
+                       self.config.split.validation)
+        keep = np.ones(len(entry), dtype=bool) if splits is None else np.isin(split, splits)
+        if half is not None:
+            halves = assign(entry, self.file_keys[file_index], self.config.split.seed + 1, 0.5, 0.0)
+            keep &= (halves == 0) == (half == 0)
+        if drop_outliers:
+            keep &= outlier_mask(objects, n_objects, self.object_names, self.config.scaling.outliers)
+        index = np.flatnonzero(keep)
+        objects, n_objects, events = objects[index], n_objects[index], events[index]
+        inputs: dict[str, np.ndarray] = {}
+        if self.scaler is not None:
+            inputs["objects"] = self.scaler.apply_objects(objects, n_objects)
+            inputs["mask"] = (np.arange(objects.shape[1]) < n_objects[:, None]).astype(np.float32)
+            if self.use_events:
+                inputs["events"] = self.scaler.apply_events(events)
+        return Block(inputs, f["weights"][start:stop][index], start + index, objects, n_objects, events,
+                     f["spectators"][start:stop][index], entry[index], file_index[index], split[index])
+
+    def iterate(self, splits: tuple[int, ...] | None, drop_outliers: bool = True) -> Iterator[Block]:
+        """Every selected event once, in file order."""
+        for a, b in self.block_ranges():
+            block = self.read(a, b, splits, drop_outliers)
+            if len(block):
+                yield block
+
+
+def training_weights(block: Block, config: JobConfig, class_factor: float) -> np.ndarray:
+    w = block.weights.astype(np.float32) if config.training.use_weights else np.ones(len(block), np.float32)
+    mode = config.training.negative_weights
+    if mode == "abs":
+        w = np.abs(w)
+    elif mode == "zero":
+        w = np.maximum(w, 0)
+    return w * np.float32(class_factor)
+
+
+class _ShuffledRows:
+    """Endless rows of one source's split: block order reshuffled every pass, rows shuffled
+    within a buffer of ``shuffle_blocks`` blocks."""
+
+    def __init__(self, source: EventSource, splits: tuple[int, ...], rng: np.random.Generator, buffer_blocks: int,
+                 half: int | None = None):
+        self.source, self.splits, self.rng, self.buffer_blocks, self.half = source, splits, rng, buffer_blocks, half
+        self._pending: Block | None = None
+        self._offset = 0
+        self._blocks: Iterator[Block] = iter(())
+
+    def _fill(self) -> Block:
+        """The next shuffled buffer: up to ``buffer_blocks`` blocks, never past the end of a pass
+        (so no event appears twice in one buffer); a new pass reshuffles the block order."""
+        for _ in range(2):
+            blocks = [b for _, b in zip(range(self.buffer_blocks), self._blocks)]
+            blocks = [b for b in blocks if len(b)]
+            if blocks:
+                buf = concat(blocks) if len(blocks) > 1 else blocks[0]
+                return buf.take(self.rng.permutation(len(buf)))
+            ranges = self.source.block_ranges()
+            order = self.rng.permutation(len(ranges))
+            self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half) for i in order)
+        raise RuntimeError(f"{self.source.path}: no events in the requested split")
+
+    def take(self, n: int) -> Block:
+        parts, have = [], 0
+        while have < n:
+            if self._pending is None or self._offset == len(self._pending):
+                self._pending, self._offset = self._fill(), 0
+            k = min(n - have, len(self._pending) - self._offset)
+            parts.append(self._pending.take(slice(self._offset, self._offset + k)))
+            self._offset += k
+            have += k
+        return concat(parts) if len(parts) > 1 else parts[0]
+
+
+class TrainingStream:
+    """Batches mixing the classes in proportion, endless, for ``fit(steps_per_epoch=...)``."""
+
+    def __init__(self, sources: list[tuple[EventSource, int]], counts: list[int], sumw: list[float],
+                 config: JobConfig, splits: tuple[int, ...], seed: int, shuffle: bool = True,
+                 extra_weight: Callable[[Block, int], np.ndarray] | None = None, half: int | None = None):
+        self.config = config
+        total = sum(counts)
+        bs = config.training.batch_size
+        self.steps = max(1, int(np.ceil(total / bs)))
+        self.per_batch = [max(1, round(bs * c / total)) for c in counts]
+        # Class balancing: each class carries the same total weight (mean weight about 1).
+        self.factors = [(total / len(counts)) / max(abs(s), 1e-12) if config.training.class_balance else 1.0
+                        for s in sumw]
+        rng = np.random.default_rng(seed)
+        buffer_blocks = config.training.shuffle_blocks if shuffle else 1
+        self.rows = [_ShuffledRows(src, splits, np.random.default_rng(rng.integers(1 << 62)), buffer_blocks, half)
+                     for src, _ in sources]
+        self.labels = [label for _, label in sources]
+        self.extra_weight = extra_weight
+        self.rng = rng
+
+    def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+        while True:
+            parts, labels, weights = [], [], []
+            for rows, n, label, factor in zip(self.rows, self.per_batch, self.labels, self.factors):
+                block = rows.take(n)
+                w = training_weights(block, self.config, factor)
+                if self.extra_weight is not None:
+                    w = w * self.extra_weight(block, label)
+                parts.append(block)
+                labels.append(np.full(len(block), label, dtype=np.float32))
+                weights.append(w)
+            order = self.rng.permutation(sum(len(p) for p in parts))
+            batch = concat(parts)
+            yield ({k: v[order] for k, v in batch.inputs.items()}, np.concatenate(labels)[order][:, None],
+                   np.concatenate(weights)[order])
+
+
+def prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+    """Produce items in a background thread, ``depth`` ahead: HDF5 reads and numpy work release the
+    GIL, so the next batches are ready while the model trains on this one."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            items.put((done, err))
+
+    thread = threading.Thread(target=produce, daemon=True, name="payload-prefetch")
+    thread.start()
+    try:
+        while True:
+            item, err = items.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,56 @@
+"""What the job runs on: the Keras backend and any accelerator it sees."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def gpus() -> list[str]:
+    """Names of the GPUs visible to the active Keras backend (empty on CPU)."""
+    name = backend()
+    try:
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            return [d.name for d in tf.config.list_physical_devices("GPU")]
+        if name == "jax":
+            import jax
+
+            return [str(d) for d in jax.devices() if d.platform == "gpu"]
+        if name == "torch":
+            import torch
+
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no accelerator runtime is the same as no accelerator
+        return []
+    return []
+
+
+def describe() -> dict[str, Any]:
+    import keras
+    import numpy as np
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "keras": keras.__version__,
+        "backend": backend(),
+        "numpy": np.__version__,
+        "gpus": gpus(),
+    }
+    for module in ("tensorflow", "jax", "torch", "uproot", "awkward", "h5py"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    return info

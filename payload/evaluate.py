@@ -1,0 +1,243 @@
+"""Evaluation: per-event predictions and NN weights for every event, metrics on the test split,
+closure of the reweighting, and the fresh-classifier check.  Everything streams block by block.
+
+Predictions file (``predictions.h5``), one row per converted event of both samples:
+``sample`` (0 primary, 1 secondary), ``file_index`` (into the ``source_files`` JSON attribute, a
+dict sample -> list), ``entry`` (tree entry), ``split`` (0 train, 1 validation, 2 test),
+``outlier`` (dropped from training by the outlier cuts), ``label``, ``score`` (the network output),
+``weight`` (event weight) and ``nn_weight``: for ``reweight``, p/(1-p) for primary events, clipped
+to [1/max_weight, max_weight] and normalised so the primary's weighted sum is unchanged; 1 for
+secondary and outlier events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from payload.config import JobConfig
+from payload.dataset import Block, EventSource
+from payload.metrics import BinaryScores, WeightedHist, chi2_ndf, ks_distance
+from payload.progress import log
+from payload.scaling import outlier_mask
+from payload.splits import TEST
+
+PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "split": np.int8, "outlier": np.bool_,
+               "label": np.int8, "score": np.float32, "weight": np.float32, "nn_weight": np.float32}
+
+
+def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    wanted = {k: inputs[k] for k in _input_names(model)}
+    return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
+
+
+def _input_names(model) -> list[str]:
+    return [t.name.split(":")[0] if hasattr(t, "name") else str(t) for t in model.inputs]
+
+
+def nn_weight(scores: np.ndarray, max_weight: float) -> np.ndarray:
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    return np.clip(p / (1 - p), 1.0 / max_weight, max_weight)
+
+
+@dataclass
+class Variable:
+    name: str
+    kind: str  # "spectator", "event", "object" or "count"
+    index: int
+    hists: dict[str, WeightedHist] = field(default_factory=dict)
+
+    def values(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
+        """Values and per-value event index (objects repeat their event's weight)."""
+        n = len(block)
+        if self.kind == "spectator":
+            return block.spectators[:, self.index], np.arange(n)
+        if self.kind == "event":
+            return block.events[:, self.index], np.arange(n)
+        if self.kind == "count":
+            return block.n_objects.astype(np.float64), np.arange(n)
+        real = np.arange(block.raw_objects.shape[1]) < block.n_objects[:, None]
+        return block.raw_objects[:, :, self.index][real], np.nonzero(real)[0]
+
+
+def _edges(stats: dict[str, Any], bins: int) -> np.ndarray:
+    lo, hi = stats["quantiles"]["0.001"], stats["quantiles"]["0.999"]
+    if not hi > lo:
+        lo, hi = stats["min"] - 0.5, stats["max"] + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def closure_variables(source: EventSource, bins: int) -> list[Variable]:
+    stats = source.stats
+    out = [Variable(n, "spectator", i) for i, n in enumerate(source.spectator_names)]
+    out += [Variable(n, "event", i) for i, n in enumerate(source.event_names)]
+    out += [Variable(n, "object", i) for i, n in enumerate(source.object_names)]
+    out.append(Variable("n_objects", "count", 0))
+    for v in out:
+        if v.kind == "count":
+            edges = np.arange(source.max_objects + 2) - 0.5
+        else:
+            group = {"spectator": "spectators", "event": "events", "object": "objects"}[v.kind]
+            s = stats[group][v.name]
+            edges = _edges(s, bins) if s.get("count") else np.linspace(0, 1, bins + 1)
+        v.hists = {k: WeightedHist(edges) for k in ("primary", "reweighted", "secondary")}
+    return out
+
+
+class PredictionWriter:
+    def __init__(self, path: Path):
+        self.file = h5py.File(path, "w")
+        self.size = 0
+        for name, dtype in PRED_FIELDS.items():
+            self.file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+
+    def append(self, columns: dict[str, np.ndarray]) -> None:
+        n = len(columns["entry"])
+        for name in PRED_FIELDS:
+            ds = self.file[name]
+            ds.resize(self.size + n, axis=0)
+            ds[self.size:] = columns[name]
+        self.size += n
+
+    def scale_nn_weights(self, factor: float, sample: int = 0, step: int = 1 << 20) -> None:
+        """Normalise the primary's NN weights in place, streaming."""
+        for a in range(0, self.size, step):
+            s = self.file["sample"][a:a + step]
+            w = self.file["nn_weight"][a:a + step]
+            move = (s == sample) & ~self.file["outlier"][a:a + step]
+            w[move] *= factor
+            self.file["nn_weight"][a:a + step] = w
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    scores: BinaryScores
+    variables: list[Variable]
+    weight_hist: WeightedHist | None
+
+
+def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], predictions: Path) -> Evaluation:
+    """Predict every event of every source, write ``predictions`` (atomically) and compute metrics.
+
+    ``sources`` are (source, label) with the primary first; weights are reported for it.
+    """
+    reweight = config.task == "reweight"
+    max_w = config.evaluation.max_weight
+    scores = BinaryScores()
+    variables = closure_variables(sources[0][0], config.evaluation.bins) if reweight else []
+    weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
+    sum_w = sum_wnn = 0.0
+    clipped = counted = 0
+    tmp = predictions.with_name(f".{predictions.name}.tmp")
+    writer = PredictionWriter(tmp)
+    try:
+        for sample, (source, label) in enumerate(sources):
+            for block in source.iterate(splits=None, drop_outliers=False):
+                p = predict(model, block.inputs)
+                outlier = ~outlier_mask(block.raw_objects, block.n_objects, source.object_names,
+                                        config.scaling.outliers)
+                w = block.weights.astype(np.float64)
+                nnw = np.ones(len(block))
+                if reweight and sample == 0:
+                    raw = p / np.maximum(1 - p, 1e-7)
+                    nnw = np.where(outlier, 1.0, nn_weight(p, max_w))
+                    clipped += int(((raw > max_w) | (raw < 1 / max_w))[~outlier].sum())
+                    counted += int((~outlier).sum())
+                    sum_w += float(w[~outlier].sum())
+                    sum_wnn += float((w * nnw)[~outlier].sum())
+                writer.append({"sample": np.full(len(block), sample), "file_index": block.file_index,
+                               "entry": block.entry, "split": block.split, "outlier": outlier,
+                               "label": np.full(len(block), label), "score": p, "weight": w, "nn_weight": nnw})
+                test = (block.split == TEST) & ~outlier
+                if not test.any():
+                    continue
+                scores.fill(p[test], np.full(int(test.sum()), label), w[test])
+                if reweight:
+                    sub = block.take(np.flatnonzero(test))
+                    if sample == 0:
+                        weight_hist.fill(nnw[test], w[test])
+                    for v in variables:
+                        values, event = v.values(sub)
+                        if sample == 0:
+                            v.hists["primary"].fill(values, w[test][event])
+                            v.hists["reweighted"].fill(values, (w * nnw)[test][event])
+                        else:
+                            v.hists["secondary"].fill(values, w[test][event])
+        factor = sum_w / sum_wnn if reweight and sum_wnn > 0 else 1.0
+        if reweight:
+            writer.scale_nn_weights(factor)
+        writer.file.attrs["source_files"] = json.dumps({str(i): s.source_files for i, (s, _) in enumerate(sources)})
+        writer.file.attrs["task"] = config.task
+        writer.file.attrs["fields"] = __doc__
+    except BaseException:
+        writer.file.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.file.close()
+    os.replace(tmp, predictions)
+
+    metrics: dict[str, Any] = {"test": scores.summary(), "calibration": scores.calibration()}
+    if reweight:
+        for v in variables:
+            v.hists["reweighted"] = v.hists["reweighted"].scaled(factor)
+        metrics["closure"] = {
+            v.name: {
+                "chi2_ndf_before": chi2_ndf(v.hists["primary"], v.hists["secondary"]),
+                "chi2_ndf_after": chi2_ndf(v.hists["reweighted"], v.hists["secondary"]),
+                "ks_before": ks_distance(v.hists["primary"], v.hists["secondary"]),
+                "ks_after": ks_distance(v.hists["reweighted"], v.hists["secondary"]),
+            } for v in variables
+        }
+        metrics["nn_weights"] = {"normalisation": factor, "clipped_fraction": clipped / max(counted, 1),
+                                 "max_weight": max_w}
+    log.info("test AUC %.4f over %d events", metrics["test"]["auc"], metrics["test"]["events"])
+    return Evaluation(metrics, scores, variables, weight_hist)
+
+
+def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource, int]], tallies,
+                       factor: float) -> float:
+    """Train a fresh classifier on reweighted primary vs secondary (one half of the test split) and
+    return its weighted AUC on the other half: 0.5 means the reweighting left nothing to learn."""
+    import keras
+
+    from payload.dataset import prefetch
+    from payload.models import build_model
+    from payload.train import _epoch_batches, compile_model, make_stream_factory
+
+    max_w = config.evaluation.max_weight
+    primary_label = sources[0][1]
+
+    def extra(block: Block, label: int) -> np.ndarray:
+        if label != primary_label:
+            return np.ones(len(block), dtype=np.float32)
+        return (nn_weight(predict(model, block.inputs), max_w) * factor).astype(np.float32)
+
+    seed = config.training.seed + 99
+    keras.utils.set_random_seed(seed)
+    streams = make_stream_factory(config, sources, tallies, (TEST,), seed, shuffle=True, extra_weight=extra, half=0)
+    first = sources[0][0]
+    fresh = build_model(config, first.max_objects, len(first.object_names), len(first.event_names))
+    epochs = config.evaluation.closure_epochs
+    steps = streams(0).steps
+    compile_model(fresh, config, steps, epochs)
+    fresh.fit(prefetch(_epoch_batches(streams, 0)), steps_per_epoch=steps, epochs=epochs, verbose=0, shuffle=False)
+    scores = BinaryScores()
+    for source, label in sources:
+        for a, b in source.block_ranges():
+            block = source.read(a, b, (TEST,), half=1)
+            if not len(block):
+                continue
+            w = block.weights.astype(np.float64)
+            if label == primary_label:
+                w = w * extra(block, label)
+            scores.fill(predict(fresh, block.inputs), np.full(len(block), label), w)
+    auc = scores.auc()
+    log.info("closure classifier (reweighted primary vs secondary) AUC %.4f", auc)
+    return auc

@@ -1,0 +1,229 @@
+"""The job: inputs -> convert -> scale -> train -> evaluate -> outputs, in one output directory.
+
+Output directory of a finished job:
+
+    model.keras        the best model (Keras 3, loads with safe_mode=True)
+    saved_model/       the same model exported for serving (TensorFlow backend)
+    scaler.json        input scaling, applied identically at evaluation
+    config.yaml        the resolved job config
+    metrics.json       test metrics, closure, closure-classifier AUC
+    history.csv        per-epoch training history
+    predictions.h5     per-event scores and NN weights keyed by input file and entry
+    plots/*.png        ROC, learning curves, calibration, NN weights, closure per variable
+    job.log            the job's log
+    manifest.json      versions, inputs with sizes and checksums, device, timings, status (written last)
+
+Working files (``work/`` converted HDF5, ``checkpoints/``) stay for resuming.  A failed job leaves
+``error.json`` with the reason and no ``manifest.json``: it never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from payload.config import JobConfig, config_to_dict, dump_config, load_config
+from payload.convert import convert
+from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
+from payload.h5layout import json_attr, open_event_file
+from payload.inputs import expand_inputs
+from payload.manifest import Timer, build_manifest, describe_input, write_json
+from payload.progress import log
+
+
+@dataclass
+class JobResult:
+    output: Path
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def labels(config: JobConfig) -> tuple[int, int]:
+    """(primary label, secondary label): reweight learns P(secondary); classify: primary = signal."""
+    return (0, 1) if config.task == "reweight" else (1, 0)
+
+
+def _converted(config: JobConfig, files: list[str], target: Path, progress: bool) -> Path:
+    """Convert unless ``target`` already holds exactly these inputs with this data config (resume)."""
+    if target.exists():
+        try:
+            with open_event_file(target) as f:
+                same = (json_attr(f, "source_files") == files
+                        and json_attr(f, "config")["data"] == config_to_dict(config)["data"])
+        except PayloadError:
+            same = False
+        if same:
+            log.info("reusing %s", target)
+            return target
+    convert(config, files, target, progress=progress)
+    return target
+
+
+class _JobLog:
+    """Copies the payload log into OUTPUT/job.log for the duration of the job."""
+
+    def __init__(self, path: Path):
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+
+    def __enter__(self):
+        logging.getLogger("payload").addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("payload").removeHandler(self.handler)
+        self.handler.close()
+
+
+def _model_bundle(model_path: str | Path, output: Path) -> Path:
+    """A trained job's output directory, or a tarball of it extracted safely into OUTPUT."""
+    from payload.archive import safe_extract
+
+    path = Path(model_path)
+    if not path.exists():
+        raise InputMissingError(f"model {path}: no such file or directory")
+    if path.is_file():
+        path = safe_extract(path, output / "work" / "model")
+    for needed in ("model.keras", "scaler.json", "config.yaml"):
+        if not (path / needed).exists():
+            raise InputMissingError(f"model {model_path}: no {needed}; give the output directory or tarball of a "
+                                    "'payload run --mode train' job")
+    return path
+
+
+def run_job(config: JobConfig | None, primary: str | list[str], secondary: str | list[str] | None,
+            output: str | Path, mode: str = "train", model: str | Path | None = None,
+            tarball: str | Path | None = None, progress: bool = True) -> JobResult:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "error.json"):
+        (output / stale).unlink(missing_ok=True)
+    timer = Timer()
+    started = time.time()
+    stage = "setup"
+    try:
+        with _JobLog(output / "job.log"):
+            if mode == "evaluate":
+                if model is None:
+                    raise ConfigError("--mode evaluate needs --model (a trained job's output directory or tarball)")
+                bundle = _model_bundle(model, output)
+                config = load_config(bundle / "config.yaml")
+            elif config is None:
+                raise ConfigError("--mode train needs --config")
+            if mode == "train" and not secondary:
+                raise ConfigError(f"task {config.task} needs --secondary")
+            inputs = {"primary": expand_inputs(primary)}
+            if secondary:
+                inputs["secondary"] = expand_inputs(secondary)
+            stage = "convert"
+            work = output / "work"
+            work.mkdir(exist_ok=True)
+            converted = {}
+            for name, files in inputs.items():
+                with timer.stage(f"convert_{name}"):
+                    converted[name] = _converted(config, files, work / f"{name}.h5", progress)
+            metrics = _train_and_evaluate(config, converted, output, timer, mode,
+                                          bundle if mode == "evaluate" else None)
+            stage = "outputs"
+            dump_config(config, output / "config.yaml")
+            write_json(output / "metrics.json", metrics)
+            from payload.device import describe
+
+            described = {name: [describe_input(f) for f in files] for name, files in inputs.items()}
+            manifest = build_manifest("success", 0, mode, config.task, described, describe(), timer, output, started)
+            if tarball:
+                from payload.archive import make_tarball
+
+                write_json(output / "manifest.json", manifest)
+                with timer.stage("tarball"):
+                    make_tarball(output, Path(tarball))
+                manifest["timings"] = timer.stages
+                manifest["tarball"] = str(tarball)
+            write_json(output / "manifest.json", manifest)
+            log.info("job finished: outputs in %s", output)
+            return JobResult(output, metrics, manifest)
+    except PayloadError as err:
+        write_json(output / "error.json", {"status": "failed", "exit_code": err.exit_code, "stage": stage,
+                                           "error": err.message, "timings": timer.stages})
+        raise
+    except BaseException as err:
+        write_json(output / "error.json", {"status": "failed", "exit_code": EXIT_INTERNAL, "stage": stage,
+                                           "error": f"{type(err).__name__}: {err}", "timings": timer.stages})
+        raise
+
+
+def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str,
+                        bundle: Path | None) -> dict[str, Any]:
+    import keras
+
+    from payload import plots
+    from payload.dataset import EventSource
+    from payload.evaluate import closure_classifier, evaluate
+    from payload.models import load_model
+    from payload.scaling import Scaler
+    from payload.train import prepare, train
+
+    primary_label, secondary_label = labels(config)
+    raw = [EventSource(converted["primary"], config, None)]
+    if "secondary" in converted:
+        raw.append(EventSource(converted["secondary"], config, None))
+    with timer.stage("prepare"):
+        fitted, tallies = prepare(config, raw) if len(raw) == 2 else (None, None)
+    if mode == "train":
+        scaler = fitted
+        _atomic(output / "scaler.json", scaler.save)
+    else:
+        scaler = Scaler.load(bundle / "scaler.json")
+        shutil.copyfile(bundle / "scaler.json", output / "scaler.json")
+    sources = [(EventSource(converted["primary"], config, scaler), primary_label)]
+    if "secondary" in converted:
+        sources.append((EventSource(converted["secondary"], config, scaler), secondary_label))
+
+    metrics: dict[str, Any] = {"task": config.task, "mode": mode}
+    if mode == "train":
+        with timer.stage("train"):
+            result = train(config, sources, tallies, output)
+        model = result.model
+        metrics["training"] = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                               "best_loss": result.best_loss, "resumed_from_epoch": result.resumed_from,
+                               "steps_per_epoch": result.steps_per_epoch}
+        _atomic(output / "model.keras", model.save)
+        if keras.backend.backend() == "tensorflow":
+            with timer.stage("export"):
+                shutil.rmtree(output / "saved_model", ignore_errors=True)
+                model.export(str(output / "saved_model"), verbose=False)
+    else:
+        model = load_model(bundle / "model.keras")
+        _atomic(output / "model.keras", model.save)
+
+    with timer.stage("evaluate"):
+        evaluation = evaluate(config, model, sources, output / "predictions.h5")
+    metrics.update(evaluation.metrics)
+    if len(sources) == 2 and config.task == "reweight" and config.evaluation.closure_classifier and tallies:
+        with timer.stage("closure_classifier"):
+            factor = evaluation.metrics["nn_weights"]["normalisation"]
+            metrics["closure_classifier_auc"] = closure_classifier(config, model, sources, tallies, factor)
+    with timer.stage("plots"):
+        plot_dir = output / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        if len(sources) == 2:
+            plots.roc(evaluation, plot_dir / "roc.png")
+            plots.calibration(evaluation, plot_dir / "calibration.png")
+        plots.history(output / "history.csv", plot_dir / "loss.png")
+        if evaluation.weight_hist is not None and len(sources) == 2:
+            plots.weights(evaluation.weight_hist, plot_dir / "nn_weights.png")
+            plots.closure(evaluation, plot_dir)
+    for source, _ in sources + [(r, None) for r in raw]:
+        source.close()
+    return metrics
+
+
+def _atomic(path: Path, save) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    save(tmp)
+    tmp.replace(path)

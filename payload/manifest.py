@@ -1,0 +1,70 @@
+"""The job manifest: what ran, on what, from which inputs, how long each stage took."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from payload import __version__
+from payload.inputs import is_url
+
+
+def adler32(path: str | Path, block: int = 1 << 22) -> str:
+    """Adler-32 as Rucio records it (8 hex digits)."""
+    value = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            value = zlib.adler32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def describe_input(location: str) -> dict[str, Any]:
+    if is_url(location):
+        return {"location": location}
+    path = Path(location)
+    return {"location": location, "resolved": str(path.resolve()), "bytes": path.stat().st_size,
+            "adler32": adler32(path)}
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def build_manifest(status: str, exit_code: int, mode: str, task: str, inputs: dict[str, list[dict[str, Any]]],
+                   device: dict[str, Any], timer: Timer, output: Path, started: float) -> dict[str, Any]:
+    files = sorted(p for p in output.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and "checkpoints" not in p.parts and "work" not in p.relative_to(output).parts[:1])
+    return {
+        "status": status,
+        "exit_code": exit_code,
+        "payload_version": __version__,
+        "mode": mode,
+        "task": task,
+        "inputs": inputs,
+        "device": device,
+        "timings": timer.stages,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "outputs": {str(p.relative_to(output)): p.stat().st_size for p in files if p.name != "manifest.json"},
+    }

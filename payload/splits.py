@@ -1,0 +1,35 @@
+"""Deterministic event splits: a hash of (source file name, entry, seed) decides train/val/test.
+
+No index arrays are kept (memory does not grow with the dataset), the split does not depend on
+chunking, file order or the number of jobs, and evaluation finds the same test events again.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+TRAIN, VALIDATION, TEST = 0, 1, 2
+NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: uniform 64-bit output from sequential input."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def file_key(location: str) -> int:
+    """A per-file hash key from the file's base name, so staging paths and URLs do not matter."""
+    return zlib.crc32(location.rstrip("/").rsplit("/", 1)[-1].encode())
+
+
+def assign(entry: np.ndarray, file_keys: np.ndarray, seed: int, train: float, validation: float) -> np.ndarray:
+    """Split code (TRAIN, VALIDATION, TEST) per event."""
+    h = _mix(entry.astype(np.uint64) ^ (file_keys.astype(np.uint64) << np.uint64(32)) ^ _mix(np.uint64(seed)))
+    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return np.where(u < train, TRAIN, np.where(u < train + validation, VALIDATION, TEST)).astype(np.int8)

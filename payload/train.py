@@ -1,0 +1,221 @@
+"""Training: streams batches from the event files, checkpoints every epoch, resumes after a kill.
+
+Checkpoints live in ``OUTPUT/checkpoints``: ``epoch-NNNN.keras`` (model and optimizer state),
+``best.keras`` and ``state.json``, written last and atomically, which names the epoch to resume
+from.  Rerunning the same job in the same directory continues from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from payload.config import JobConfig
+from payload.dataset import Block, EventSource, TrainingStream, prefetch, training_weights
+from payload.errors import EmptyInputError
+from payload.progress import log
+from payload.scaling import Scaler, ScalerFitter
+from payload.splits import TRAIN, VALIDATION
+
+
+@dataclass
+class Tally:
+    """Selected events and their training weight sum per split, for one source."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    sumw: dict[int, float] = field(default_factory=dict)
+
+
+def prepare(config: JobConfig, sources: list[EventSource]) -> tuple[Scaler, list[Tally]]:
+    """One pass over both samples: fit the scaler on their training split, count every split."""
+    fitter = ScalerFitter(config.scaling, sources[0].object_names, sources[0].event_names)
+    tallies = []
+    for source in sources:
+        tally = Tally()
+        for block in source.iterate(splits=None):
+            w = training_weights(block, config, 1.0)
+            for code in np.unique(block.split):
+                sel = block.split == code
+                tally.counts[int(code)] = tally.counts.get(int(code), 0) + int(sel.sum())
+                tally.sumw[int(code)] = tally.sumw.get(int(code), 0.0) + float(w[sel].sum())
+            train = block.split == TRAIN
+            if train.any():
+                fitter.update(block.raw_objects[train], block.n_objects[train], block.events[train])
+        if not tally.counts.get(TRAIN):
+            raise EmptyInputError(f"event file {source.path}: no events in the training split")
+        tallies.append(tally)
+    return fitter.result(), tallies
+
+
+def _epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int) -> Iterator[Any]:
+    """Endless batches; epoch e is its own stream seeded by e, so a resumed job sees the same data."""
+    for epoch in itertools.count(start_epoch):
+        stream = make_stream(epoch)
+        batches = stream.batches()
+        for _ in range(stream.steps):
+            yield next(batches)
+
+
+def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None) -> None:
+    from payload.schedules import make_schedule
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=make_schedule(config.training, steps_per_epoch, epochs)),
+        loss=keras.losses.BinaryCrossentropy(),
+        weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+
+
+def configure_precision(config: JobConfig) -> bool:
+    """Mixed precision when a GPU is present (or forced on); returns whether it is on."""
+    from payload.device import gpus
+
+    on = config.training.mixed_precision == "on" or (config.training.mixed_precision == "auto" and bool(gpus()))
+    keras.mixed_precision.set_global_policy("mixed_float16" if on else "float32")
+    return on
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Per-epoch checkpoint, best model, CSV history, early stopping and the resume state."""
+
+    def __init__(self, directory: Path, history: Path, patience: int, state: dict[str, Any]):
+        super().__init__()
+        self.directory, self.history, self.patience, self.state = directory, history, patience, state
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        # The rate of this epoch's last step (the optimizer reports the next step's).
+        schedule = self.model.optimizer._learning_rate
+        step = int(np.asarray(self.model.optimizer.iterations)) - 1
+        logs["learning_rate"] = float(np.asarray(schedule(step) if callable(schedule) else schedule))
+        monitor = logs.get("val_loss", logs.get("loss"))
+        name = f"epoch-{epoch:04d}.keras"
+        tmp = self.directory / f".{name}.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.directory / name)
+        if monitor is not None and monitor < self.state.get("best", np.inf):
+            shutil.copyfile(self.directory / name, self.directory / ".best.tmp")
+            os.replace(self.directory / ".best.tmp", self.directory / "best.keras")
+            self.state.update(best=monitor, best_epoch=epoch, wait=0)
+        else:
+            self.state["wait"] = self.state.get("wait", 0) + 1
+        new = not self.history.exists()
+        with self.history.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", *sorted(logs)])
+            if new:
+                writer.writeheader()
+            writer.writerow({"epoch": epoch, **logs})
+        previous = self.state.get("checkpoint")
+        self.state.update(epoch=epoch, checkpoint=name)
+        _write_json(self.directory / "state.json", self.state)  # the commit point
+        if previous and previous != name:
+            (self.directory / previous).unlink(missing_ok=True)
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))
+        if self.patience and self.state["wait"] >= self.patience:
+            log.info("early stopping: no improvement for %d epochs", self.patience)
+            self.model.stop_training = True
+
+
+def _truncate_history(path: Path, last_epoch: int) -> None:
+    """Drop history rows written after the last committed checkpoint (a kill between the two)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = rows[0].keys() if rows else None
+    rows = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    if fields is None:
+        return
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    epochs_run: int
+    resumed_from: int | None
+    best_epoch: int
+    best_loss: float
+    steps_per_epoch: int
+
+
+def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally],
+                        splits: tuple[int, ...], seed: int, shuffle: bool,
+                        extra_weight: Callable[[Block, int], np.ndarray] | None = None,
+                        half: int | None = None) -> Callable[[int], TrainingStream]:
+    share = 1.0 if half is None else 0.5
+    counts = [max(1, int(share * sum(t.counts.get(s, 0) for s in splits))) for t in tallies]
+    sumw = [share * sum(t.sumw.get(s, 0.0) for s in splits) for t in tallies]
+
+    def make(epoch: int) -> TrainingStream:
+        return TrainingStream(sources, counts, sumw, config, splits, seed=seed * 1000 + epoch, shuffle=shuffle,
+                              extra_weight=extra_weight, half=half)
+
+    return make
+
+
+def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally], output: Path,
+          resume: bool = True) -> TrainResult:
+    from payload.models import build_model, load_model
+
+    checkpoints = output / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    history = output / "history.csv"
+    state_path = checkpoints / "state.json"
+    seed = config.training.seed
+    keras.utils.set_random_seed(seed)
+    configure_precision(config)
+
+    train_streams = make_stream_factory(config, sources, tallies, (TRAIN,), seed, shuffle=True)
+    steps = train_streams(0).steps
+    has_validation = all(t.counts.get(VALIDATION, 0) for t in tallies)
+    val_streams = (make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)
+                   if has_validation else None)
+
+    state: dict[str, Any] = {}
+    resumed_from = None
+    if resume and state_path.exists():
+        state = json.loads(state_path.read_text())
+        model = load_model(checkpoints / state["checkpoint"])
+        resumed_from = state["epoch"]
+        _truncate_history(history, resumed_from)
+        log.info("resuming after epoch %d from %s", resumed_from + 1, state["checkpoint"])
+    else:
+        history.unlink(missing_ok=True)
+        first = sources[0][0]
+        model = build_model(config, first.max_objects, len(first.object_names), len(first.event_names))
+        compile_model(model, config, steps)
+    initial_epoch = 0 if resumed_from is None else resumed_from + 1
+    done = (initial_epoch >= config.training.epochs or
+            (config.training.early_stopping_patience and state.get("wait", 0) >= config.training.early_stopping_patience))
+    if not done:
+        fit_kwargs: dict[str, Any] = {}
+        if val_streams is not None:
+            fit_kwargs = {"validation_data": prefetch(_epoch_batches(val_streams, 0)),
+                          "validation_steps": val_streams(0).steps}
+        model.fit(prefetch(_epoch_batches(train_streams, initial_epoch)), steps_per_epoch=steps,
+                  epochs=config.training.epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False,
+                  callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)],
+                  **fit_kwargs)
+    best = load_model(checkpoints / "best.keras")
+    return TrainResult(best, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
+                       state.get("best", float("nan")), steps)

@@ -1,0 +1,194 @@
+"""The job end to end: real ROOT files in, real (tiny) training, every output checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import uproot
+import yaml
+
+from payload.config import load_config, parse_config
+from payload.job import run_job
+
+from conftest import REPO, run_payload
+
+DATA = REPO / "payload" / "data"
+SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")
+
+
+def tiny_config(**training):
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update({"epochs": 3, "batch_size": 512, **training})
+    raw["evaluation"]["closure_epochs"] = 2
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("job") / "out"
+    result = run_job(tiny_config(), SAMPLE_A, SAMPLE_B, out, tarball=out.parent / "job.tgz", progress=False)
+    return result
+
+
+def test_outputs_are_complete(trained):
+    out = trained.output
+    for name in ("model.keras", "scaler.json", "config.yaml", "metrics.json", "history.csv", "predictions.h5",
+                 "job.log", "manifest.json", "plots/roc.png", "plots/loss.png", "plots/calibration.png",
+                 "plots/nn_weights.png", "plots/closure_mjj.png", "saved_model/saved_model.pb"):
+        assert (out / name).exists(), name
+    assert not (out / "error.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "success" and manifest["exit_code"] == 0
+    assert set(manifest["timings"]) >= {"convert_primary", "convert_secondary", "prepare", "train", "evaluate"}
+    primary = manifest["inputs"]["primary"][0]
+    assert primary["bytes"] == Path(SAMPLE_A).stat().st_size and len(primary["adler32"]) == 8
+    assert manifest["device"]["backend"] in ("tensorflow", "jax", "torch")
+    assert "model.keras" in manifest["outputs"]
+    assert load_config(out / "config.yaml") == tiny_config()
+    with open(out / "history.csv") as f:
+        assert len(f.readlines()) == 1 + 3
+
+
+def test_predictions_join_back_to_root(trained):
+    with h5py.File(trained.output / "predictions.h5") as f:
+        sample, entry, fidx = f["sample"][:], f["entry"][:], f["file_index"][:]
+        score, nnw, w, split = f["score"][:], f["nn_weight"][:], f["weight"][:], f["split"][:]
+        sources = json.loads(f.attrs["source_files"])
+    with uproot.open(SAMPLE_A) as r:
+        n_a = r["nominal"].num_entries
+    assert sources["0"] == [SAMPLE_A] and sources["1"] == [SAMPLE_B]
+    np.testing.assert_array_equal(entry[sample == 0], np.arange(n_a))
+    assert (fidx == 0).all()
+    assert ((score > 0) & (score < 1)).all()
+    # NN weights: p/(1-p) for the primary, normalised so its weighted sum is unchanged; 1 for the secondary.
+    assert np.sum((w * nnw)[sample == 0]) == pytest.approx(np.sum(w[sample == 0]), rel=1e-4)
+    assert (nnw[sample == 1] == 1).all()
+    ratio = score[sample == 0] / (1 - score[sample == 0])
+    assert np.corrcoef(ratio, nnw[sample == 0])[0, 1] > 0.99
+    assert set(np.unique(split)) == {0, 1, 2}
+
+
+def test_reweighting_moves_primary_towards_secondary(trained):
+    m = trained.metrics
+    closure = m["closure"]
+    # The toy B has harder jets and more of them: the reweighted A must close the gap.
+    for name in ("mjj", "ptV", "n_objects", "pt"):
+        assert closure[name]["chi2_ndf_after"] < closure[name]["chi2_ndf_before"], (name, closure[name])
+        assert closure[name]["ks_after"] < closure[name]["ks_before"], (name, closure[name])
+    assert m["test"]["auc"] > 0.55
+    assert abs(m["closure_classifier_auc"] - 0.5) < abs(m["test"]["auc"] - 0.5)
+
+
+def test_evaluate_mode_reproduces_predictions(trained, tmp_path):
+    for model in (trained.output, trained.output.parent / "job.tgz"):
+        out = tmp_path / f"eval-{Path(model).name}"
+        proc = run_payload("run", "--mode", "evaluate", "--model", str(model), "--primary", SAMPLE_A,
+                           "--secondary", SAMPLE_B, "--output", str(out), "-q")
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(trained.output / "predictions.h5") as a, h5py.File(out / "predictions.h5") as b:
+            for key in ("sample", "entry", "split", "nn_weight"):
+                np.testing.assert_array_equal(a[key][:], b[key][:])
+            np.testing.assert_allclose(a["score"][:], b["score"][:], rtol=1e-5, atol=1e-6)
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["mode"] == "evaluate"
+        assert metrics["test"]["auc"] == pytest.approx(trained.metrics["test"]["auc"], abs=1e-4)
+
+
+def test_resume_after_kill(tmp_path):
+    cfg = tmp_path / "job.yaml"
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update({"epochs": 6, "batch_size": 256, "early_stopping_patience": 0})
+    raw["evaluation"]["closure_classifier"] = False
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "payload", "-q", "run", "--primary", SAMPLE_A, "--secondary", SAMPLE_B,
+            "--config", str(cfg), "--output", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "checkpoints" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the job ended before it could be killed")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert killed_at < 5, "killed too late to test resuming"
+    assert not (out / "manifest.json").exists()
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming after epoch {killed_at + 1}" in (out / "job.log").read_text()
+    with open(out / "history.csv") as f:
+        epochs = [int(line.split(",")[0]) for line in f.readlines()[1:]]
+    assert epochs == list(range(6))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["epochs_run"] == 6
+    assert metrics["training"]["resumed_from_epoch"] == killed_at
+
+
+def test_failed_job_leaves_error_json(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text((DATA / "demo.yaml").read_text())
+    proc = run_payload("run", "--primary", SAMPLE_A, "--secondary", str(tmp_path / "missing.root"),
+                       "--config", str(cfg), "--output", str(out))
+    assert proc.returncode == 3
+    assert "missing.root" in proc.stderr and "Traceback" not in proc.stderr
+    error = json.loads((out / "error.json").read_text())
+    assert error["status"] == "failed" and error["exit_code"] == 3 and "missing.root" in error["error"]
+    assert not (out / "manifest.json").exists() and not (out / "metrics.json").exists()
+
+
+def test_evaluate_refuses_a_tarball_that_escapes(tmp_path):
+    import io
+    import tarfile
+
+    evil = tmp_path / "evil.tgz"
+    with tarfile.open(evil, "w:gz") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    proc = run_payload("run", "--mode", "evaluate", "--model", str(evil), "--primary", SAMPLE_A,
+                       "--output", str(tmp_path / "out"))
+    assert proc.returncode == 4 and "escapes" in proc.stderr
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_batches_mix_both_classes_in_proportion(trained):
+    from payload.dataset import EventSource
+    from payload.scaling import Scaler
+    from payload.splits import TRAIN
+    from payload.train import make_stream_factory, prepare
+
+    config = tiny_config()
+    work = trained.output / "work"
+    raw = [EventSource(work / "primary.h5", config, None), EventSource(work / "secondary.h5", config, None)]
+    _, tallies = prepare(config, raw)
+    scaler = Scaler.load(trained.output / "scaler.json")
+    sources = [(EventSource(work / "primary.h5", config, scaler), 0), (EventSource(work / "secondary.h5", config, scaler), 1)]
+    stream = make_stream_factory(config, sources, tallies, (TRAIN,), seed=3, shuffle=True)(0)
+    expected = tallies[1].counts[TRAIN] / (tallies[0].counts[TRAIN] + tallies[1].counts[TRAIN])
+    batches = stream.batches()
+    seen = set()
+    for _ in range(stream.steps):
+        inputs, y, w = next(batches)
+        assert abs(y.mean() - expected) < 2 / len(y)
+        # Class balancing: both classes carry the same total weight.
+        assert w[y[:, 0] == 1].sum() == pytest.approx(w[y[:, 0] == 0].sum(), rel=0.02)
+        assert inputs["objects"].shape[1:] == (20, 5)
+        seen.update(map(tuple, inputs["objects"][:, 0, :2].tolist()))
+    # One epoch covers (nearly) every training event once.
+    total = tallies[0].counts[TRAIN] + tallies[1].counts[TRAIN]
+    assert len(seen) > 0.95 * total

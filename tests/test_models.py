@@ -1,0 +1,96 @@
+"""Model properties a user relies on, for the active Keras backend (and JAX in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from payload.config import parse_config
+
+from conftest import JAGGED_CONFIG, REPO
+
+
+def _model(pooling="sum", events=0):
+    from payload.models import build_model
+
+    raw = {**JAGGED_CONFIG, "model": {"phi_widths": [16, 16], "f_widths": [16], "pooling": pooling}}
+    return build_model(parse_config(raw), 8, 5, events)
+
+
+def _inputs(rng, n=32, m=8, f=5):
+    counts = rng.integers(1, m, n)
+    mask = (np.arange(m) < counts[:, None]).astype(np.float32)
+    objects = rng.normal(size=(n, m, f)).astype(np.float32) * mask[:, :, None]
+    return objects, mask, counts
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_padded_objects_change_nothing(pooling):
+    rng = np.random.default_rng(0)
+    model = _model(pooling)
+    objects, mask, _ = _inputs(rng)
+    before = model.predict_on_batch({"objects": objects, "mask": mask})
+    junk = objects + rng.normal(size=objects.shape).astype(np.float32) * 100 * (1 - mask[:, :, None])
+    after = model.predict_on_batch({"objects": junk, "mask": mask})
+    np.testing.assert_allclose(np.asarray(before), np.asarray(after), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(objects, junk)
+
+
+def test_permutation_invariance():
+    rng = np.random.default_rng(1)
+    model = _model("sum", events=3)
+    objects, mask, counts = _inputs(rng)
+    events = rng.normal(size=(len(objects), 3)).astype(np.float32)
+    permuted = objects.copy()
+    for i, c in enumerate(counts):
+        permuted[i, :c] = objects[i, rng.permutation(c)]
+    a = model.predict_on_batch({"objects": objects, "mask": mask, "events": events})
+    b = model.predict_on_batch({"objects": permuted, "mask": mask, "events": events})
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # ... and it does depend on the objects.
+    c = model.predict_on_batch({"objects": objects * 2, "mask": mask, "events": events})
+    assert not np.allclose(np.asarray(a), np.asarray(c))
+
+
+def test_saved_model_loads_in_safe_mode(tmp_path):
+    import keras
+
+    rng = np.random.default_rng(2)
+    model = _model("mean")
+    objects, mask, _ = _inputs(rng)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch({"objects": objects, "mask": mask})),
+                               np.asarray(again.predict_on_batch({"objects": objects, "mask": mask})), rtol=1e-6)
+
+
+def test_backend_is_the_requested_one():
+    import keras
+
+    assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def test_seed000_schedule():
+    from payload.schedules import HoldThenExpDecay
+
+    s = HoldThenExpDecay(1e-3, steps_per_epoch=10)
+    lr = [float(np.asarray(s(step))) for step in (0, 9, 10, 19, 20, 30, 45)]
+    expected = [1e-3, 1e-3, 1e-3, 1e-3, 1e-3 * np.exp(-0.1), 1e-3 * np.exp(-0.2), 1e-3 * np.exp(-0.3)]
+    np.testing.assert_allclose(lr, expected, rtol=1e-6)
+
+
+@pytest.mark.skipif(not any(p for p in ("jax",) if __import__("importlib").util.find_spec(p)),
+                    reason="JAX is not installed")
+def test_models_run_on_the_jax_backend():
+    """The same masking and invariance checks under KERAS_BACKEND=jax (a backend is chosen per process)."""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_models.py"),
+                           "-k", "padded or permutation or safe_mode or backend_is"], env=env, capture_output=True, text=True,
+                          cwd=REPO / "tests")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "5 passed" in proc.stdout
