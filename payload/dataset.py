@@ -134,50 +134,68 @@ def training_weights(block: Block, config: JobConfig, class_factor: float) -> np
     return w * np.float32(class_factor)
 
 
+Rows = dict[str, np.ndarray]  # network inputs plus "weight": all a training batch needs
+
+
+def _rows_of(block: Block, config: JobConfig) -> Rows:
+    return {**block.inputs, "weight": training_weights(block, config, 1.0)}
+
+
+def _cat(parts: list[Rows]) -> Rows:
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class _ShuffledRows:
     """Endless rows of one source's split: block order reshuffled every pass, rows shuffled
-    within a buffer of ``shuffle_blocks`` blocks."""
+    within a buffer of ``shuffle_blocks`` blocks.  Only network inputs and weights are kept, and
+    batches are slices of the shuffled buffer: one copy per event per pass."""
 
     def __init__(self, source: EventSource, splits: tuple[int, ...], rng: np.random.Generator, buffer_blocks: int,
                  half: int | None = None):
         self.source, self.splits, self.rng, self.buffer_blocks, self.half = source, splits, rng, buffer_blocks, half
-        self._pending: Block | None = None
-        self._offset = 0
+        self._pending: Rows | None = None
+        self._size = self._offset = 0
         self._blocks: Iterator[Block] = iter(())
 
-    def _fill(self) -> Block:
+    def _fill(self) -> Rows:
         """The next shuffled buffer: up to ``buffer_blocks`` blocks, never past the end of a pass
         (so no event appears twice in one buffer); a new pass reshuffles the block order."""
+        config = self.source.config
         for _ in range(2):
-            blocks = [b for _, b in zip(range(self.buffer_blocks), self._blocks)]
-            blocks = [b for b in blocks if len(b)]
-            if blocks:
-                buf = concat(blocks) if len(blocks) > 1 else blocks[0]
-                return buf.take(self.rng.permutation(len(buf)))
+            rows = [_rows_of(b, config) for _, b in zip(range(self.buffer_blocks), self._blocks) if len(b)]
+            if rows:
+                buf = _cat(rows)
+                order = self.rng.permutation(len(buf["weight"]))
+                return {k: v[order] for k, v in buf.items()}
             ranges = self.source.block_ranges()
             order = self.rng.permutation(len(ranges))
             self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half) for i in order)
         raise RuntimeError(f"{self.source.path}: no events in the requested split")
 
-    def take(self, n: int) -> Block:
+    def take(self, n: int) -> Rows:
         parts, have = [], 0
         while have < n:
-            if self._pending is None or self._offset == len(self._pending):
+            if self._pending is None or self._offset == self._size:
                 self._pending, self._offset = self._fill(), 0
-            k = min(n - have, len(self._pending) - self._offset)
-            parts.append(self._pending.take(slice(self._offset, self._offset + k)))
+                self._size = len(self._pending["weight"])
+            k = min(n - have, self._size - self._offset)
+            parts.append({key: v[self._offset:self._offset + k] for key, v in self._pending.items()})
             self._offset += k
             have += k
-        return concat(parts) if len(parts) > 1 else parts[0]
+        return _cat(parts)
 
 
 class TrainingStream:
-    """Batches mixing the classes in proportion, endless, for ``fit(steps_per_epoch=...)``."""
+    """Batches mixing the classes in proportion, endless, for ``fit(steps_per_epoch=...)``.
+
+    ``extra_weight(inputs, label)`` multiplies the weights of a class's rows (the closure check uses it
+    to apply NN weights).  Rows within a batch need no shuffling: the loss is a sum over the batch.
+    """
 
     def __init__(self, sources: list[tuple[EventSource, int]], counts: list[int], sumw: list[float],
                  config: JobConfig, splits: tuple[int, ...], seed: int, shuffle: bool = True,
-                 extra_weight: Callable[[Block, int], np.ndarray] | None = None, half: int | None = None):
-        self.config = config
+                 extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
+                 half: int | None = None):
         total = sum(counts)
         bs = config.training.batch_size
         self.steps = max(1, int(np.ceil(total / bs)))
@@ -191,23 +209,20 @@ class TrainingStream:
                      for src, _ in sources]
         self.labels = [label for _, label in sources]
         self.extra_weight = extra_weight
-        self.rng = rng
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         while True:
-            parts, labels, weights = [], [], []
+            parts, labels = [], []
             for rows, n, label, factor in zip(self.rows, self.per_batch, self.labels, self.factors):
-                block = rows.take(n)
-                w = training_weights(block, self.config, factor)
+                part = rows.take(n)
+                weight = part["weight"] * np.float32(factor)
                 if self.extra_weight is not None:
-                    w = w * self.extra_weight(block, label)
-                parts.append(block)
-                labels.append(np.full(len(block), label, dtype=np.float32))
-                weights.append(w)
-            order = self.rng.permutation(sum(len(p) for p in parts))
-            batch = concat(parts)
-            yield ({k: v[order] for k, v in batch.inputs.items()}, np.concatenate(labels)[order][:, None],
-                   np.concatenate(weights)[order])
+                    weight = weight * self.extra_weight({k: v for k, v in part.items() if k != "weight"}, label)
+                parts.append({**part, "weight": weight})
+                labels.append(np.full(n, label, dtype=np.float32))
+            batch = _cat(parts)
+            weight = batch.pop("weight")
+            yield batch, np.concatenate(labels)[:, None], weight
 
 
 def prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:

@@ -214,10 +214,11 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     max_w = config.evaluation.max_weight
     primary_label = sources[0][1]
 
-    def extra(block: Block, label: int) -> np.ndarray:
+    def extra(inputs: dict[str, np.ndarray], label: int) -> np.ndarray:
+        n = len(next(iter(inputs.values())))
         if label != primary_label:
-            return np.ones(len(block), dtype=np.float32)
-        return (nn_weight(predict(model, block.inputs), max_w) * factor).astype(np.float32)
+            return np.ones(n, dtype=np.float32)
+        return (nn_weight(predict(model, inputs), max_w) * factor).astype(np.float32)
 
     seed = config.training.seed + 99
     keras.utils.set_random_seed(seed)
@@ -236,7 +237,7 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
                 continue
             w = block.weights.astype(np.float64)
             if label == primary_label:
-                w = w * extra(block, label)
+                w = w * extra(block.inputs, label)
             scores.fill(predict(fresh, block.inputs), np.full(len(block), label), w)
     auc = scores.auc()
     log.info("closure classifier (reweighted primary vs secondary) AUC %.4f", auc)

@@ -19,7 +19,6 @@ Working files (``work/`` converted HDF5, ``checkpoints/``) stay for resuming.  A
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time

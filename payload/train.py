@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from payload.config import JobConfig
-from payload.dataset import Block, EventSource, TrainingStream, prefetch, training_weights
+from payload.dataset import EventSource, TrainingStream, prefetch, training_weights
 from payload.errors import EmptyInputError
 from payload.progress import log
 from payload.scaling import Scaler, ScalerFitter
@@ -160,7 +160,7 @@ class TrainResult:
 
 def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally],
                         splits: tuple[int, ...], seed: int, shuffle: bool,
-                        extra_weight: Callable[[Block, int], np.ndarray] | None = None,
+                        extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
                         half: int | None = None) -> Callable[[int], TrainingStream]:
     share = 1.0 if half is None else 0.5
     counts = [max(1, int(share * sum(t.counts.get(s, 0) for s in splits))) for t in tallies]

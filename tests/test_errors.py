@@ -6,7 +6,6 @@ import json
 import os
 
 import awkward as ak
-import numpy as np
 import pytest
 import uproot
 import yaml
