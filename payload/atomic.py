@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from payload.errors import OutputError
 
@@ -28,7 +30,8 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
     """Yield a temporary sibling path; on success it is renamed to ``final``, on failure removed."""
     final = Path(final)
     check_writable_dir(final.parent if str(final.parent) else Path("."), what)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    # The suffix is kept (Keras insists on .keras), the leading dot hides it from listings.
+    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
     try:
         yield tmp
         os.replace(tmp, final)
@@ -39,3 +42,9 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))

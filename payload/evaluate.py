@@ -135,7 +135,7 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
     sum_w = sum_wnn = 0.0
     clipped = counted = 0
-    tmp = predictions.with_name(f".{predictions.name}.tmp")
+    tmp = predictions.with_name(f".tmp-{predictions.name}")
     writer = PredictionWriter(tmp)
     try:
         for sample, (source, label) in enumerate(sources):

@@ -31,7 +31,8 @@ from payload.convert import convert
 from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
 from payload.h5layout import json_attr, open_event_file
 from payload.inputs import expand_inputs
-from payload.manifest import Timer, build_manifest, describe_input, write_json
+from payload.atomic import atomic_path, write_json
+from payload.manifest import Timer, build_manifest, describe_input
 from payload.progress import log
 
 
@@ -175,7 +176,8 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
         fitted, tallies = prepare(config, raw) if len(raw) == 2 else (None, None)
     if mode == "train":
         scaler = fitted
-        _atomic(output / "scaler.json", scaler.save)
+        with atomic_path(output / "scaler.json") as tmp:
+            scaler.save(tmp)
     else:
         scaler = Scaler.load(bundle / "scaler.json")
         shutil.copyfile(bundle / "scaler.json", output / "scaler.json")
@@ -191,14 +193,15 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
         metrics["training"] = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                "best_loss": result.best_loss, "resumed_from_epoch": result.resumed_from,
                                "steps_per_epoch": result.steps_per_epoch}
-        _atomic(output / "model.keras", model.save)
+        with atomic_path(output / "model.keras") as tmp:
+            model.save(tmp)
         if keras.backend.backend() == "tensorflow":
             with timer.stage("export"):
                 shutil.rmtree(output / "saved_model", ignore_errors=True)
                 model.export(str(output / "saved_model"), verbose=False)
     else:
         model = load_model(bundle / "model.keras")
-        _atomic(output / "model.keras", model.save)
+        shutil.copyfile(bundle / "model.keras", output / "model.keras")
 
     with timer.stage("evaluate"):
         evaluation = evaluate(config, model, sources, output / "predictions.h5")
@@ -220,9 +223,3 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     for source, _ in sources + [(r, None) for r in raw]:
         source.close()
     return metrics
-
-
-def _atomic(path: Path, save) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    save(tmp)
-    tmp.replace(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
 from payload.dataset import EventSource, TrainingStream, prefetch, training_weights
 from payload.errors import EmptyInputError
@@ -85,12 +85,6 @@ def configure_precision(config: JobConfig) -> bool:
     return on
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 class Checkpointer(keras.callbacks.Callback):
     """Per-epoch checkpoint, best model, CSV history, early stopping and the resume state."""
 
@@ -106,12 +100,11 @@ class Checkpointer(keras.callbacks.Callback):
         logs["learning_rate"] = float(np.asarray(schedule(step) if callable(schedule) else schedule))
         monitor = logs.get("val_loss", logs.get("loss"))
         name = f"epoch-{epoch:04d}.keras"
-        tmp = self.directory / f".{name}.tmp.keras"
-        self.model.save(tmp)
-        os.replace(tmp, self.directory / name)
+        with atomic_path(self.directory / name) as tmp:
+            self.model.save(tmp)
         if monitor is not None and monitor < self.state.get("best", np.inf):
-            shutil.copyfile(self.directory / name, self.directory / ".best.tmp")
-            os.replace(self.directory / ".best.tmp", self.directory / "best.keras")
+            with atomic_path(self.directory / "best.keras") as tmp:
+                shutil.copyfile(self.directory / name, tmp)
             self.state.update(best=monitor, best_epoch=epoch, wait=0)
         else:
             self.state["wait"] = self.state.get("wait", 0) + 1
@@ -123,7 +116,7 @@ class Checkpointer(keras.callbacks.Callback):
             writer.writerow({"epoch": epoch, **logs})
         previous = self.state.get("checkpoint")
         self.state.update(epoch=epoch, checkpoint=name)
-        _write_json(self.directory / "state.json", self.state)  # the commit point
+        write_json(self.directory / "state.json", self.state)  # the commit point
         if previous and previous != name:
             (self.directory / previous).unlink(missing_ok=True)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))

@@ -30,7 +30,7 @@ def _check_failure(proc, code, *words, output=None):
         assert word in lines[0], lines[0]
     if output is not None:
         assert not output.exists()
-        assert not list(output.parent.glob(f".{output.name}.tmp*")), "temporary output left behind"
+        assert not list(output.parent.glob(f".tmp-*{output.name}")), "temporary output left behind"
 
 
 def test_missing_file(tmp_path):
@@ -95,17 +95,22 @@ def test_selection_on_missing_branch(tmp_path, jagged_file):
     _check_failure(proc, 6, "'nbjets'", output=out)
 
 
+def _convert_jets(tmp_path, path, out):
+    """Convert ``path`` with a jets-only config."""
+    raw = {"data": {"collections": [{"name": "jets", "branches": {"pt": "jet_pt", "eta": "jet_eta",
+                                                                    "phi": "jet_phi", "m": "jet_m"}}]}}
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    return run_payload("convert", "--config", str(cfg), "--inputs", str(path), "--output", str(out))
+
+
 def test_collection_with_different_counts(tmp_path):
     path = tmp_path / "mismatch.root"
     with uproot.recreate(path) as f:
         f["nominal"] = {"jet_pt": ak.Array([[1.0, 2.0], [3.0]]), "jet_eta": ak.Array([[1.0], [3.0]]),
                         "jet_phi": ak.Array([[1.0, 2.0], [3.0]]), "jet_m": ak.Array([[1.0, 2.0], [3.0]])}
-    raw = {"data": {"collections": [{"name": "jets", "branches": {"pt": "jet_pt", "eta": "jet_eta",
-                                                                    "phi": "jet_phi", "m": "jet_m"}}]}}
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out.h5"
-    proc = run_payload("convert", "--config", str(cfg), "--inputs", str(path), "--output", str(out))
+    proc = _convert_jets(tmp_path, path, out)
     _check_failure(proc, 7, "'jet_eta'", "different object counts", output=out)
 
 
@@ -114,12 +119,8 @@ def test_empty_tree(tmp_path):
     with uproot.recreate(path) as f:
         f.mktree("nominal", {"jet_pt": "var * float32", "jet_eta": "var * float32", "jet_phi": "var * float32",
                              "jet_m": "var * float32"})
-    raw = {"data": {"collections": [{"name": "jets", "branches": {"pt": "jet_pt", "eta": "jet_eta",
-                                                                    "phi": "jet_phi", "m": "jet_m"}}]}}
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out.h5"
-    proc = run_payload("convert", "--config", str(cfg), "--inputs", str(path), "--output", str(out))
+    proc = _convert_jets(tmp_path, path, out)
     _check_failure(proc, 8, "no entries", output=out)
 
 
