@@ -129,9 +129,11 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     ``sources`` are (source, label) with the primary first; weights are reported for it.
     """
     reweight = config.task == "reweight"
+    # Labels are known only when both samples are given; one sample gets predictions and weights alone.
+    labelled = len(sources) == 2
     max_w = config.evaluation.max_weight
     scores = BinaryScores()
-    variables = closure_variables(sources[0][0], config.evaluation.bins) if reweight else []
+    variables = closure_variables(sources[0][0], config.evaluation.bins) if reweight and labelled else []
     weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
     sum_w = sum_wnn = 0.0
     clipped = counted = 0
@@ -156,7 +158,7 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                                "entry": block.entry, "split": block.split, "outlier": outlier,
                                "label": np.full(len(block), label), "score": p, "weight": w, "nn_weight": nnw})
                 test = (block.split == TEST) & ~outlier
-                if not test.any():
+                if not labelled or not test.any():
                     continue
                 scores.fill(p[test], np.full(int(test.sum()), label), w[test])
                 if reweight:
@@ -180,11 +182,18 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
         writer.file.close()
         tmp.unlink(missing_ok=True)
         raise
+    size = writer.size
     writer.file.close()
     os.replace(tmp, predictions)
 
-    metrics: dict[str, Any] = {"test": scores.summary(), "calibration": scores.calibration()}
+    metrics: dict[str, Any] = {"events": size}
+    if labelled:
+        metrics.update(test=scores.summary(), calibration=scores.calibration())
+        log.info("test AUC %.4f over %d events", metrics["test"]["auc"], metrics["test"]["events"])
     if reweight:
+        metrics["nn_weights"] = {"normalisation": factor, "clipped_fraction": clipped / max(counted, 1),
+                                 "max_weight": max_w}
+    if reweight and labelled:
         for v in variables:
             v.hists["reweighted"] = v.hists["reweighted"].scaled(factor)
         metrics["closure"] = {
@@ -195,9 +204,6 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                 "ks_after": ks_distance(v.hists["reweighted"], v.hists["secondary"]),
             } for v in variables
         }
-        metrics["nn_weights"] = {"normalisation": factor, "clipped_fraction": clipped / max(counted, 1),
-                                 "max_weight": max_w}
-    log.info("test AUC %.4f over %d events", metrics["test"]["auc"], metrics["test"]["events"])
     return Evaluation(metrics, scores, variables, weight_hist)
 
 

@@ -217,7 +217,7 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             plots.roc(evaluation, plot_dir / "roc.png")
             plots.calibration(evaluation, plot_dir / "calibration.png")
         plots.history(output / "history.csv", plot_dir / "loss.png")
-        if evaluation.weight_hist is not None and len(sources) == 2:
+        if evaluation.variables:
             plots.weights(evaluation.weight_hist, plot_dir / "nn_weights.png")
             plots.closure(evaluation, plot_dir)
     for source, _ in sources + [(r, None) for r in raw]:

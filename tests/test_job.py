@@ -192,3 +192,17 @@ def test_batches_mix_both_classes_in_proportion(trained):
     # One epoch covers (nearly) every training event once.
     total = tallies[0].counts[TRAIN] + tallies[1].counts[TRAIN]
     assert len(seen) > 0.95 * total
+
+
+def test_evaluate_one_sample_gives_weights_without_metrics(trained, tmp_path):
+    out = tmp_path / "applied"
+    proc = run_payload("run", "--mode", "evaluate", "--model", str(trained.output), "--primary", SAMPLE_A,
+                       "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "test" not in metrics and "closure" not in metrics
+    with h5py.File(out / "predictions.h5") as a, h5py.File(trained.output / "predictions.h5") as b:
+        primary = b["sample"][:] == 0
+        np.testing.assert_allclose(a["score"][:], b["score"][:][primary], rtol=1e-5, atol=1e-6)
+        # Normalised over the same primary events, the weights are the training job's.
+        np.testing.assert_allclose(a["nn_weight"][:], b["nn_weight"][:][primary], rtol=1e-4)
