@@ -28,7 +28,7 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
 
     from payload.config import load_config
     from payload.dataset import EventSource, concat, prefetch
-    from payload.models import build_model
+    from payload.models import build_model_for
     from payload.splits import TRAIN
     from payload.train import _epoch_batches, compile_model, make_stream_factory, prepare
 
@@ -37,7 +37,7 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
     raw = [EventSource(a, config, None), EventSource(b, config, None)]
     scaler, tallies = prepare(config, raw)
     sources = [(EventSource(a, config, scaler), 0), (EventSource(b, config, scaler), 1)]
-    model = build_model(config, raw[0].max_objects, len(raw[0].object_names), len(raw[0].event_names))
+    model = build_model_for(config, raw[0])
     compile_model(model, config, steps)
     bs = config.training.batch_size
     if mode == "stream":

@@ -3,22 +3,20 @@ no links or devices), since a tarball from the grid is untrusted input."""
 
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 
+from payload.atomic import atomic_path
 from payload.errors import InputCorruptError
 
 
 def make_tarball(source: Path, target: Path, exclude: tuple[str, ...] = ("work", "checkpoints")) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_path(target) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source)
             if rel.parts[0] in exclude or path.name.startswith(".") or not path.is_file():
                 continue
             tar.add(path, arcname=str(rel))
-    os.replace(tmp, target)
     return target
 
 

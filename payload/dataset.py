@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from payload.config import JobConfig
-from payload.h5layout import json_attr, names, open_event_file
+from payload.h5layout import json_attr, names, object_mask, open_event_file
 from payload.scaling import Scaler, outlier_mask
 from payload.splits import assign, file_key
 
@@ -37,6 +37,7 @@ class Block:
     entry: np.ndarray
     file_index: np.ndarray
     split: np.ndarray
+    outlier: np.ndarray             # fails the outlier cuts (kept only when not dropped)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -46,7 +47,8 @@ class Block:
         return Block({k: v[index] for k, v in self.inputs.items()}, *(getattr(self, f)[index] for f in _ROW_FIELDS))
 
 
-_ROW_FIELDS = ("weights", "rows", "raw_objects", "n_objects", "events", "spectators", "entry", "file_index", "split")
+_ROW_FIELDS = ("weights", "rows", "raw_objects", "n_objects", "events", "spectators", "entry", "file_index", "split",
+               "outlier")
 
 
 def concat(blocks: list[Block]) -> Block:
@@ -103,18 +105,20 @@ class EventSource:
         if half is not None:
             halves = assign(entry, self.file_keys[file_index], self.config.split.seed + 1, 0.5, 0.0)
             keep &= (halves == 0) == (half == 0)
+        inlier = outlier_mask(objects, n_objects, self.object_names, self.config.scaling.outliers)
         if drop_outliers:
-            keep &= outlier_mask(objects, n_objects, self.object_names, self.config.scaling.outliers)
+            keep &= inlier
         index = np.flatnonzero(keep)
         objects, n_objects, events = objects[index], n_objects[index], events[index]
         inputs: dict[str, np.ndarray] = {}
         if self.scaler is not None:
             inputs["objects"] = self.scaler.apply_objects(objects, n_objects)
-            inputs["mask"] = (np.arange(objects.shape[1]) < n_objects[:, None]).astype(np.float32)
+            inputs["mask"] = object_mask(n_objects, objects.shape[1]).astype(np.float32)
             if self.use_events:
                 inputs["events"] = self.scaler.apply_events(events)
         return Block(inputs, f["weights"][start:stop][index], start + index, objects, n_objects, events,
-                     f["spectators"][start:stop][index], entry[index], file_index[index], split[index])
+                     f["spectators"][start:stop][index], entry[index], file_index[index], split[index],
+                     ~inlier[index])
 
     def iterate(self, splits: tuple[int, ...] | None, drop_outliers: bool = True) -> Iterator[Block]:
         """Every selected event once, in file order."""

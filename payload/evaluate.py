@@ -13,7 +13,6 @@ secondary and outlier events.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from payload.atomic import atomic_path
 from payload.config import JobConfig
 from payload.dataset import Block, EventSource
+from payload.h5layout import object_mask
 from payload.metrics import BinaryScores, WeightedHist, chi2_ndf, ks_distance
 from payload.progress import log
-from payload.scaling import outlier_mask
 from payload.splits import TEST
 
 PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "split": np.int8, "outlier": np.bool_,
@@ -41,9 +41,14 @@ def _input_names(model) -> list[str]:
     return [t.name.split(":")[0] if hasattr(t, "name") else str(t) for t in model.inputs]
 
 
-def nn_weight(scores: np.ndarray, max_weight: float) -> np.ndarray:
+def odds(scores: np.ndarray) -> np.ndarray:
     p = np.clip(scores, 1e-7, 1 - 1e-7)
-    return np.clip(p / (1 - p), 1.0 / max_weight, max_weight)
+    return p / (1 - p)
+
+
+def nn_weight(scores: np.ndarray, max_weight: float) -> np.ndarray:
+    """p/(1-p), clipped to [1/max_weight, max_weight] (before normalisation)."""
+    return np.clip(odds(scores), 1.0 / max_weight, max_weight)
 
 
 @dataclass
@@ -62,7 +67,7 @@ class Variable:
             return block.events[:, self.index], np.arange(n)
         if self.kind == "count":
             return block.n_objects.astype(np.float64), np.arange(n)
-        real = np.arange(block.raw_objects.shape[1]) < block.n_objects[:, None]
+        real = object_mask(block.n_objects, block.raw_objects.shape[1])
         return block.raw_objects[:, :, self.index][real], np.nonzero(real)[0]
 
 
@@ -137,54 +142,49 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
     sum_w = sum_wnn = 0.0
     clipped = counted = 0
-    tmp = predictions.with_name(f".tmp-{predictions.name}")
-    writer = PredictionWriter(tmp)
-    try:
-        for sample, (source, label) in enumerate(sources):
-            for block in source.iterate(splits=None, drop_outliers=False):
-                p = predict(model, block.inputs)
-                outlier = ~outlier_mask(block.raw_objects, block.n_objects, source.object_names,
-                                        config.scaling.outliers)
-                w = block.weights.astype(np.float64)
-                nnw = np.ones(len(block))
-                if reweight and sample == 0:
-                    raw = p / np.maximum(1 - p, 1e-7)
-                    nnw = np.where(outlier, 1.0, nn_weight(p, max_w))
-                    clipped += int(((raw > max_w) | (raw < 1 / max_w))[~outlier].sum())
-                    counted += int((~outlier).sum())
-                    sum_w += float(w[~outlier].sum())
-                    sum_wnn += float((w * nnw)[~outlier].sum())
-                writer.append({"sample": np.full(len(block), sample), "file_index": block.file_index,
-                               "entry": block.entry, "split": block.split, "outlier": outlier,
-                               "label": np.full(len(block), label), "score": p, "weight": w, "nn_weight": nnw})
-                test = (block.split == TEST) & ~outlier
-                if not labelled or not test.any():
-                    continue
-                scores.fill(p[test], np.full(int(test.sum()), label), w[test])
-                if reweight:
-                    sub = block.take(np.flatnonzero(test))
-                    if sample == 0:
-                        weight_hist.fill(nnw[test], w[test])
-                    for v in variables:
-                        values, event = v.values(sub)
+    with atomic_path(predictions) as tmp:
+        writer = PredictionWriter(tmp)
+        try:
+            for sample, (source, label) in enumerate(sources):
+                for block in source.iterate(splits=None, drop_outliers=False):
+                    p = predict(model, block.inputs)
+                    outlier = block.outlier
+                    w = block.weights.astype(np.float64)
+                    nnw = np.ones(len(block))
+                    if reweight and sample == 0:
+                        ratio = odds(p)
+                        nnw = np.where(outlier, 1.0, np.clip(ratio, 1.0 / max_w, max_w))
+                        clipped += int(((ratio > max_w) | (ratio < 1 / max_w))[~outlier].sum())
+                        counted += int((~outlier).sum())
+                        sum_w += float(w[~outlier].sum())
+                        sum_wnn += float((w * nnw)[~outlier].sum())
+                    writer.append({"sample": np.full(len(block), sample), "file_index": block.file_index,
+                                   "entry": block.entry, "split": block.split, "outlier": outlier,
+                                   "label": np.full(len(block), label), "score": p, "weight": w, "nn_weight": nnw})
+                    test = (block.split == TEST) & ~outlier
+                    if not labelled or not test.any():
+                        continue
+                    scores.fill(p[test], np.full(int(test.sum()), label), w[test])
+                    if reweight:
+                        sub = block.take(np.flatnonzero(test))
                         if sample == 0:
-                            v.hists["primary"].fill(values, w[test][event])
-                            v.hists["reweighted"].fill(values, (w * nnw)[test][event])
-                        else:
-                            v.hists["secondary"].fill(values, w[test][event])
-        factor = sum_w / sum_wnn if reweight and sum_wnn > 0 else 1.0
-        if reweight:
-            writer.scale_nn_weights(factor)
-        writer.file.attrs["source_files"] = json.dumps({str(i): s.source_files for i, (s, _) in enumerate(sources)})
-        writer.file.attrs["task"] = config.task
-        writer.file.attrs["fields"] = __doc__
-    except BaseException:
-        writer.file.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    size = writer.size
-    writer.file.close()
-    os.replace(tmp, predictions)
+                            weight_hist.fill(nnw[test], w[test])
+                        for v in variables:
+                            values, event = v.values(sub)
+                            if sample == 0:
+                                v.hists["primary"].fill(values, w[test][event])
+                                v.hists["reweighted"].fill(values, (w * nnw)[test][event])
+                            else:
+                                v.hists["secondary"].fill(values, w[test][event])
+            factor = sum_w / sum_wnn if reweight and sum_wnn > 0 else 1.0
+            if reweight:
+                writer.scale_nn_weights(factor)
+            writer.file.attrs["source_files"] = json.dumps({str(i): s.source_files for i, (s, _) in enumerate(sources)})
+            writer.file.attrs["task"] = config.task
+            writer.file.attrs["fields"] = __doc__
+            size = writer.size
+        finally:
+            writer.file.close()
 
     metrics: dict[str, Any] = {"events": size}
     if labelled:
@@ -214,7 +214,7 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     import keras
 
     from payload.dataset import prefetch
-    from payload.models import build_model
+    from payload.models import build_model_for
     from payload.train import _epoch_batches, compile_model, make_stream_factory
 
     max_w = config.evaluation.max_weight
@@ -229,8 +229,7 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     seed = config.training.seed + 99
     keras.utils.set_random_seed(seed)
     streams = make_stream_factory(config, sources, tallies, (TEST,), seed, shuffle=True, extra_weight=extra, half=0)
-    first = sources[0][0]
-    fresh = build_model(config, first.max_objects, len(first.object_names), len(first.event_names))
+    fresh = build_model_for(config, sources[0][0])
     epochs = config.evaluation.closure_epochs
     steps = streams(0).steps
     compile_model(fresh, config, steps, epochs)

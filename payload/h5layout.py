@@ -130,6 +130,11 @@ class EventFileWriter:
         self.file.close()
 
 
+def object_mask(n_objects: np.ndarray, max_objects: int) -> np.ndarray:
+    """(N, M) boolean mask of real objects: ``arange(M) < n_objects``."""
+    return np.arange(max_objects) < np.asarray(n_objects)[:, None]
+
+
 def names(dataset: h5py.Dataset) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in dataset.attrs["names"]]
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from payload.config import ScalingConfig
 from payload.errors import ConfigError, InputCorruptError
+from payload.h5layout import object_mask
 from payload.stats import GroupStats
 
 SCALER_VERSION = 1
@@ -30,6 +31,15 @@ def _transform(name: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _transformed(x: np.ndarray, transforms: list[str]) -> np.ndarray:
+    """A float32 copy of ``x`` with each column of its last axis transformed."""
+    out = np.array(x, dtype=np.float32, copy=True)
+    for j, t in enumerate(transforms):
+        if t != "none":
+            out[..., j] = _transform(t, out[..., j])
+    return out
+
+
 @dataclass
 class ColumnScaling:
     """Scaling of the named columns of one array (object features or event features)."""
@@ -41,10 +51,7 @@ class ColumnScaling:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Scale the last axis of ``x`` (float32 in and out)."""
-        out = np.array(x, dtype=np.float32, copy=True)
-        for j, t in enumerate(self.transforms):
-            if t != "none":
-                out[..., j] = _transform(t, out[..., j])
+        out = _transformed(x, self.transforms)
         out -= self.offset.astype(np.float32)
         out /= self.scale.astype(np.float32)
         return out
@@ -68,7 +75,7 @@ class Scaler:
 
     def apply_objects(self, objects: np.ndarray, n_objects: np.ndarray) -> np.ndarray:
         out = self.objects.apply(objects)
-        out[np.arange(out.shape[1]) >= n_objects[:, None]] = 0.0
+        out[~object_mask(n_objects, out.shape[1])] = 0.0
         return out
 
     def apply_events(self, events: np.ndarray) -> np.ndarray:
@@ -98,7 +105,7 @@ def outlier_mask(objects: np.ndarray, n_objects: np.ndarray, object_names: list[
     keep = np.ones(len(objects), dtype=bool)
     if not cuts:
         return keep
-    real = np.arange(objects.shape[1]) < n_objects[:, None]
+    real = object_mask(n_objects, objects.shape[1])
     for name, limit in cuts.items():
         if name in object_names:
             keep &= ~((objects[:, :, object_names.index(name)] > limit) & real).any(axis=1)
@@ -117,14 +124,8 @@ class ScalerFitter:
         self.evt_stats = GroupStats(event_names, capacity=1000)
 
     def update(self, objects: np.ndarray, n_objects: np.ndarray, events: np.ndarray) -> None:
-        real = objects[np.arange(objects.shape[1]) < n_objects[:, None]]  # (k, F) real objects only
-        for j, t in enumerate(self.obj_tf):
-            real[:, j] = _transform(t, real[:, j])
-        self.obj_stats.update(real)
-        ev = np.array(events, dtype=np.float32, copy=True)
-        for j, t in enumerate(self.evt_tf):
-            ev[:, j] = _transform(t, ev[:, j])
-        self.evt_stats.update(ev)
+        self.obj_stats.update(_transformed(objects[object_mask(n_objects, objects.shape[1])], self.obj_tf))
+        self.evt_stats.update(_transformed(events, self.evt_tf))
 
     def _columns(self, names: list[str], transforms: list[str], stats: GroupStats) -> ColumnScaling:
         offset, scale = np.zeros(len(names)), np.ones(len(names))

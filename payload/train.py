@@ -168,7 +168,7 @@ def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]
 
 def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally], output: Path,
           resume: bool = True) -> TrainResult:
-    from payload.models import build_model, load_model
+    from payload.models import build_model_for, load_model
 
     checkpoints = output / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -194,8 +194,7 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
         log.info("resuming after epoch %d from %s", resumed_from + 1, state["checkpoint"])
     else:
         history.unlink(missing_ok=True)
-        first = sources[0][0]
-        model = build_model(config, first.max_objects, len(first.object_names), len(first.event_names))
+        model = build_model_for(config, sources[0][0])
         compile_model(model, config, steps)
     initial_epoch = 0 if resumed_from is None else resumed_from + 1
     done = (initial_epoch >= config.training.epochs or

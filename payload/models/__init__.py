@@ -15,6 +15,11 @@ def build_model(config: JobConfig, max_objects: int, n_object_features: int, n_e
     return build_dense(config.model, n_event_features)
 
 
+def build_model_for(config: JobConfig, source):
+    """The configured model sized for an event file (an ``EventSource``)."""
+    return build_model(config, source.max_objects, len(source.object_names), len(source.event_names))
+
+
 def load_model(path):
     """Load a saved model in Keras safe mode, with this package's custom layers and schedules registered."""
     import keras
