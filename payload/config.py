@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,7 +40,7 @@ class Collection(_Strict):
 
     name: str = Field(min_length=1)
     type_code: int = 0
-    branches: dict[str, Union[str, float]]
+    branches: dict[str, str | float]
 
 
 class DataConfig(_Strict):
@@ -58,7 +58,7 @@ class DataConfig(_Strict):
     energy_unit: Literal["GeV", "MeV"] = "GeV"
     energy_features: list[str] = Field(default_factory=lambda: ["pt", "m", "e", "met"])
     chunk_size: Annotated[int, Field(ge=100)] = 50_000
-    workers: Annotated[int, Field(ge=0, le=512)] = 0  # conversion processes; 0 = every core the job may use
+    workers: Annotated[int, Field(ge=0, le=512)] = 0  # reading processes; 0 = one per core the job may use, less one (1 on two cores)
     compression: Literal["blosc-lz4", "lzf", "gzip", "none"] = "blosc-lz4"
 
     _to_mapping = field_validator("event_features", "spectators", mode="before")(_names_to_mapping)
@@ -76,7 +76,7 @@ class DataConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _check_features(self) -> "DataConfig":
+    def _check_features(self) -> DataConfig:
         features = self.object_features
         if len(set(features)) != len(features):
             raise ValueError(f"object_features has duplicates: {features}")
@@ -112,7 +112,7 @@ class SplitConfig(_Strict):
     seed: int = 12345
 
     @model_validator(mode="after")
-    def _check_sum(self) -> "SplitConfig":
+    def _check_sum(self) -> SplitConfig:
         if self.train + self.validation >= 1:
             raise ValueError("train + validation must leave a test fraction (sum < 1)")
         return self
@@ -181,7 +181,7 @@ class JobConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
-    def _check_names(self) -> "JobConfig":
+    def _check_names(self) -> JobConfig:
         known = set(self.data.object_features) | set(self.data.event_features)
         for section, names in (("scaling.transforms", self.scaling.transforms), ("scaling.outliers", self.scaling.outliers)):
             unknown = sorted(set(names) - known)

@@ -8,12 +8,9 @@ their configured proportion.  Batches are dicts of numpy arrays, ready for ``ker
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -42,7 +39,7 @@ class Block:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def take(self, index: np.ndarray | slice) -> "Block":
+    def take(self, index: np.ndarray | slice) -> Block:
         """Rows by index array (a copy) or slice (views, no copy)."""
         return Block({k: v[index] for k, v in self.inputs.items()}, *(getattr(self, f)[index] for f in _ROW_FIELDS))
 
@@ -227,39 +224,3 @@ class TrainingStream:
             batch = _cat(parts)
             weight = batch.pop("weight")
             yield batch, np.concatenate(labels)[:, None], weight
-
-
-def prefetch(iterator: Iterator[Any], depth: int = 4) -> Iterator[Any]:
-    """Produce items in a background thread, ``depth`` ahead: HDF5 reads and numpy work release the
-    GIL, so the next batches are ready while the model trains on this one."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put((done, None))
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            items.put((done, err))
-
-    thread = threading.Thread(target=produce, daemon=True, name="payload-prefetch")
-    thread.start()
-    try:
-        while True:
-            item, err = items.get()
-            if err is not None:
-                raise err
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from typing import Any
@@ -49,8 +50,6 @@ def describe() -> dict[str, Any]:
         "gpus": gpus(),
     }
     for module in ("tensorflow", "jax", "torch", "uproot", "awkward", "h5py"):
-        try:
+        with contextlib.suppress(Exception):  # not installed, or broken: leave it out
             info[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001
-            pass
     return info

@@ -213,8 +213,8 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     return its weighted AUC on the other half: 0.5 means the reweighting left nothing to learn."""
     import keras
 
-    from payload.dataset import prefetch
     from payload.models import build_model_for
+    from payload.prefetch import prefetch
     from payload.train import _epoch_batches, compile_model, make_stream_factory
 
     max_w = config.evaluation.max_weight

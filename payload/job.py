@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig, config_to_dict, dump_config, load_config
 from payload.convert import convert
 from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
 from payload.h5layout import json_attr, open_event_file
 from payload.inputs import expand_inputs
-from payload.atomic import atomic_path, write_json
 from payload.manifest import Timer, build_manifest, describe_input
 from payload.progress import log
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from payload import __version__
 from payload.inputs import is_url

@@ -25,7 +25,7 @@ class WeightedHist:
         self.sumw += np.bincount(idx, weights=weights, minlength=len(self.sumw))
         self.sumw2 += np.bincount(idx, weights=weights * weights, minlength=len(self.sumw))
 
-    def scaled(self, factor: float) -> "WeightedHist":
+    def scaled(self, factor: float) -> WeightedHist:
         out = WeightedHist(self.edges)
         out.sumw, out.sumw2 = self.sumw * factor, self.sumw2 * factor * factor
         return out

@@ -61,7 +61,7 @@ class ColumnScaling:
                 "offset": self.offset.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ColumnScaling":
+    def from_dict(cls, d: dict[str, Any]) -> ColumnScaling:
         return cls(list(d["names"]), list(d["transforms"]), np.asarray(d["offset"], dtype=np.float64),
                    np.asarray(d["scale"], dtype=np.float64))
 
@@ -88,7 +88,7 @@ class Scaler:
         }, indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Scaler":
+    def load(cls, path: str | Path) -> Scaler:
         try:
             d = json.loads(Path(path).read_text())
             return cls(d["method"], ColumnScaling.from_dict(d["objects"]), ColumnScaling.from_dict(d["events"]),

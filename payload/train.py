@@ -21,8 +21,9 @@ import numpy as np
 
 from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
-from payload.dataset import EventSource, TrainingStream, prefetch, training_weights
+from payload.dataset import EventSource, TrainingStream, training_weights
 from payload.errors import EmptyInputError
+from payload.prefetch import prefetch
 from payload.progress import log
 from payload.scaling import Scaler, ScalerFitter
 from payload.splits import TRAIN, VALIDATION

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import JAGGED_CONFIG
 
 from payload.config import config_to_dict, default_config_path, dump_config, load_config, parse_config
 from payload.errors import ConfigError
-
-from conftest import JAGGED_CONFIG
 
 
 def test_defaults_are_filled_and_round_trip(tmp_path):

@@ -9,12 +9,11 @@ import h5py
 import numpy as np
 import pytest
 import uproot
+from conftest import JAGGED_CONFIG, expected_objects, make_events, write_jagged_root
 
 from payload.config import parse_config
 from payload.convert import convert
 from payload.h5layout import json_attr, names, open_event_file
-
-from conftest import JAGGED_CONFIG, expected_objects, make_events, write_jagged_root
 
 
 def test_padded_objects_match_independent_loop(tmp_path, jagged_file, jagged_events, jagged_config):

@@ -9,7 +9,6 @@ import awkward as ak
 import pytest
 import uproot
 import yaml
-
 from conftest import JAGGED_CONFIG, run_payload
 
 

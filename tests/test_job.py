@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import uproot
 import yaml
+from conftest import REPO, run_payload
 
 from payload.config import load_config, parse_config
 from payload.job import run_job
-
-from conftest import REPO, run_payload
 
 DATA = REPO / "payload" / "data"
 SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")

@@ -8,10 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import JAGGED_CONFIG, REPO
 
 from payload.config import parse_config
-
-from conftest import JAGGED_CONFIG, REPO
 
 
 def _model(pooling="sum", events=0):

@@ -1,0 +1,60 @@
+"""Run an iterator one stage ahead in a background thread.
+
+The hot loops of this package spend their time in code that releases the GIL (zlib/LZ4
+decompression in uproot, Blosc compression in HDF5, numpy copies and sorts), so a pipeline of
+threads overlaps reading, building and writing even on two cores, with no pickling between them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def prefetch(iterator: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """Yield the items of ``iterator``, produced in a thread up to ``depth`` items ahead.
+
+    Memory is bounded by ``depth``.  An exception in the producer is raised in the consumer; when
+    the consumer stops early the producer stops at its next item and closes ``iterator`` (so a
+    process pool behind it shuts down) before this generator returns.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((done, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            items.put((done, err))
+        finally:
+            close: Any = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, daemon=True, name="payload-prefetch")
+    thread.start()
+    try:
+        while True:
+            item, err = items.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
