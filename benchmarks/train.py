@@ -27,8 +27,9 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
     import numpy as np
 
     from payload.config import load_config
-    from payload.dataset import EventSource, concat, prefetch
+    from payload.dataset import EventSource, concat
     from payload.models import build_model_for
+    from payload.prefetch import prefetch
     from payload.splits import TRAIN
     from payload.train import _epoch_batches, compile_model, make_stream_factory, prepare
 

@@ -30,7 +30,11 @@ def safe_extract(tarball: Path, destination: Path) -> Path:
                 if not (member.isfile() or member.isdir()):
                     raise InputCorruptError(f"tarball {tarball}: member {member.name!r} is a link or device; refused")
             destination.mkdir(parents=True, exist_ok=True)
-            tar.extractall(destination, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(destination, filter="data")
+            else:  # Python < 3.11.4 (Debian bookworm's 3.11.2): members checked above; no modes or owners kept
+                for member in tar.getmembers():
+                    tar.extract(member, destination, set_attrs=False)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise InputCorruptError(f"tarball {tarball}: cannot be read ({err}); re-download it") from None
     return destination

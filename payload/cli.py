@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README): 0 success; 2 bad config or arguments; 3 input missing;
 4 input corrupt; 5 tree missing; 6 branch missing; 7 inconsistent data; 8 no events; 9 output not
-writable; 70 internal error (a bug, traceback printed); 130 interrupted.
+writable; 70 internal error (a bug, traceback printed); 130 interrupted.  All stay below 255, as
+the PanDA pilot records exit codes modulo 255.
 """
 
 from __future__ import annotations
@@ -47,11 +48,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from payload.gridreport import write_report
     from payload.job import run_job
 
-    config = _config(args.config) if args.mode == "train" else None
-    result = run_job(config, args.primary, args.secondary, args.output, mode=args.mode, model=args.model,
-                     tarball=args.tarball, progress=not args.quiet)
+    report_dir = Path.cwd()  # where the PanDA pilot looks for userJobMetadata.json
+    try:
+        config = _config(args.config) if args.mode == "train" else None
+        result = run_job(config, args.primary, args.secondary, args.output, mode=args.mode, model=args.model,
+                         tarball=args.tarball, progress=not args.quiet)
+    except PayloadError as err:
+        if args.job_report:
+            write_report(report_dir, err.exit_code, args.output, error=err.message)
+        raise
+    except Exception as err:
+        if args.job_report:
+            write_report(report_dir, EXIT_INTERNAL, args.output, error=f"{type(err).__name__}: {err}")
+        raise
+    if args.job_report:
+        write_report(report_dir, 0, args.output, metrics=result.metrics)
     _summary(result)
     return 0
 
@@ -104,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["train", "evaluate"], default="train")
     p.add_argument("--model", help="evaluate mode: a trained job's output directory or tarball")
     p.add_argument("--tarball", help="also pack the outputs into this .tar.gz (for PanDA --outputs)")
+    p.add_argument("--no-job-report", dest="job_report", action="store_false",
+                   help="do not write the grid summary userJobMetadata.json into the working directory")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled sample")
@@ -130,6 +146,9 @@ def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from payload.runtime import prepare_environment
+
+    prepare_environment()
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     return run_cli(args.func, args)

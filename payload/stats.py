@@ -57,7 +57,7 @@ class FeatureStats:
             part._represented = values.size
         self.merge(part)
 
-    def merge(self, other: "FeatureStats") -> None:
+    def merge(self, other: FeatureStats) -> None:
         self.nonfinite += other.nonfinite
         if other.count == 0:
             return
@@ -120,7 +120,7 @@ class GroupStats:
         for i, name in enumerate(self.names):
             self.features[name].update(columns[:, i])
 
-    def merge(self, other: "GroupStats") -> None:
+    def merge(self, other: GroupStats) -> None:
         for name in self.names:
             self.features[name].merge(other.features[name])
 

@@ -91,7 +91,7 @@ def test_evaluate_mode_reproduces_predictions(trained, tmp_path):
     for model in (trained.output, trained.output.parent / "job.tgz"):
         out = tmp_path / f"eval-{Path(model).name}"
         proc = run_payload("run", "--mode", "evaluate", "--model", str(model), "--primary", SAMPLE_A,
-                           "--secondary", SAMPLE_B, "--output", str(out), "-q")
+                           "--secondary", SAMPLE_B, "--output", str(out), "-q", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         with h5py.File(trained.output / "predictions.h5") as a, h5py.File(out / "predictions.h5") as b:
             for key in ("sample", "entry", "split", "nn_weight"):
@@ -111,7 +111,7 @@ def test_resume_after_kill(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "payload", "-q", "run", "--primary", SAMPLE_A, "--secondary", SAMPLE_B,
             "--config", str(cfg), "--output", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     state = out / "checkpoints" / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -125,7 +125,7 @@ def test_resume_after_kill(tmp_path):
     killed_at = json.loads(state.read_text())["epoch"]
     assert killed_at < 5, "killed too late to test resuming"
     assert not (out / "manifest.json").exists()
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"resuming after epoch {killed_at + 1}" in (out / "job.log").read_text()
     with open(out / "history.csv") as f:
@@ -134,6 +134,11 @@ def test_resume_after_kill(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["epochs_run"] == 6
     assert metrics["training"]["resumed_from_epoch"] == killed_at
+    # The grid summary the PanDA pilot picks up from the working directory.
+    report = json.loads((tmp_path / "userJobMetadata.json").read_text())
+    assert report["status"] == "success" and report["exit_code"] == 0
+    assert report["metrics"]["epochs_run"] == 6
+    assert report["metrics"]["test_auc"] == pytest.approx(metrics["test"]["auc"])
 
 
 def test_failed_job_leaves_error_json(tmp_path):
@@ -141,12 +146,14 @@ def test_failed_job_leaves_error_json(tmp_path):
     cfg = tmp_path / "job.yaml"
     cfg.write_text((DATA / "demo.yaml").read_text())
     proc = run_payload("run", "--primary", SAMPLE_A, "--secondary", str(tmp_path / "missing.root"),
-                       "--config", str(cfg), "--output", str(out))
+                       "--config", str(cfg), "--output", str(out), cwd=tmp_path)
     assert proc.returncode == 3
     assert "missing.root" in proc.stderr and "Traceback" not in proc.stderr
     error = json.loads((out / "error.json").read_text())
     assert error["status"] == "failed" and error["exit_code"] == 3 and "missing.root" in error["error"]
     assert not (out / "manifest.json").exists() and not (out / "metrics.json").exists()
+    report = json.loads((tmp_path / "userJobMetadata.json").read_text())
+    assert report == {"status": "failed", "exit_code": 3, "output": str(out), "error": error["error"]}
 
 
 def test_evaluate_refuses_a_tarball_that_escapes(tmp_path):
@@ -160,7 +167,7 @@ def test_evaluate_refuses_a_tarball_that_escapes(tmp_path):
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     proc = run_payload("run", "--mode", "evaluate", "--model", str(evil), "--primary", SAMPLE_A,
-                       "--output", str(tmp_path / "out"))
+                       "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 4 and "escapes" in proc.stderr
     assert not (tmp_path / "outside.txt").exists()
 
@@ -196,7 +203,7 @@ def test_batches_mix_both_classes_in_proportion(trained):
 def test_evaluate_one_sample_gives_weights_without_metrics(trained, tmp_path):
     out = tmp_path / "applied"
     proc = run_payload("run", "--mode", "evaluate", "--model", str(trained.output), "--primary", SAMPLE_A,
-                       "--output", str(out))
+                       "--output", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert "test" not in metrics and "closure" not in metrics

@@ -1,0 +1,42 @@
+"""The job's summary for the grid: ``userJobMetadata.json`` in the working directory.
+
+The PanDA pilot merges this file (it must stay under 1 MB) from the job's working directory into
+its job report, so a task's jobs can be compared without downloading their outputs.  It carries
+only scalars: status, exit code, the headline metrics, the output location.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from payload.atomic import write_json
+
+FILENAME = "userJobMetadata.json"
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar headline metrics of a finished job."""
+    out: dict[str, Any] = {"task": metrics.get("task"), "mode": metrics.get("mode")}
+    for key, value in metrics.get("test", {}).items():
+        if isinstance(value, (int, float)):
+            out[f"test_{key}"] = value
+    for key in ("epochs_run", "best_epoch", "best_loss"):
+        if key in metrics.get("training", {}):
+            out[key] = metrics["training"][key]
+    if "closure_classifier_auc" in metrics:
+        out["closure_classifier_auc"] = metrics["closure_classifier_auc"]
+    return out
+
+
+def write_report(directory: str | Path, exit_code: int, output: str | Path, metrics: dict[str, Any] | None = None,
+                 error: str | None = None) -> Path:
+    report: dict[str, Any] = {"status": "success" if exit_code == 0 else "failed", "exit_code": exit_code,
+                              "output": str(output)}
+    if metrics is not None:
+        report["metrics"] = summary(metrics)
+    if error is not None:
+        report["error"] = error[:2000]
+    path = Path(directory) / FILENAME
+    write_json(path, report)  # scalars and a clipped message: a few kB, far below the pilot's 1 MB limit
+    return path

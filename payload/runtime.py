@@ -1,0 +1,24 @@
+"""Process set-up for the places the job runs: a read-only image, an arbitrary user, no HOME.
+
+Grid sites start the container with Apptainer as a user the image does not know, with HOME unset
+or read-only; Keras and matplotlib would then try to create ``~/.keras`` and ``~/.config``.  Their
+caches go to a private scratch directory instead (``tempfile`` falls back to the working directory
+when even /tmp is read-only), removed when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+
+def prepare_environment() -> None:
+    home = os.environ.get("HOME")
+    if home and os.path.isdir(home) and os.access(home, os.W_OK):
+        return
+    scratch = tempfile.mkdtemp(prefix=".payload-scratch-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
