@@ -110,16 +110,25 @@ class SplitConfig(_Strict):
     train: Annotated[float, Field(gt=0, lt=1)] = 0.5
     validation: Annotated[float, Field(ge=0, lt=1)] = 0.1
     seed: int = 12345
+    # k-fold: the test split is fold ``fold`` of ``folds`` (0 = off); validation is then a fraction of
+    # the other folds and ``train`` is unused.  One job per fold covers every event once as test.
+    folds: int = 0
+    fold: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _check_sum(self) -> SplitConfig:
-        if self.train + self.validation >= 1:
+        if self.folds:
+            if self.folds < 2:
+                raise ValueError("folds must be 0 (off) or at least 2")
+            if self.fold >= self.folds:
+                raise ValueError(f"fold must be below folds ({self.folds}): folds are numbered 0..{self.folds - 1}")
+        elif self.train + self.validation >= 1:
             raise ValueError("train + validation must leave a test fraction (sum < 1)")
         return self
 
     @property
     def test(self) -> float:
-        return 1.0 - self.train - self.validation
+        return 1.0 / self.folds if self.folds else 1.0 - self.train - self.validation
 
 
 class ScalingConfig(_Strict):

@@ -96,8 +96,8 @@ class EventSource:
         events = f["events"][start:stop]
         entry = f["entry"][start:stop]
         file_index = f["file_index"][start:stop]
-        split = assign(entry, self.file_keys[file_index], self.config.split.seed, self.config.split.train,
-                       self.config.split.validation)
+        sc = self.config.split
+        split = assign(entry, self.file_keys[file_index], sc.seed, sc.train, sc.validation, sc.folds, sc.fold)
         keep = np.ones(len(entry), dtype=bool) if splits is None else np.isin(split, splits)
         if half is not None:
             halves = assign(entry, self.file_keys[file_index], self.config.split.seed + 1, 0.5, 0.0)

@@ -28,8 +28,18 @@ def file_key(location: str) -> int:
     return zlib.crc32(location.rstrip("/").rsplit("/", 1)[-1].encode())
 
 
-def assign(entry: np.ndarray, file_keys: np.ndarray, seed: int, train: float, validation: float) -> np.ndarray:
-    """Split code (TRAIN, VALIDATION, TEST) per event."""
+def assign(entry: np.ndarray, file_keys: np.ndarray, seed: int, train: float, validation: float,
+           folds: int = 0, fold: int = 0) -> np.ndarray:
+    """Split code (TRAIN, VALIDATION, TEST) per event.
+
+    With ``folds`` >= 2 (k-fold), the test split is fold ``fold`` of ``folds`` equal hash ranges, so
+    the k jobs' test splits are disjoint and cover every event once; ``validation`` is then the
+    fraction of the remaining events kept for validation, and ``train`` is not used.
+    """
     h = _mix(entry.astype(np.uint64) ^ (file_keys.astype(np.uint64) << np.uint64(32)) ^ _mix(np.uint64(seed)))
     u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    if folds >= 2:
+        lo, hi = fold / folds, (fold + 1) / folds
+        rest = np.where(u >= hi, u - (hi - lo), u) / (1.0 - (hi - lo))  # the other folds, onto [0, 1)
+        return np.where((u >= lo) & (u < hi), TEST, np.where(rest < validation, VALIDATION, TRAIN)).astype(np.int8)
     return np.where(u < train, TRAIN, np.where(u < train + validation, VALIDATION, TEST)).astype(np.int8)

@@ -60,3 +60,29 @@ def test_mev_scale_only_on_energy_features():
     data = parse_config(raw).data
     assert data.energy_scale("pt") == 1e-3
     assert data.energy_scale("eta") == 1.0
+
+
+def test_kfold_test_splits_are_disjoint_and_cover_every_event():
+    import numpy as np
+
+    from payload.splits import TEST, TRAIN, VALIDATION, assign
+
+    entry = np.arange(200_000)
+    keys = np.full(len(entry), 12345)
+    tests = []
+    for fold in range(5):
+        config = parse_config({**JAGGED_CONFIG, "split": {"folds": 5, "fold": fold, "validation": 0.2}})
+        code = assign(entry, keys, config.split.seed, config.split.train, config.split.validation,
+                      config.split.folds, config.split.fold)
+        tests.append(code == TEST)
+        assert abs((code == TEST).mean() - 0.2) < 0.005
+        # validation is 20 % of the other four folds
+        assert abs((code == VALIDATION).sum() / (code != TEST).sum() - 0.2) < 0.005
+        assert (code == TRAIN).sum() > 0.6 * len(entry)
+    assert (np.sum(tests, axis=0) == 1).all()  # every event is test in exactly one fold
+
+
+@pytest.mark.parametrize("split", [{"folds": 1}, {"folds": 3, "fold": 3}])
+def test_kfold_bad_values(split):
+    with pytest.raises(ConfigError, match="split"):
+        parse_config({**JAGGED_CONFIG, "split": split})

@@ -1,0 +1,160 @@
+"""``payload-submit``: the job's submission commands for PanDA, HTCondor and this machine.
+
+    payload-submit prun   --config job.yaml --image IMG --in-ds DS --secondary-ds DS2 --out-ds user.NICK.x
+    payload-submit condor --config job.yaml --image IMG --primary FILES --secondary FILES --directory DIR [--dag]
+    payload-submit local  --config job.yaml --primary FILES --secondary FILES --workdir DIR [--image IMG]
+
+Each takes ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from payload.errors import ConfigError, PayloadError
+from payload.inputs import expand_inputs
+from submit import scan
+
+
+def _points(args: argparse.Namespace, directory: Path) -> tuple[list[Path], list[str]]:
+    """(config files, point names): the config itself, or one validated config per point."""
+    base = scan.base_config(args.config)
+    if not args.scan and not args.folds:
+        return [Path(args.config)], ["job"]
+    spec = scan.load_scan(args.scan) if args.scan else {"method": "grid", "parameters": {}}
+    if args.folds:
+        spec["folds"] = args.folds
+    pts = scan.points(spec)
+    return scan.write_points(base, pts, directory), [p.name for p in pts]
+
+
+def cmd_prun(args: argparse.Namespace) -> int:
+    from submit.prun import GpuRequest, PrunJob, fan_out
+
+    here = Path.cwd()
+    config = Path(args.config).resolve()
+    if not config.is_relative_to(here):
+        raise ConfigError(f"config {args.config}: must be inside the submission directory {here}, "
+                          "which prun ships as the task's sandbox; copy it here")
+    configs, names = _points(args, here / args.points_dir)
+    gpu = None if args.gpu == "none" else GpuRequest(args.gpu, args.vram_mb, args.cuda, args.gpu_model)
+    job = PrunJob(image=args.image, in_ds=args.in_ds, out_ds=args.out_ds, config="", secondary_ds=args.secondary_ds,
+                  secondary_files_per_job=args.secondary_files_per_job, n_files_per_job=args.n_files_per_job,
+                  n_files=args.n_files, site=args.site, dest_se=args.dest_se, gpu=gpu,
+                  force_staged=not args.no_force_staged)
+    commands = fan_out(job, configs, None if names == ["job"] else names, here, args.nickname)
+    for argv in commands:
+        print(shlex.join(argv))
+        if args.execute:
+            if shutil.which("prun") is None:
+                raise ConfigError("prun not found: set up panda-client first (e.g. 'lsetup panda' or "
+                                  "'pip install panda-client')")
+            if subprocess.run(argv).returncode:
+                out_ds = argv[argv.index("--outDS") + 1]
+                raise PayloadError(f"prun failed for {out_ds}; the tasks listed before it were submitted")
+    return 0
+
+
+def cmd_condor(args: argparse.Namespace) -> int:
+    from submit.condor import CondorJob, write_dag, write_submit
+
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    configs, names = _points(args, directory)
+    items = []
+    for config, name in zip(configs, names):
+        if config.resolve().parent != directory.resolve():  # configs sit beside the submit file
+            shutil.copyfile(config, directory / config.name)
+        items.append((name, config.name))
+    job = CondorJob(args.image, expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
+                    request_gpus=args.request_gpus, gpu_memory_mb=args.gpu_memory_mb,
+                    request_memory=args.request_memory, request_disk=args.request_disk)
+    path = write_dag(job, items, directory) if args.dag else write_submit(job, items, directory)
+    submit = "condor_submit_dag" if args.dag else "condor_submit"
+    print(f"wrote {path}; submit with: cd {shlex.quote(str(directory))} && {submit} {path.name}")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from submit.local import LocalRun, run_points
+
+    workdir = Path(args.workdir)
+    configs, names = _points(args, workdir / "points")
+    run = LocalRun(expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
+                   image=args.image, parallel=args.parallel, gpus=args.gpus)
+    results = run_points(run, configs, names, workdir)
+    for r in results:
+        auc = r["metrics"].get("test_auc")
+        status = f"test AUC {auc:.4f}" if auc is not None else f"failed: {r['error']}"
+        print(f"{r['name']}: exit {r['exit_code']}, {status}")
+    print(f"summary in {workdir / 'summary.json'}")
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payload-submit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, help="the job config YAML")
+    common.add_argument("--scan", help="hyperparameter scan YAML: one job per point")
+    common.add_argument("--folds", type=int, default=0, help="k-fold: one job per fold (crossed with --scan)")
+
+    p = sub.add_parser("prun", parents=[common], help="print (and with --execute run) prun commands")
+    p.add_argument("--image", required=True, help="container image, e.g. docker.io/NICK/grid-payload:0.1.0")
+    p.add_argument("--in-ds", required=True, help="primary input dataset (%%IN)")
+    p.add_argument("--secondary-ds", help="secondary input dataset (%%IN2)")
+    p.add_argument("--secondary-files-per-job", type=int, default=1)
+    p.add_argument("--out-ds", required=True, help="user.NICK.name (points get .pNNN appended)")
+    p.add_argument("--nickname", help="your grid nickname, checked against --out-ds")
+    p.add_argument("--n-files-per-job", type=int)
+    p.add_argument("--n-files", type=int)
+    p.add_argument("--site")
+    p.add_argument("--dest-se")
+    p.add_argument("--gpu", default="nvidia", help="GPU vendor to request, or 'none' (default: %(default)s)")
+    p.add_argument("--vram-mb", type=int, help="at least this much GPU memory")
+    p.add_argument("--cuda", help="at least this CUDA version, e.g. 12.0")
+    p.add_argument("--gpu-model", help="regular expression on the GPU model, e.g. '.*A100.*'")
+    p.add_argument("--no-force-staged", action="store_true", help="let unstaged inputs arrive as root:// URLs")
+    p.add_argument("--points-dir", default="points", help="where scan point configs are written (in the sandbox)")
+    p.add_argument("--execute", action="store_true", help="run the prun commands, not only print them")
+    p.set_defaults(func=cmd_prun)
+
+    p = sub.add_parser("condor", parents=[common], help="write an HTCondor submit file or DAG")
+    p.add_argument("--image", required=True)
+    p.add_argument("--primary", required=True, nargs="+", action="extend")
+    p.add_argument("--secondary", nargs="+", action="extend")
+    p.add_argument("--directory", required=True, help="where the submit file, configs and logs go")
+    p.add_argument("--dag", action="store_true", help="a DAG with a merge node after all training nodes")
+    p.add_argument("--request-gpus", type=int, default=1)
+    p.add_argument("--gpu-memory-mb", type=int)
+    p.add_argument("--request-memory", default="8 GB")
+    p.add_argument("--request-disk", default="20 GB")
+    p.set_defaults(func=cmd_condor)
+
+    p = sub.add_parser("local", parents=[common], help="run the jobs on this machine")
+    p.add_argument("--primary", required=True, nargs="+", action="extend")
+    p.add_argument("--secondary", nargs="+", action="extend")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--image", help="run each job with docker in this image (default: plain processes)")
+    p.add_argument("--gpus", action="store_true", help="docker run --gpus all")
+    p.add_argument("--parallel", type=int, default=1)
+    p.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from payload.cli import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""HTCondor submit descriptions and DAGs for the job (container universe).
+
+Local input files are transferred to the worker, where they land as bare names in the job's
+scratch directory; ``root://`` URLs are read in place.  Each job brings back its tarball and its
+summary (``userJobMetadata.json`` renamed per point).  A scan is one ``queue ... from`` submit file,
+and a DAG runs the points as one layer with the merge step as a child of every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from payload.errors import ConfigError
+from payload.inputs import is_url
+
+
+def condor_arguments(args: list[str]) -> str:
+    """HTCondor's quoted ``arguments`` syntax: the whole in double quotes, an argument holding
+    whitespace or a single quote in single quotes with ' doubled, and every " doubled."""
+    out = []
+    for arg in args:
+        if arg == "" or any(c.isspace() for c in arg) or "'" in arg:
+            arg = "'" + arg.replace("'", "''") + "'"
+        out.append(arg.replace('"', '""'))
+    return '"' + " ".join(out) + '"'
+
+
+def _list(values: list[str]) -> str:
+    for value in values:
+        if "," in value or "\n" in value:
+            raise ConfigError(f"file {value!r}: HTCondor file lists cannot hold commas or newlines; rename it")
+    return ", ".join(values)
+
+
+@dataclass
+class CondorJob:
+    image: str                          # docker.io/NICK/grid-payload:0.1.0 (docker:// is added)
+    primary: list[str]                  # local files or root:// URLs
+    secondary: list[str]
+    request_gpus: int = 1
+    gpu_memory_mb: int | None = None    # require_gpus = GlobalMemoryMb >= N
+    request_memory: str = "8 GB"
+    request_disk: str = "20 GB"
+    request_cpus: int = 2
+
+    def _inputs(self, files: list[str]) -> tuple[list[str], str]:
+        """(files to transfer, the comma list the job sees on the worker)."""
+        transfer = [f for f in files if not is_url(f)]
+        seen = [f if is_url(f) else Path(f).name for f in files]
+        return transfer, ",".join(seen)
+
+    def description(self, items: list[tuple[str, str]]) -> str:
+        """A submit description running ``payload run`` once per (name, config) item."""
+        if not items:
+            raise ConfigError("nothing to submit: no job configs")
+        for name, _ in items:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ConfigError(f"point name {name!r}: use letters, digits, '-' and '_' only")
+        primary_files, primary = self._inputs(self.primary)
+        secondary_files, secondary = self._inputs(self.secondary)
+        args = ["-q", "run", "--primary", primary]
+        if secondary:
+            args += ["--secondary", secondary]
+        # $(config) and $(name) are filled per queued item; $(config) is transferred, so the job
+        # sees its base name: items give configs by base name, placed beside the submit file.
+        args += ["--config", "$(config)", "--output", "out", "--tarball", "$(name).tgz"]
+        image = self.image if "://" in self.image else f"docker://{self.image}"
+        lines = [
+            "universe = container",
+            f"container_image = {image}",
+            "executable = payload",
+            "transfer_executable = false",
+            f"arguments = {condor_arguments(args)}",
+            "should_transfer_files = YES",
+            "when_to_transfer_output = ON_EXIT",
+            f"transfer_input_files = {_list(['$(config)', *primary_files, *secondary_files])}",
+            "transfer_output_files = $(name).tgz, userJobMetadata.json",
+            'transfer_output_remaps = "userJobMetadata.json = $(name).json"',
+            f"request_cpus = {self.request_cpus}",
+            f"request_memory = {self.request_memory}",
+            f"request_disk = {self.request_disk}",
+            f"request_gpus = {self.request_gpus}",
+        ]
+        if self.request_gpus and self.gpu_memory_mb:
+            lines.append(f"require_gpus = GlobalMemoryMb >= {int(self.gpu_memory_mb)}")
+        lines += ["output = logs/$(name).out", "error = logs/$(name).err", "log = logs/jobs.log",
+                  "queue name, config from ("]
+        lines += [f"  {name}, {config}" for name, config in items] + [")"]
+        return "\n".join(lines) + "\n"
+
+
+def write_submit(job: CondorJob, items: list[tuple[str, str]], directory: str | Path,
+                 name: str = "train.sub") -> Path:
+    directory = Path(directory)
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(job.description(items))
+    return path
+
+
+def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Path,
+              merge_args: list[str] | None = None) -> Path:
+    """A DAG: one training node per item, then a merge node whose parents are all of them.
+
+    The merge node runs ``payload merge`` (the default arguments) on the tarballs in the DAG
+    directory, in the same image, on the submit side's files.
+    """
+    import htcondor2
+    from htcondor2 import dags
+
+    directory = Path(directory)
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    description = job.description(items)
+    # The layer holds the per-node variables; the submit description keeps everything else.
+    body = description[:description.index("queue name, config from (")] + "queue\n"
+    dag = dags.DAG()
+    train = dag.layer(name="train", submit_description=htcondor2.Submit(body),
+                      vars=[{"name": n, "config": c} for n, c in items])
+    tarballs = [f"{n}.tgz" for n, _ in items]
+    merge_args = merge_args or ["-q", "merge", "--inputs", *tarballs, "--output", "merged"]
+    image = job.image if "://" in job.image else f"docker://{job.image}"
+    merge = htcondor2.Submit("\n".join([
+        "universe = container", f"container_image = {image}", "executable = payload",
+        "transfer_executable = false", f"arguments = {condor_arguments(merge_args)}",
+        "should_transfer_files = YES", "when_to_transfer_output = ON_EXIT",
+        f"transfer_input_files = {_list(tarballs)}", "transfer_output_files = merged",
+        "request_cpus = 1", "request_memory = 4 GB", "request_gpus = 0",
+        "output = logs/merge.out", "error = logs/merge.err", "log = logs/jobs.log", "queue"]))
+    train.child_layer(name="merge", submit_description=merge)
+    return dags.write_dag(dag, directory, dag_file_name="scan.dag")

@@ -1,0 +1,77 @@
+"""Run a fan-out on this machine, as plain processes or ``docker run``, to try a scan on a laptop.
+
+Each point runs ``payload run`` in its own directory ``WORKDIR/<name>`` (so its
+``userJobMetadata.json`` and outputs stay apart) with at most ``parallel`` running at once;
+``WORKDIR/summary.json`` lists every point's exit code and headline metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LocalRun:
+    primary: list[str]
+    secondary: list[str]
+    image: str | None = None      # run in this image with docker; None: plain processes
+    parallel: int = 1
+    gpus: bool = False            # docker --gpus all
+
+    def argv(self, config: Path, point_dir: Path) -> list[str]:
+        primary = ",".join(str(Path(p).resolve()) for p in self.primary)
+        secondary = ",".join(str(Path(p).resolve()) for p in self.secondary)
+        run = ["-q", "run", "--primary", primary]
+        if secondary:
+            run += ["--secondary", secondary]
+        if self.image is None:
+            return [sys.executable, "-m", "payload", *run, "--config", str(config.resolve()), "--output", "out",
+                    "--tarball", "out.tgz"]
+        # The inputs and the config are mounted read-only at their own paths; the point's
+        # directory is the working directory, as on the grid.
+        mounts = {str(Path(p).resolve().parent) for p in [*self.primary, *self.secondary, config]}
+        argv = ["docker", "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}",
+                "-v", f"{point_dir.resolve()}:/job", "-w", "/job"]
+        for mount in sorted(mounts):
+            argv += ["-v", f"{mount}:{mount}:ro"]
+        if self.gpus:
+            argv += ["--gpus", "all"]
+        return argv + [self.image, *run, "--config", str(config.resolve()), "--output", "out", "--tarball", "out.tgz"]
+
+
+def run_points(run: LocalRun, configs: list[Path], names: list[str], workdir: str | Path) -> list[dict[str, Any]]:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    queue = list(zip(names, configs))
+    running: list[tuple[str, Path, subprocess.Popen, float]] = []
+    results: dict[str, dict[str, Any]] = {}
+    while queue or running:
+        while queue and len(running) < max(1, run.parallel):
+            name, config = queue.pop(0)
+            point_dir = workdir / name
+            point_dir.mkdir(exist_ok=True)
+            log = open(point_dir / "stderr.log", "w")  # noqa: SIM115 - closed when the process ends
+            proc = subprocess.Popen(run.argv(Path(config), point_dir), cwd=point_dir, stdout=log, stderr=log)
+            log.close()
+            running.append((name, point_dir, proc, time.time()))
+        time.sleep(0.2)
+        for item in list(running):
+            name, point_dir, proc, started = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            report_path = point_dir / "userJobMetadata.json"
+            report = json.loads(report_path.read_text()) if report_path.exists() else {}
+            results[name] = {"name": name, "exit_code": proc.returncode, "seconds": round(time.time() - started, 1),
+                             "directory": str(point_dir), "metrics": report.get("metrics", {}),
+                             "error": report.get("error")}
+    ordered = [results[n] for n in names]
+    (workdir / "summary.json").write_text(json.dumps(ordered, indent=1))
+    return ordered

@@ -1,0 +1,242 @@
+"""Submission helpers, checked with the real clients offline: panda-client's prun builds the full task
+parameters from every generated command (dry mode, no proxy, no server), and the HTCondor bindings parse
+every submit description and DAG.  The local fan-out trains real (tiny) models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+import yaml
+
+from payload.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "payload" / "data"
+
+# panda-client resolves its server name at import unless told it sits behind a real load balancer.
+os.environ.setdefault("PANDA_BEHIND_REAL_LB", "1")
+
+
+def submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "submit.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def task_params(argv: list[str], cwd: Path, monkeypatch) -> dict:
+    """What PanDA would receive for this prun command: the task parameter dict, semantic checks included."""
+    pytest.importorskip("pandaclient", reason="pip install panda-client (in the test extra)")
+    from pandaclient import PrunScript
+
+    assert argv[0] == "prun"
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["prun"])
+    return PrunScript.main(get_taskparams=True, ext_args=argv[1:], dry_mode=True)
+
+
+def exec_string(params: dict) -> str:
+    """The --exec string as the worker runs it (prun URL-encodes it into the job parameters)."""
+    parts = [p["value"] for p in params["jobParameters"] if p["type"] == "constant"]
+    return unquote(parts[parts.index('-p "') + 1])
+
+
+@pytest.fixture
+def submit_dir(tmp_path):
+    d = tmp_path / "my analysis"  # a space in the submission directory must not matter
+    d.mkdir()
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"]["epochs"] = 1
+    (d / "job config.yaml").write_text(yaml.safe_dump(raw))
+    return d
+
+
+def test_prun_single_task(submit_dir, monkeypatch):
+    proc = submit("prun", "--config", "job config.yaml", "--image", "docker.io/jdoe/grid-payload:0.1.0",
+                  "--in-ds", "mc23_13p6TeV.sherpa.NTUP", "--secondary-ds", "mc23_13p6TeV.mgpy8.NTUP",
+                  "--out-ds", "user.jdoe.reweight.v1", "--nickname", "jdoe", "--n-files-per-job", "5",
+                  "--vram-mb", "40960", "--cuda", "12.0", "--site", "CERN-GPU", cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    argv = shlex.split(lines[0])
+    params = task_params(argv, submit_dir, monkeypatch)
+    assert params["container_name"] == "docker://docker.io/jdoe/grid-payload:0.1.0"
+    assert params["architecture"] == "#&nvidia:vram>=40960:cuda>=12.0"
+    assert params["nFilesPerJob"] == 5 and params["site"] == "CERN-GPU"
+    assert params["taskName"] == "user.jdoe.reweight.v1/"
+    inputs = [p for p in params["jobParameters"] if p.get("param_type") == "input"]
+    assert [p["dataset"] for p in inputs] == ["mc23_13p6TeV.sherpa.NTUP", "mc23_13p6TeV.mgpy8.NTUP"]
+    outputs = [p for p in params["jobParameters"] if p.get("param_type") == "output"]
+    assert [p["dataset"] for p in outputs] == ["user.jdoe.reweight.v1_out.tgz/"]
+    assert outputs[0]["value"] == "user.jdoe.$JEDITASKID._${SN/P}.out.tgz"
+    # The worker runs exactly our command; the config name with a space stays one argument.
+    command = shlex.split(exec_string(params))
+    assert command[:3] == ["payload", "-q", "run"]
+    assert command[command.index("--primary") + 1] == "%IN" and command[command.index("--secondary") + 1] == "%IN2"
+    assert command[command.index("--config") + 1] == "job config.yaml"
+    assert command[command.index("--tarball") + 1] == "out.tgz"
+    assert "--forceStaged" in argv and "*.root" in argv[argv.index("--excludeFile") + 1].split(",")
+
+
+def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
+    (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "parameters": {"training.learning_rate": [0.001, 0.003], "model.phi_widths": [[16], [32, 32]]}}))
+    proc = submit("prun", "--config", "job config.yaml", "--scan", "scan.yaml", "--folds", "2", "--image", "img:1",
+                  "--in-ds", "data.A", "--secondary-ds", "data.B", "--out-ds", "user.jdoe.scan", "--gpu", "none",
+                  cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line) for line in proc.stdout.strip().splitlines()]
+    assert len(commands) == 2 * 2 * 2
+    points = json.loads((submit_dir / "points" / "points.json").read_text())
+    seen = set()
+    for argv, point in zip(commands, points):
+        params = task_params(argv, submit_dir, monkeypatch)
+        assert params["taskName"] == f"user.jdoe.scan.{point['name']}/"
+        assert "architecture" not in params or not params["architecture"]
+        command = shlex.split(exec_string(params))
+        config_path = submit_dir / command[command.index("--config") + 1]
+        assert config_path == submit_dir / "points" / point["config"]
+        config = load_config(config_path)  # each point is a complete, valid job config
+        assert config.training.learning_rate == point["overrides"]["training.learning_rate"]
+        assert config.model.phi_widths == point["overrides"]["model.phi_widths"]
+        assert (config.split.folds, config.split.fold) == (2, point["overrides"]["split.fold"])
+        seen.add((config.training.learning_rate, tuple(config.model.phi_widths), config.split.fold))
+    assert len(seen) == 8
+
+
+@pytest.mark.parametrize(("out_ds", "message"), [
+    ("user.jdoe.x" + "y" * 130, "characters"),
+    ("user.other.test", "user.jdoe."),
+    ("mc23.test", "user.NICK."),
+    ("user.jdoe.a b", "not allowed"),
+    ("user.jdoe.x;rm", "not allowed"),
+])
+def test_prun_refuses_bad_output_dataset_names(submit_dir, out_ds, message):
+    proc = submit("prun", "--config", "job config.yaml", "--image", "img:1", "--in-ds", "data.A",
+                  "--out-ds", out_ds, "--nickname", "jdoe", cwd=submit_dir)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_our_length_rule_matches_panda_client(submit_dir, monkeypatch):
+    """The longest name we accept is accepted by prun, and one character more is refused by both."""
+    from submit.prun import MAX_CONTAINER, PrunJob, prun_argv
+
+    longest = "user.jdoe." + "x" * (MAX_CONTAINER - len("user.jdoe.") - len("_out.tgz/"))
+    job = PrunJob(image="img:1", in_ds="data.A", out_ds=longest, config="job config.yaml")
+    assert task_params(prun_argv(job), submit_dir, monkeypatch)["taskName"] == longest + "/"
+    with pytest.raises(SystemExit):
+        task_params(prun_argv(job)[:-1] + ["--outDS", longest + "x"], submit_dir, monkeypatch)
+
+
+def test_condor_scan_submit_file(submit_dir, tmp_path):
+    htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
+    inputs = tmp_path / "in put"
+    inputs.mkdir()
+    for name in ("a 1.root", "b.root"):
+        (inputs / name).write_bytes(b"")
+    (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
+        "method": "random", "n": 3, "seed": 7,
+        "parameters": {"training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}))
+    out = tmp_path / "condor"
+    proc = submit("condor", "--config", "job config.yaml", "--scan", "scan.yaml", "--image", "docker.io/jdoe/gp:1",
+                  "--primary", str(inputs / "a 1.root"), "root://eos.example//store/a2.root",
+                  "--secondary", str(inputs / "b.root"), "--directory", str(out), "--gpu-memory-mb", "20000",
+                  cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    sub = htcondor2.Submit((out / "train.sub").read_text())
+    items = list(sub.itemdata())
+    points = json.loads((out / "points.json").read_text())
+    assert [i["name"] for i in items] == [p["name"] for p in points] == ["p000", "p001", "p002"]
+    assert sub["universe"] == "container" and sub["container_image"] == "docker://docker.io/jdoe/gp:1"
+    assert sub["request_gpus"] == "1"
+    for item, point in zip(items, points):
+        per_item = htcondor2.Submit(dict(sub))
+        for key, value in item.items():
+            per_item[key] = value
+        transfer = [f.strip() for f in per_item.expand("transfer_input_files").split(",")]
+        assert transfer == [point["config"], str(inputs / "a 1.root"), str(inputs / "b.root")]
+        assert (out / point["config"]).is_file()
+        assert load_config(out / point["config"]).training.learning_rate == pytest.approx(
+            point["overrides"]["training.learning_rate"])
+        assert per_item.expand("transfer_output_files") == f"{point['name']}.tgz, userJobMetadata.json"
+        args = condor_split(per_item.expand("arguments"))
+        # On the worker the transferred file is a bare name; the URL is read in place.
+        assert args[args.index("--primary") + 1] == "a 1.root,root://eos.example//store/a2.root"
+        assert args[args.index("--config") + 1] == point["config"]
+        assert args[args.index("--tarball") + 1] == f"{point['name']}.tgz"
+    # The GPU memory requirement, evaluated against machine GPU ads.
+    classad2 = pytest.importorskip("classad2")
+    requirement = classad2.ExprTree(sub["require_gpus"])
+    assert requirement.eval(classad2.ClassAd({"GlobalMemoryMb": 40000})) is True
+    assert requirement.eval(classad2.ClassAd({"GlobalMemoryMb": 16000})) is False
+
+
+def condor_split(arguments: str) -> list[str]:
+    """HTCondor's documented quoted-arguments syntax, parsed independently of submit.condor."""
+    assert arguments.startswith('"') and arguments.endswith('"')
+    body, args, current, quoted, i = arguments[1:-1].replace('""', '"'), [], "", False, 0
+    while i < len(body):
+        c = body[i]
+        if c == "'":
+            if quoted and body[i + 1:i + 2] == "'":
+                current, i = current + "'", i + 2
+                continue
+            quoted, i = not quoted, i + 1
+            continue
+        if c.isspace() and not quoted:
+            if current:
+                args.append(current)
+            current = ""
+        else:
+            current += c
+        i += 1
+    return args + ([current] if current else [])
+
+
+def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
+    htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
+    out = tmp_path / "dag"
+    (submit_dir / "a.root").write_bytes(b"")
+    proc = submit("condor", "--config", "job config.yaml", "--folds", "3", "--image", "img:1", "--primary", "a.root",
+                  "--directory", str(out), "--dag", cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "scan.dag").read_text()
+    jobs = [line.split()[1] for line in text.splitlines() if line.startswith("JOB ")]
+    assert len(jobs) == 4 and sum(j.startswith("train") for j in jobs) == 3
+    merge = next(j for j in jobs if j.startswith("merge"))
+    parents = set()
+    for line in text.splitlines():
+        if line.startswith("PARENT ") and f"CHILD {merge}" in line:
+            parents |= set(line.split("CHILD")[0].split()[1:])
+    assert parents == {j for j in jobs if j.startswith("train")}
+    node_vars = [line for line in text.splitlines() if line.startswith("VARS ")]
+    assert sorted(v.split('config="')[1].split('"')[0] for v in node_vars) == [f"p000-f{k}.yaml" for k in range(3)]
+    for sub_file in out.glob("*.sub"):
+        htcondor2.Submit(sub_file.read_text())  # every description parses
+    train = htcondor2.Submit((out / "train.sub").read_text())
+    assert train["executable"] == "payload" and "$(config)" in train["arguments"]
+
+
+def test_local_scan_trains_every_point(submit_dir, tmp_path):
+    (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "parameters": {"training.learning_rate": [0.0003, 0.003]}}))
+    work = tmp_path / "runs"
+    proc = submit("local", "--config", "job config.yaml", "--scan", "scan.yaml", "--primary", str(DATA / "sample_A.root"),
+                  "--secondary", str(DATA / "sample_B.root"), "--workdir", str(work), "--parallel", "2", cwd=submit_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((work / "summary.json").read_text())
+    assert [s["name"] for s in summary] == ["p000", "p001"]
+    for s in summary:
+        assert s["exit_code"] == 0 and 0.4 < s["metrics"]["test_auc"] < 1
+        manifest = json.loads((work / s["name"] / "out" / "manifest.json").read_text())
+        assert manifest["status"] == "success"
+        # The point is recoverable from its outputs: the resolved config carries its value.
+        lr = load_config(work / s["name"] / "out" / "config.yaml").training.learning_rate
+        assert lr == {"p000": 0.0003, "p001": 0.003}[s["name"]]
