@@ -78,6 +78,18 @@ def _summary(result) -> None:
     log.info("%s", ", ".join(parts))
 
 
+def cmd_hpo(args: argparse.Namespace) -> int:
+    from payload.hpo import run_point
+
+    out = run_point(_config(args.config), Path.cwd(), Path(args.output), args.primary_match, args.secondary_match,
+                    args.objective, progress=not args.quiet)
+    if out["status"]:
+        print(f"payload: error: {out['message']}", file=sys.stderr)
+    else:
+        log.info("%s", out["message"])
+    return out["status"]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from payload.config import load_config
     from payload.job import run_job
@@ -121,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-job-report", dest="job_report", action="store_false",
                    help="do not write the grid summary userJobMetadata.json into the working directory")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("hpo", parents=[common],
+                       help="one PanDA phpo evaluation: input.json + input_ds.json in, output.json out")
+    p.add_argument("--config", required=True, help="the base job config; the point's keys override it")
+    p.add_argument("--primary-match", required=True, help="file-name pattern of the primary sample, e.g. '*sherpa*'")
+    p.add_argument("--secondary-match", help="file-name pattern of the secondary sample")
+    p.add_argument("--objective", choices=["loss", "auc", "closure"], default="loss",
+                   help="what the steering minimises (default: best validation loss)")
+    p.add_argument("--output", default="output", help="output directory (default: %(default)s)")
+    p.set_defaults(func=cmd_hpo)
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled sample")
     p.add_argument("--output", default="demo-output", help="output directory (default: %(default)s)")

@@ -247,6 +247,23 @@ def config_to_json(config: JobConfig) -> str:
     return json.dumps(config_to_dict(config), sort_keys=True)
 
 
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a raw config with ``{"training.learning_rate": 0.001, ...}`` set (dotted keys);
+    validate the result with ``parse_config``."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a section of the job config")
+        node[leaf] = value
+    return out
+
+
 def dump_config(config: JobConfig, path: str | Path) -> None:
     """Write the resolved config as YAML that ``load_config`` reads back to an equal config."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -3,8 +3,9 @@
     payload-submit prun   --config job.yaml --image IMG --in-ds DS --secondary-ds DS2 --out-ds user.NICK.x
     payload-submit condor --config job.yaml --image IMG --primary FILES --secondary FILES --directory DIR [--dag]
     payload-submit local  --config job.yaml --primary FILES --secondary FILES --workdir DIR [--image IMG]
+    payload-submit phpo   --config job.yaml --search-space space.json --image IMG --training-ds DS ...
 
-Each takes ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``).
+prun, condor and local take ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,32 @@ def cmd_prun(args: argparse.Namespace) -> int:
             if subprocess.run(argv).returncode:
                 out_ds = argv[argv.index("--outDS") + 1]
                 raise PayloadError(f"prun failed for {out_ds}; the tasks listed before it were submitted")
+    return 0
+
+
+def cmd_phpo(args: argparse.Namespace) -> int:
+    from submit.phpo import PhpoJob, phpo_argv
+    from submit.prun import GpuRequest
+
+    here = Path.cwd()
+    for path, what in ((args.config, "config"), (args.search_space, "search space")):
+        if not Path(path).resolve().is_relative_to(here):
+            raise ConfigError(f"{what} {path}: must be inside the submission directory {here}, "
+                              "which phpo ships as the task's sandbox; copy it here")
+    scan.base_config(args.config)  # a bad base config fails here, not in every evaluation job
+    gpu = None if args.gpu == "none" else GpuRequest(args.gpu, args.vram_mb, args.cuda, args.gpu_model)
+    rel = [Path(p).resolve().relative_to(here).as_posix() for p in (args.config, args.search_space)]
+    job = PhpoJob(args.image, args.training_ds, args.out_ds, rel[0], rel[1], args.primary_match,
+                  args.secondary_match, args.objective, args.max_points, args.parallel,
+                  steering_container=args.steering_container, gpu=gpu,
+                  **({"steering_exec": args.steering_exec} if args.steering_exec else {}))
+    argv = phpo_argv(job, here, args.nickname)
+    print(shlex.join(argv))
+    if args.execute:
+        if shutil.which("phpo") is None:
+            raise ConfigError("phpo not found: set up panda-client first (e.g. 'lsetup panda')")
+        if subprocess.run(argv).returncode:
+            raise PayloadError(f"phpo failed for {args.out_ds}")
     return 0
 
 
@@ -125,6 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-dir", default="points", help="where scan point configs are written (in the sandbox)")
     p.add_argument("--execute", action="store_true", help="run the prun commands, not only print them")
     p.set_defaults(func=cmd_prun)
+
+    p = sub.add_parser("phpo", help="print (and with --execute run) a PanDA hyperparameter optimisation")
+    p.add_argument("--config", required=True, help="the base job config (in the submission directory)")
+    p.add_argument("--search-space", required=True, help="JSON search space for the steering, keyed by config keys")
+    p.add_argument("--image", required=True)
+    p.add_argument("--training-ds", required=True, help="dataset (or container) holding both samples' files")
+    p.add_argument("--primary-match", required=True, help="file-name pattern of the primary sample's files")
+    p.add_argument("--secondary-match", help="file-name pattern of the secondary sample's files")
+    p.add_argument("--objective", choices=["loss", "auc", "closure"], default="loss")
+    p.add_argument("--out-ds", required=True)
+    p.add_argument("--nickname")
+    p.add_argument("--max-points", type=int, default=10)
+    p.add_argument("--parallel", type=int, default=1, help="evaluations running at once")
+    p.add_argument("--steering-exec", help="steering arguments (default: phpo's documented form)")
+    p.add_argument("--steering-container")
+    p.add_argument("--gpu", default="nvidia")
+    p.add_argument("--vram-mb", type=int)
+    p.add_argument("--cuda")
+    p.add_argument("--gpu-model")
+    p.add_argument("--execute", action="store_true")
+    p.set_defaults(func=cmd_phpo)
 
     p = sub.add_parser("condor", parents=[common], help="write an HTCondor submit file or DAG")
     p.add_argument("--image", required=True)

@@ -18,7 +18,6 @@ into its outputs, so every point is recoverable from the outputs alone.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
@@ -29,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from payload.config import config_to_dict, dump_config, parse_config
+from payload.config import apply_overrides, config_to_dict, dump_config, parse_config
 from payload.errors import ConfigError
 
 
@@ -37,16 +36,6 @@ from payload.errors import ConfigError
 class Point:
     name: str
     overrides: dict[str, Any]
-
-
-def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"scan parameter {dotted!r}: {part!r} is not a section of the job config")
-    node[leaf] = value
 
 
 def _draw(rng: random.Random, key: str, spec: Any) -> Any:
@@ -107,11 +96,8 @@ def write_points(base: dict[str, Any], pts: list[Point], directory: str | Path) 
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for point in pts:
-        raw = copy.deepcopy(base)
-        for key, value in point.overrides.items():
-            set_key(raw, key, value)
         try:
-            config = parse_config(raw, source=f"scan point {point.name}")
+            config = parse_config(apply_overrides(base, point.overrides), source=f"scan point {point.name}")
         except ConfigError as err:
             raise ConfigError(f"{err.message} (overrides {point.overrides})") from None
         path = directory / f"{point.name}.yaml"

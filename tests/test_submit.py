@@ -240,3 +240,56 @@ def test_local_scan_trains_every_point(submit_dir, tmp_path):
         # The point is recoverable from its outputs: the resolved config carries its value.
         lr = load_config(work / s["name"] / "out" / "config.yaml").training.learning_rate
         assert lr == {"p000": 0.0003, "p001": 0.003}[s["name"]]
+
+
+def test_phpo_task_parameters(submit_dir, monkeypatch):
+    pytest.importorskip("pandaclient", reason="pip install panda-client (in the test extra)")
+    from pandaclient import PhpoScript
+
+    (submit_dir / "space.json").write_text(json.dumps(
+        {"training.learning_rate": {"method": "uniform", "dimension": 1, "bounds": [1e-4, 1e-2]}}))
+    proc = submit("phpo", "--config", "job config.yaml", "--search-space", "space.json", "--image", "docker.io/jdoe/gp:1",
+                  "--training-ds", "user.jdoe.ttbar.both", "--primary-match", "*_A*", "--secondary-match", "*_B*",
+                  "--out-ds", "user.jdoe.hpo.v1", "--max-points", "12", "--parallel", "3", "--vram-mb", "16000",
+                  cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout.strip())
+    assert argv[0] == "phpo"
+    monkeypatch.chdir(submit_dir)
+    monkeypatch.setattr(sys, "argv", ["phpo"])
+    params = PhpoScript.main(get_taskparams=True, ext_args=argv[1:], dry_mode=True)
+    assert params["container_name"] == "docker://docker.io/jdoe/gp:1"
+    assert params["architecture"] == "#&nvidia:vram>=16000"
+    hpo = params["hpoRequestData"]
+    assert hpo["max_points"] == 12 and hpo["opt_space"] == json.loads((submit_dir / "space.json").read_text())
+    inputs = [p for p in params["jobParameters"] if p.get("param_type") == "input"]
+    assert [p["dataset"] for p in inputs] == ["user.jdoe.ttbar.both"]
+    command = shlex.split(exec_string(params))
+    assert command[:3] == ["payload", "-q", "hpo"] and command[command.index("--config") + 1] == "job config.yaml"
+    assert command[command.index("--primary-match") + 1] == "*_A*"
+
+
+def test_phpo_evaluation_job_contract(submit_dir, tmp_path):
+    """A phpo evaluation as the pilot runs it: input.json and input_ds.json in the working directory,
+    output.json out; then a point the config rejects gives a non-zero status and no loss."""
+    work = tmp_path / "evaluation"
+    work.mkdir()
+    for name in ("sample_A.root", "sample_B.root"):
+        (work / name).symlink_to(DATA / name)
+    (work / "input_ds.json").write_text(json.dumps(["sample_A.root", "sample_B.root"]))
+    (work / "input.json").write_text(json.dumps({"training.learning_rate": 0.002, "model.phi_widths": [16]}))
+    args = [sys.executable, "-m", "payload", "-q", "hpo", "--config", str(submit_dir / "job config.yaml"),
+            "--primary-match", "*_A*", "--secondary-match", "*_B*"]
+    proc = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((work / "output.json").read_text())
+    metrics = json.loads((work / "output" / "metrics.json").read_text())
+    assert out["status"] == 0 and out["loss"] == pytest.approx(metrics["training"]["best_loss"])
+    config = load_config(work / "output" / "config.yaml")
+    assert config.training.learning_rate == 0.002 and config.model.phi_widths == [16]
+
+    (work / "input.json").write_text(json.dumps({"training.learning_rate": -1}))
+    proc = subprocess.run(args + ["--output", "bad"], cwd=work, capture_output=True, text=True, timeout=600)
+    out = json.loads((work / "output.json").read_text())
+    assert proc.returncode == 2 and out["status"] == 2 and out["loss"] is None
+    assert "learning_rate" in out["message"] and "Traceback" not in proc.stderr
