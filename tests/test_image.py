@@ -139,3 +139,26 @@ def test_docker_run_with_the_entrypoint_applies_the_model(grid_job, image):
     manifest = json.loads((job / "applied" / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["mode"] == "evaluate"
     assert (job / "applied" / "predictions.h5").is_file()
+
+
+def test_local_fan_out_runs_points_in_the_image(image, tmp_path):
+    """payload-submit local --image: every point runs with docker run in its own directory."""
+    from submit.local import LocalRun, run_points
+
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"]["epochs"] = 1
+    raw["evaluation"]["closure_classifier"] = False
+    configs = []
+    for name, lr in (("p000", 0.001), ("p001", 0.004)):
+        raw["training"]["learning_rate"] = lr
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        configs.append(tmp_path / f"{name}.yaml")
+    run = LocalRun([str(DATA / "sample_A.root")], [str(DATA / "sample_B.root")], image=image, parallel=2)
+    assert run.argv(configs[0], tmp_path / "p000")[:2] == ["docker", "run"]
+    results = run_points(run, configs, ["p000", "p001"], tmp_path / "runs")
+    assert [r["exit_code"] for r in results] == [0, 0], [r["error"] for r in results]
+    for r, lr in zip(results, (0.001, 0.004)):
+        manifest = json.loads((Path(r["directory"]) / "out" / "manifest.json").read_text())
+        assert manifest["status"] == "success"
+        assert yaml.safe_load((Path(r["directory"]) / "out" / "config.yaml").read_text())["training"]["learning_rate"] == lr
+        assert 0.4 < r["metrics"]["test_auc"] < 1
