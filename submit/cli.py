@@ -23,6 +23,22 @@ from payload.inputs import expand_inputs
 from submit import scan
 
 
+def _sandbox_path(path: str, what: str, tool: str) -> str:
+    """``path`` relative to the submission directory, which the grid tool ships as the sandbox."""
+    here = Path.cwd()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(here):
+        raise ConfigError(f"{what} {path}: must be inside the submission directory {here}, "
+                          f"which {tool} ships as the task's sandbox; copy it here")
+    return resolved.relative_to(here).as_posix()
+
+
+def _gpu(args: argparse.Namespace):
+    from submit.prun import GpuRequest
+
+    return None if args.gpu == "none" else GpuRequest(args.gpu, args.vram_mb, args.cuda, args.gpu_model)
+
+
 def _points(args: argparse.Namespace, directory: Path) -> tuple[list[Path], list[str]]:
     """(config files, point names): the config itself, or one validated config per point."""
     base = scan.base_config(args.config)
@@ -36,18 +52,14 @@ def _points(args: argparse.Namespace, directory: Path) -> tuple[list[Path], list
 
 
 def cmd_prun(args: argparse.Namespace) -> int:
-    from submit.prun import GpuRequest, PrunJob, fan_out
+    from submit.prun import PrunJob, fan_out
 
     here = Path.cwd()
-    config = Path(args.config).resolve()
-    if not config.is_relative_to(here):
-        raise ConfigError(f"config {args.config}: must be inside the submission directory {here}, "
-                          "which prun ships as the task's sandbox; copy it here")
+    _sandbox_path(args.config, "config", "prun")
     configs, names = _points(args, here / args.points_dir)
-    gpu = None if args.gpu == "none" else GpuRequest(args.gpu, args.vram_mb, args.cuda, args.gpu_model)
     job = PrunJob(image=args.image, in_ds=args.in_ds, out_ds=args.out_ds, config="", secondary_ds=args.secondary_ds,
                   secondary_files_per_job=args.secondary_files_per_job, n_files_per_job=args.n_files_per_job,
-                  n_files=args.n_files, site=args.site, dest_se=args.dest_se, gpu=gpu,
+                  n_files=args.n_files, site=args.site, dest_se=args.dest_se, gpu=_gpu(args),
                   force_staged=not args.no_force_staged)
     commands = fan_out(job, configs, None if names == ["job"] else names, here, args.nickname)
     for argv in commands:
@@ -64,21 +76,15 @@ def cmd_prun(args: argparse.Namespace) -> int:
 
 def cmd_phpo(args: argparse.Namespace) -> int:
     from submit.phpo import PhpoJob, phpo_argv
-    from submit.prun import GpuRequest
 
-    here = Path.cwd()
-    for path, what in ((args.config, "config"), (args.search_space, "search space")):
-        if not Path(path).resolve().is_relative_to(here):
-            raise ConfigError(f"{what} {path}: must be inside the submission directory {here}, "
-                              "which phpo ships as the task's sandbox; copy it here")
+    config = _sandbox_path(args.config, "config", "phpo")
+    space = _sandbox_path(args.search_space, "search space", "phpo")
     scan.base_config(args.config)  # a bad base config fails here, not in every evaluation job
-    gpu = None if args.gpu == "none" else GpuRequest(args.gpu, args.vram_mb, args.cuda, args.gpu_model)
-    rel = [Path(p).resolve().relative_to(here).as_posix() for p in (args.config, args.search_space)]
-    job = PhpoJob(args.image, args.training_ds, args.out_ds, rel[0], rel[1], args.primary_match,
+    job = PhpoJob(args.image, args.training_ds, args.out_ds, config, space, args.primary_match,
                   args.secondary_match, args.objective, args.max_points, args.parallel,
-                  steering_container=args.steering_container, gpu=gpu,
+                  steering_container=args.steering_container, gpu=_gpu(args),
                   **({"steering_exec": args.steering_exec} if args.steering_exec else {}))
-    argv = phpo_argv(job, here, args.nickname)
+    argv = phpo_argv(job, Path.cwd(), args.nickname)
     print(shlex.join(argv))
     if args.execute:
         if shutil.which("phpo") is None:
@@ -132,8 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", required=True, help="the job config YAML")
     common.add_argument("--scan", help="hyperparameter scan YAML: one job per point")
     common.add_argument("--folds", type=int, default=0, help="k-fold: one job per fold (crossed with --scan)")
+    gpu = argparse.ArgumentParser(add_help=False)
+    gpu.add_argument("--gpu", default="nvidia", help="GPU vendor to request, or 'none' (default: %(default)s)")
+    gpu.add_argument("--vram-mb", type=int, help="at least this much GPU memory")
+    gpu.add_argument("--cuda", help="at least this CUDA version, e.g. 12.0")
+    gpu.add_argument("--gpu-model", help="regular expression on the GPU model, e.g. '.*A100.*'")
 
-    p = sub.add_parser("prun", parents=[common], help="print (and with --execute run) prun commands")
+    p = sub.add_parser("prun", parents=[common, gpu], help="print (and with --execute run) prun commands")
     p.add_argument("--image", required=True, help="container image, e.g. docker.io/NICK/grid-payload:0.1.0")
     p.add_argument("--in-ds", required=True, help="primary input dataset (%%IN)")
     p.add_argument("--secondary-ds", help="secondary input dataset (%%IN2)")
@@ -144,16 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-files", type=int)
     p.add_argument("--site")
     p.add_argument("--dest-se")
-    p.add_argument("--gpu", default="nvidia", help="GPU vendor to request, or 'none' (default: %(default)s)")
-    p.add_argument("--vram-mb", type=int, help="at least this much GPU memory")
-    p.add_argument("--cuda", help="at least this CUDA version, e.g. 12.0")
-    p.add_argument("--gpu-model", help="regular expression on the GPU model, e.g. '.*A100.*'")
     p.add_argument("--no-force-staged", action="store_true", help="let unstaged inputs arrive as root:// URLs")
     p.add_argument("--points-dir", default="points", help="where scan point configs are written (in the sandbox)")
     p.add_argument("--execute", action="store_true", help="run the prun commands, not only print them")
     p.set_defaults(func=cmd_prun)
 
-    p = sub.add_parser("phpo", help="print (and with --execute run) a PanDA hyperparameter optimisation")
+    p = sub.add_parser("phpo", parents=[gpu], help="print (and with --execute run) a PanDA hyperparameter optimisation")
     p.add_argument("--config", required=True, help="the base job config (in the submission directory)")
     p.add_argument("--search-space", required=True, help="JSON search space for the steering, keyed by config keys")
     p.add_argument("--image", required=True)
@@ -167,10 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="evaluations running at once")
     p.add_argument("--steering-exec", help="steering arguments (default: phpo's documented form)")
     p.add_argument("--steering-container")
-    p.add_argument("--gpu", default="nvidia")
-    p.add_argument("--vram-mb", type=int)
-    p.add_argument("--cuda")
-    p.add_argument("--gpu-model")
     p.add_argument("--execute", action="store_true")
     p.set_defaults(func=cmd_phpo)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from payload.errors import ConfigError
 from payload.inputs import is_url
+from submit.images import docker_url
 
 
 def condor_arguments(args: list[str]) -> str:
@@ -65,7 +66,7 @@ class CondorJob:
         # $(config) and $(name) are filled per queued item; $(config) is transferred, so the job
         # sees its base name: items give configs by base name, placed beside the submit file.
         args += ["--config", "$(config)", "--output", "out", "--tarball", "$(name).tgz"]
-        image = self.image if "://" in self.image else f"docker://{self.image}"
+        image = docker_url(self.image)
         lines = [
             "universe = container",
             f"container_image = {image}",
@@ -119,7 +120,7 @@ def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Pat
                       vars=[{"name": n, "config": c} for n, c in items])
     tarballs = [f"{n}.tgz" for n, _ in items]
     merge_args = merge_args or ["-q", "merge", "--inputs", *tarballs, "--output", "merged"]
-    image = job.image if "://" in job.image else f"docker://{job.image}"
+    image = docker_url(job.image)
     merge = htcondor2.Submit("\n".join([
         "universe = container", f"container_image = {image}", "executable = payload",
         "transfer_executable = false", f"arguments = {condor_arguments(merge_args)}",

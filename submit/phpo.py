@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from payload.errors import ConfigError
+from submit.images import docker_url
 from submit.prun import GpuRequest, check_out_ds
 
 #: phpo's documented steering arguments; %IN / %OUT are the steering's own input and output files.
@@ -53,7 +54,7 @@ def phpo_argv(job: PhpoJob, submit_dir: Path, nickname: str | None = None) -> li
         raise ConfigError(f"search space {space_path}: cannot be read as JSON ({err})") from None
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"search space {space_path}: expected a non-empty JSON object keyed by config keys")
-    image = job.image if "://" in job.image else f"docker://{job.image}"
+    image = docker_url(job.image)
     argv = ["phpo", "--evaluationContainer", image, "--evaluationExec", shlex.join(job.evaluation_command()),
             "--trainingDS", job.training_ds, "--outDS", job.out_ds, "--searchSpaceFile", job.search_space,
             "--maxPoints", str(job.max_points), "--nParallelEvaluation", str(job.n_parallel),

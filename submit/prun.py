@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from payload.errors import ConfigError
+from submit.images import docker_url
 
 #: Characters the grid refuses in dataset names (panda-client's check_invalid_char, '*' included).
 _BAD_DS_CHARS = set("%|;><?'\"()$@:=&^#\\[]{}`*")
@@ -87,7 +88,7 @@ def check_out_ds(out_ds: str, nickname: str | None, outputs: list[str]) -> None:
 def prun_argv(job: PrunJob, nickname: str | None = None) -> list[str]:
     """The ``prun`` command for one task, as an argument list (``shlex.join`` it to print)."""
     check_out_ds(job.out_ds, nickname, [job.output])
-    image = job.image if "://" in job.image else f"docker://{job.image}"
+    image = docker_url(job.image)
     argv = ["prun", "--containerImage", image, "--exec", shlex.join(job.payload_command()),
             "--inDS", job.in_ds, "--outDS", job.out_ds, "--outputs", job.output,
             "--excludeFile", ",".join(job.exclude)]
