@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import peak_rss_mb  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(mode: str, path: str, out: str) -> None:
@@ -47,7 +44,7 @@ def child(mode: str, path: str, out: str) -> None:
         start = time.perf_counter()
         events = convert(config, path, out, progress=False).events
         seconds = time.perf_counter() - start
-    print(json.dumps({"events": events, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
+    print(json.dumps({"events": events, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure(mode: str, path: Path, out: Path, repeat: int) -> dict:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import peak_rss_mb  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
         start = time.perf_counter()
         model.fit(x, y, sample_weight=w, batch_size=bs, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(json.dumps({"samples_per_s": steps * bs / seconds, "peak_rss_mb": rss}))
 
 

@@ -90,6 +90,18 @@ def cmd_hpo(args: argparse.Namespace) -> int:
     return out["status"]
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from payload.merge import merge
+
+    summary = merge(args.inputs, args.output, metric=args.metric, ensemble=args.ensemble,
+                    predictions=args.predictions, strict=args.strict)
+    for s in summary["skipped"]:
+        log.info("skipped %s: %s", s["input"], s["reason"])
+    if "best" in summary:
+        log.info("best job %s (%s %.5g)", summary["best"]["job"], args.metric, summary["best"][args.metric])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from payload.config import load_config
     from payload.job import run_job
@@ -143,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the steering minimises (default: best validation loss)")
     p.add_argument("--output", default="output", help="output directory (default: %(default)s)")
     p.set_defaults(func=cmd_hpo)
+
+    p = sub.add_parser("merge", parents=[common], help="gather many job outputs into one summary, best model, ensemble")
+    p.add_argument("inputs", nargs="+", help="job tarballs or output directories (globs allowed)")
+    p.add_argument("--output", required=True, help="directory to write")
+    p.add_argument("--metric", default="best_loss",
+                   help="what picks the best job: best_loss (validation), test_loss, test_auc, test_accuracy, "
+                        "closure (default: %(default)s)")
+    p.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the jobs' models into one (default: for k folds only)")
+    p.add_argument("--predictions", choices=["auto", "all", "test", "none"], default="auto",
+                   help="concatenate per-event predictions: all rows (evaluation fan-out), the test split of "
+                        "each job (k folds: out-of-fold), or none; auto picks by the jobs")
+    p.add_argument("--strict", action="store_true", help="any bad job output is an error, not skipped")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled sample")
     p.add_argument("--output", default="demo-output", help="output directory (default: %(default)s)")

@@ -87,3 +87,16 @@ def closure(evaluation: Evaluation, directory: Path, labels: tuple[str, str] = (
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", v.name)
         paths.append(_save(fig, directory / f"closure_{safe}.png"))
     return paths
+
+
+def bar(labels: list[str], values: list[float], metric: str, path: Path) -> Path:
+    """One bar per job, in the given (ranked) order."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(labels) + 2), 4))
+    ax.bar(range(len(values)), values)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set(ylabel=metric, title=f"jobs ranked by {metric}")
+    if values:
+        low, high = min(values), max(values)
+        pad = 0.1 * (high - low) or 0.05 * abs(high) or 1.0
+        ax.set_ylim(low - pad, high + pad)
+    return _save(fig, path)

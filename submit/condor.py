@@ -119,7 +119,7 @@ def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Pat
     train = dag.layer(name="train", submit_description=htcondor2.Submit(body),
                       vars=[{"name": n, "config": c} for n, c in items])
     tarballs = [f"{n}.tgz" for n, _ in items]
-    merge_args = merge_args or ["-q", "merge", "--inputs", *tarballs, "--output", "merged"]
+    merge_args = merge_args or ["-q", "merge", *tarballs, "--output", "merged"]
     image = docker_url(job.image)
     merge = htcondor2.Submit("\n".join([
         "universe = container", f"container_image = {image}", "executable = payload",

@@ -1,0 +1,354 @@
+"""``payload merge``: the outputs of many jobs (a scan, k folds, an evaluation fan-out) as one result.
+
+Inputs are job tarballs or output directories (globs allowed).  Each is checked: a missing, failed
+(``error.json``), incomplete (no ``manifest.json``), truncated or corrupt output is reported in the
+summary and skipped (``strict`` makes it an error).  The output directory holds:
+
+    summary.json      every input with its status or the reason it was skipped, the best job, the ensemble
+    jobs.csv, jobs.md every merged job's varying config keys and metrics, best first; jobs.png the metric
+    best/             the best job's model bundle (model.keras, scaler.json, config.yaml, metrics.json)
+    ensemble/         the average of the jobs' models as one bundle (k folds, or ``ensemble=True``)
+    predictions.h5    per-event predictions of all jobs, keyed by source file and entry (evaluation
+                      fan-out: every row; k folds: each event's test-split row, i.e. from the model
+                      that did not train on it), with metrics and plots over the whole dataset
+
+Predictions are copied job by job in bounded chunks; the result does not depend on input order, and
+merging twice gives the same files.  The directory is built under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from payload.config import JobConfig, config_to_dict, load_config
+from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
+from payload.progress import log
+
+METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
+    "best_loss": ("min", lambda m: m["training"]["best_loss"]),
+    "test_loss": ("min", lambda m: m["test"]["loss"]),
+    "test_auc": ("max", lambda m: m["test"]["auc"]),
+    "test_accuracy": ("max", lambda m: m["test"]["accuracy"]),
+    "closure": ("min", lambda m: abs(m["closure_classifier_auc"] - 0.5)),
+}
+BUNDLE = ("model.keras", "scaler.json", "config.yaml", "metrics.json")
+CHUNK = 1 << 20
+
+
+@dataclass
+class Job:
+    name: str
+    source: str
+    directory: Path
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    config: JobConfig
+
+
+def _job_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    # payload-submit local leaves POINT/out: the point names the job.
+    return path.parent.name if name in ("out", "output") and path.parent.name else name
+
+
+def expand(inputs: list[str]) -> list[str]:
+    """Globs expanded (sorted); plain paths kept even when missing, so they are reported."""
+    out: list[str] = []
+    for item in inputs:
+        for part in item.split(","):
+            if not part:
+                continue
+            matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
+            out += matches or [part]
+    return list(dict.fromkeys(out))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputCorruptError(f"{what} missing") from None
+    except (OSError, ValueError) as err:
+        raise InputCorruptError(f"{what} unreadable ({err})") from None
+
+
+def open_job(source: str, scratch: Path, name: str) -> Job:
+    """One job output, checked; raises a ``PayloadError`` whose message is the reason to skip it."""
+    from payload.archive import safe_extract
+
+    path = Path(source)
+    if not path.exists():
+        raise InputMissingError("no such file or directory")
+    if path.is_file():
+        target = scratch / name
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            directory = safe_extract(path, target)
+        except InputCorruptError as err:
+            raise InputCorruptError(err.message.split(": ", 1)[-1]) from None
+    else:
+        directory = path
+    if (directory / "error.json").exists():
+        error = _read_json(directory / "error.json", "error.json")
+        raise InputCorruptError(f"the job failed (exit {error.get('exit_code')}): {error.get('error')}")
+    manifest = _read_json(directory / "manifest.json", "manifest.json (the job did not finish)")
+    if manifest.get("status") != "success":
+        raise InputCorruptError(f"manifest status is {manifest.get('status')!r}")
+    metrics = _read_json(directory / "metrics.json", "metrics.json")
+    try:
+        config = load_config(directory / "config.yaml")
+    except PayloadError as err:
+        raise InputCorruptError(f"config.yaml: {err.message}") from None
+    return Job(name, source, directory, manifest, metrics, config)
+
+
+def collect(inputs: list[str], scratch: Path, strict: bool) -> tuple[list[Job], list[dict[str, str]]]:
+    jobs, skipped, names = [], [], set()
+    for source in expand(inputs):
+        base = name = _job_name(Path(source))
+        k = 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names.add(name)
+        try:
+            jobs.append(open_job(source, scratch, name))
+        except PayloadError as err:
+            if strict:
+                raise type(err)(f"job output {source}: {err.message} (--strict)") from None
+            log.warning("skipping %s: %s", source, err.message)
+            skipped.append({"name": name, "input": source, "reason": err.message})
+    return sorted(jobs, key=lambda j: j.name), sorted(skipped, key=lambda s: s["name"])
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def metric_value(job: Job, metric: str) -> float | None:
+    try:
+        return float(METRICS[metric][1](job.metrics))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def job_table(jobs: list[Job], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows): the config keys that differ between jobs and the headline metrics, best first."""
+    flat = [_flatten(config_to_dict(j.config)) for j in jobs]
+    keys = sorted({k for f in flat for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    rows = []
+    for job, f in zip(jobs, flat):
+        row: dict[str, Any] = {"job": job.name}
+        row.update({k: json.dumps(f.get(k)) if isinstance(f.get(k), (list, dict)) else f.get(k) for k in varying})
+        row.update({m: metric_value(job, m) for m in METRICS})
+        row["epochs_run"] = job.metrics.get("training", {}).get("epochs_run")
+        rows.append(row)
+    sign = 1 if METRICS[metric][0] == "min" else -1
+    rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0), r["job"]))
+    return ["job", *varying, *METRICS, "epochs_run"], rows
+
+
+def _write_table(columns: list[str], rows: list[dict[str, Any]], metric: str, out: Path) -> None:
+    with open(out / "jobs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    (out / "jobs.md").write_text("\n".join(lines) + "\n")
+
+    from payload.plots import bar
+
+    bar([r["job"] for r in rows if r[metric] is not None], [r[metric] for r in rows if r[metric] is not None],
+        metric, out / "jobs.png")
+
+
+def _copy_bundle(job: Job, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    for name in BUNDLE:
+        shutil.copyfile(job.directory / name, dest / name)
+
+
+def _ensemble(jobs: list[Job], dest: Path) -> dict[str, Any]:
+    from payload.config import dump_config
+    from payload.models import load_model
+    from payload.models.ensemble import build_ensemble, identity_scaler
+    from payload.scaling import Scaler
+
+    data = [config_to_dict(j.config)["data"] for j in jobs]
+    if any(d != data[0] for d in data):
+        raise ConfigError("ensemble: the jobs were trained on different data layouts (data sections differ)")
+    members = [(load_model(j.directory / "model.keras"), Scaler.load(j.directory / "scaler.json")) for j in jobs]
+    model = build_ensemble(members)
+    dest.mkdir(parents=True)
+    model.save(dest / "model.keras")
+    identity_scaler(members[0][1]).save(dest / "scaler.json")
+    dump_config(jobs[0].config, dest / "config.yaml")
+    info = {"members": [j.name for j in jobs]}
+    (dest / "members.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _is_kfold(jobs: list[Job]) -> bool:
+    folds = {(j.config.split.folds, j.config.split.seed) for j in jobs}
+    return len(folds) == 1 and jobs[0].config.split.folds >= 2 and \
+        len({j.config.split.fold for j in jobs}) == len(jobs)
+
+
+def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str, Any]:
+    """Concatenate the jobs' predictions (streamed), keyed by a global source-file table."""
+    import h5py
+
+    from payload.evaluate import PRED_FIELDS
+    from payload.metrics import BinaryScores, WeightedHist
+    from payload.splits import TEST
+
+    files: list[str] = []
+    index: dict[str, int] = {}
+    seen: dict[tuple[int, str], str] = {}
+    duplicates: list[str] = []
+    scores = BinaryScores()
+    reweight = jobs[0].config.task == "reweight"
+    max_w = jobs[0].config.evaluation.max_weight
+    weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
+    labelled = True
+    with h5py.File(path, "w") as out:
+        fields = {**PRED_FIELDS, "job": np.int32}
+        for name, dtype in fields.items():
+            out.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+        size = 0
+        for j, job in enumerate(jobs):
+            pred = job.directory / "predictions.h5"
+            try:
+                src = h5py.File(pred, "r")
+            except OSError as err:
+                raise InputCorruptError(f"job output {job.source}: predictions.h5 unreadable ({err})") from None
+            with src:
+                per_sample = json.loads(src.attrs["source_files"])
+                labelled &= len(per_sample) == 2
+                remap = {}
+                for sample, names in per_sample.items():
+                    table = []
+                    for fname in names:
+                        key = fname.rstrip("/").rsplit("/", 1)[-1]
+                        if key not in index:
+                            index[key] = len(files)
+                            files.append(key)
+                        if not test_only:
+                            owner = seen.setdefault((int(sample), key), job.name)
+                            if owner != job.name:
+                                duplicates.append(f"{key} (sample {sample}) in {owner} and {job.name}")
+                        table.append(index[key])
+                    remap[int(sample)] = np.array(table, dtype=np.int32)
+                n = len(src["entry"])
+                for a in range(0, n, CHUNK):
+                    cols = {k: src[k][a:a + CHUNK] for k in PRED_FIELDS}
+                    keep = cols["split"] == TEST if test_only else np.ones(len(cols["entry"]), dtype=bool)
+                    cols = {k: v[keep] for k, v in cols.items()}
+                    file_index = np.empty(len(cols["entry"]), dtype=np.int32)
+                    for sample, table in remap.items():
+                        sel = cols["sample"] == sample
+                        file_index[sel] = table[cols["file_index"][sel]]
+                    cols["file_index"] = file_index
+                    cols["job"] = np.full(len(file_index), j, dtype=np.int32)
+                    m = len(file_index)
+                    for k in fields:
+                        out[k].resize(size + m, axis=0)
+                        out[k][size:] = cols[k]
+                    size += m
+                    test = (cols["split"] == TEST) & ~cols["outlier"]
+                    if len(per_sample) == 2 and test.any():
+                        scores.fill(cols["score"][test], cols["label"][test], cols["weight"][test].astype(np.float64))
+                    if weight_hist is not None:
+                        prim = test & (cols["sample"] == 0)
+                        weight_hist.fill(cols["nn_weight"][prim], cols["weight"][prim].astype(np.float64))
+        out.attrs["source_files"] = json.dumps(files)
+        out.attrs["jobs"] = json.dumps([j.name for j in jobs])
+        out.attrs["fields"] = ("one row per event: sample, file_index (into the source_files attribute: file base "
+                               "names), entry, split, outlier, label, score, weight, nn_weight, job (into jobs)")
+    result: dict[str, Any] = {"rows": size, "rows_kept": "test split of each fold" if test_only else "all",
+                              "source_files": len(files), "duplicate_files": duplicates}
+    if labelled and scores.count:
+        result["test"] = scores.summary()
+    return {"metrics": result, "scores": scores if labelled and scores.count else None, "weight_hist": weight_hist}
+
+
+def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ensemble: bool | None = None,
+          predictions: str = "auto", strict: bool = False) -> dict[str, Any]:
+    if metric not in METRICS:
+        raise ConfigError(f"merge metric {metric!r}: choose one of {', '.join(METRICS)}")
+    output = Path(output)
+    tmp = output.with_name(f".tmp-{os.getpid()}-{output.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        jobs, skipped = collect(inputs, tmp / "work", strict)
+        if not jobs:
+            raise EmptyInputError(f"merge: none of the {len(skipped)} inputs is a usable job output "
+                                  f"({'; '.join(s['name'] + ': ' + s['reason'] for s in skipped[:3])})")
+        summary: dict[str, Any] = {"inputs": len(jobs) + len(skipped), "merged": [j.name for j in jobs],
+                                   "skipped": skipped, "metric": metric}
+        trained = [j for j in jobs if j.metrics.get("mode") == "train"]
+        kfold = bool(trained) and _is_kfold(trained)
+        if trained:
+            columns, rows = job_table(trained, metric)
+            _write_table(columns, rows, metric, tmp)
+            best = rows[0]
+            if best[metric] is not None:
+                best_job = next(j for j in trained if j.name == best["job"])
+                _copy_bundle(best_job, tmp / "best")
+                summary["best"] = {"job": best_job.name, metric: best[metric], "directory": "best"}
+        if trained and (ensemble or (ensemble is None and kfold)):
+            summary["ensemble"] = _ensemble(trained, tmp / "ensemble")
+        mode = predictions
+        if mode == "auto":
+            mode = "all" if all(j.metrics.get("mode") == "evaluate" for j in jobs) else "test" if kfold else "none"
+        if mode != "none":
+            from payload import plots
+            from payload.evaluate import Evaluation
+
+            merged = merge_predictions(jobs, tmp / "predictions.h5", test_only=mode == "test")
+            summary["predictions"] = merged["metrics"]
+            (tmp / "plots").mkdir()
+            if merged["scores"] is not None:
+                plots.roc(Evaluation(merged["metrics"], merged["scores"], [], None), tmp / "plots" / "roc.png")
+            if merged["weight_hist"] is not None and merged["weight_hist"].sumw.sum() > 0:
+                plots.weights(merged["weight_hist"], tmp / "plots" / "nn_weights.png")
+        shutil.rmtree(tmp / "work", ignore_errors=True)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
+        if output.exists():
+            old = output.with_name(f".old-{os.getpid()}-{output.name}")
+            os.replace(output, old)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("merged %d of %d job outputs into %s", len(jobs), summary["inputs"], output)
+    return summary

@@ -1,0 +1,166 @@
+"""payload merge on real job outputs: k folds trained here, one evaluation fan-out, and broken inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from payload.config import parse_config
+from payload.job import run_job
+from payload.merge import merge
+
+DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
+SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")
+FOLDS = 3
+
+
+def fold_config(fold: int, lr: float = 0.003):
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update({"epochs": 1, "batch_size": 512, "learning_rate": lr})
+    raw["evaluation"]["closure_classifier"] = False
+    raw["split"].update({"folds": FOLDS, "fold": fold, "validation": 0.2})
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory):
+    """Three real k-fold jobs (with different learning rates, so one is best) as tarballs."""
+    root = tmp_path_factory.mktemp("folds")
+    tarballs = []
+    for fold, lr in zip(range(FOLDS), (0.001, 0.003, 0.006)):
+        out = root / f"fold{fold}"
+        run_job(fold_config(fold, lr), SAMPLE_A, SAMPLE_B, out, tarball=root / f"fold{fold}.tgz", progress=False)
+        tarballs.append(root / f"fold{fold}.tgz")
+    return root, tarballs
+
+
+def merge_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "payload", "-q", "merge", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def broken_inputs(root: Path, good: Path) -> list[str]:
+    """Every way a job output arrives broken from the grid."""
+    truncated = root / "truncated.tgz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    corrupt = root / "corrupt.tgz"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    evil = root / "evil.tgz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(good, arcname="../escape.tgz")
+    failed = root / "failed"
+    failed.mkdir(exist_ok=True)
+    (failed / "error.json").write_text(json.dumps({"status": "failed", "exit_code": 3, "error": "input x.root: no such file"}))
+    unfinished = root / "unfinished"
+    unfinished.mkdir(exist_ok=True)
+    (unfinished / "metrics.json").write_text("{}")
+    return [str(root / "deleted.tgz"), str(truncated), str(corrupt), str(evil), str(failed), str(unfinished)]
+
+
+def test_kfold_merge_summary_best_ensemble_and_out_of_fold(folds, tmp_path):
+    root, tarballs = folds
+    bad = broken_inputs(tmp_path, tarballs[0])
+    proc = merge_cli(str(root / "fold*.tgz"), *bad, "--output", str(tmp_path / "merged"))
+    assert proc.returncode == 0, proc.stderr
+    merged = tmp_path / "merged"
+    summary = json.loads((merged / "summary.json").read_text())
+    assert summary["merged"] == ["fold0", "fold1", "fold2"]
+    reasons = {s["name"]: s["reason"] for s in summary["skipped"]}
+    assert set(reasons) == {"deleted", "truncated", "corrupt", "evil", "failed", "unfinished"}
+    assert "no such file" in reasons["deleted"] and "escapes" in reasons["evil"]
+    assert "failed (exit 3)" in reasons["failed"] and "manifest.json" in reasons["unfinished"]
+    assert not (tmp_path / "escape.tgz").exists()
+
+    # The best job is the one with the lowest validation loss, and its bundle is copied out.
+    losses = {f"fold{k}": json.loads((root / f"fold{k}" / "metrics.json").read_text())["training"]["best_loss"]
+              for k in range(FOLDS)}
+    best = min(losses, key=losses.get)
+    assert summary["best"]["job"] == best and summary["best"]["best_loss"] == pytest.approx(losses[best])
+    assert (merged / "best" / "model.keras").read_bytes() == (root / best / "model.keras").read_bytes()
+    with open(merged / "jobs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == sorted(losses, key=losses.get)
+    assert {"training.learning_rate", "split.fold"} <= set(rows[0])  # the keys that vary between jobs
+    assert (merged / "jobs.png").is_file() and (merged / "jobs.md").read_text().startswith("| job |")
+
+    # Out-of-fold predictions: every event once, scored by the fold job that did not train on it.
+    with h5py.File(merged / "predictions.h5") as p:
+        jobs = json.loads(p.attrs["jobs"])
+        key = np.stack([p["sample"][:], p["file_index"][:], p["entry"][:]], axis=1)
+        assert len(np.unique(key, axis=0)) == len(key)
+        with h5py.File(root / "fold0" / "predictions.h5") as q:
+            assert len(key) == len(q["entry"])  # each fold job predicted every event; the test rows partition them
+        for j, name in enumerate(jobs):
+            with h5py.File(root / name / "predictions.h5") as q:
+                test = q["split"][:] == 2
+                mine = p["job"][:] == j
+                np.testing.assert_array_equal(p["score"][:][mine], q["score"][:][test])
+    assert summary["predictions"]["test"]["events"] > 0 and (merged / "plots" / "roc.png").is_file()
+
+    # The ensemble is one model averaging the members, loadable and usable by evaluate mode.
+    assert json.loads((merged / "ensemble" / "members.json").read_text())["members"] == jobs
+    applied = tmp_path / "applied"
+    proc = subprocess.run([sys.executable, "-m", "payload", "-q", "run", "--mode", "evaluate", "--model",
+                           str(merged / "ensemble"), "--primary", SAMPLE_A, "--output", str(applied),
+                           "--no-job-report"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(applied / "predictions.h5") as e:
+        members = []
+        for k in range(FOLDS):
+            with h5py.File(root / f"fold{k}" / "predictions.h5") as q:
+                members.append(q["score"][:][q["sample"][:] == 0])
+        np.testing.assert_allclose(e["score"][:], np.mean(members, axis=0), rtol=1e-4, atol=1e-5)
+
+    # Merging twice gives the same result.
+    again = merge_cli(str(root / "fold*.tgz"), *bad, "--output", str(tmp_path / "merged"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((merged / "summary.json").read_text()) == summary
+    with open(merged / "jobs.csv") as f:
+        assert list(csv.DictReader(f)) == rows
+
+
+def test_strict_makes_a_bad_job_an_error(folds, tmp_path):
+    root, tarballs = folds
+    bad = broken_inputs(tmp_path, tarballs[0])
+    proc = merge_cli(*map(str, tarballs), bad[1], "--output", str(tmp_path / "strict"), "--strict")
+    assert proc.returncode == 4 and "truncated.tgz" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "strict").exists()
+    proc = merge_cli(*bad, "--output", str(tmp_path / "nothing"))
+    assert proc.returncode == 8 and "none of the 6 inputs" in proc.stderr
+
+
+def test_evaluation_fan_out_concatenates_predictions(folds, tmp_path):
+    """One evaluation job per input file, as a grid fan-out does; merged predictions cover both files."""
+    root, tarballs = folds
+    outs = []
+    for name, sample in (("A", SAMPLE_A), ("B", SAMPLE_B)):
+        staged = tmp_path / f"{name}.root"
+        shutil.copy(sample, staged)
+        out = tmp_path / f"eval{name}" / "out"
+        run_job(None, str(staged), None, out, mode="evaluate", model=tarballs[0], progress=False)
+        outs.append(out)
+    summary = merge([str(o) for o in outs], tmp_path / "merged")
+    assert summary["merged"] == ["evalA", "evalB"] and "best" not in summary
+    with h5py.File(tmp_path / "merged" / "predictions.h5") as p:
+        files = json.loads(p.attrs["source_files"])
+        assert files == ["A.root", "B.root"]
+        rows = 0
+        for j, out in enumerate(outs):
+            with h5py.File(out / "predictions.h5") as q:
+                mine = p["job"][:] == j
+                np.testing.assert_array_equal(p["entry"][:][mine], q["entry"][:])
+                np.testing.assert_array_equal(p["score"][:][mine], q["score"][:])
+                assert set(p["file_index"][:][mine]) == {j}
+                rows += len(q["entry"])
+        assert len(p["entry"]) == rows == summary["predictions"]["rows"]
+    assert summary["predictions"]["duplicate_files"] == []
