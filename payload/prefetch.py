@@ -8,11 +8,13 @@ threads overlaps reading, building and writing even on two cores, with no pickli
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+JOIN_TIMEOUT_S = 30.0
 
 
 def prefetch(iterator: Iterator[T], depth: int = 4) -> Iterator[T]:
@@ -20,7 +22,8 @@ def prefetch(iterator: Iterator[T], depth: int = 4) -> Iterator[T]:
 
     Memory is bounded by ``depth``.  An exception in the producer is raised in the consumer; when
     the consumer stops early the producer stops at its next item and closes ``iterator`` (so a
-    process pool behind it shuts down) before this generator returns.
+    process pool behind it shuts down) before this generator returns (waiting at most
+    ``JOIN_TIMEOUT_S``).
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -57,4 +60,7 @@ def prefetch(iterator: Iterator[T], depth: int = 4) -> Iterator[T]:
             yield item
     finally:
         stop.set()
-        thread.join()
+        # The producer stops after at most one more item.  At interpreter exit (an unfinished
+        # generator collected then) daemon threads no longer run: waiting would hang the process.
+        if not sys.is_finalizing():
+            thread.join(timeout=JOIN_TIMEOUT_S)
