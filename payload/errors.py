@@ -69,6 +69,12 @@ class OutputError(PayloadError):
     exit_code = 9
 
 
+class DatasetAccessError(PayloadError):
+    """A Rucio DID cannot be resolved: no client, config or credentials, or the server refuses."""
+
+    exit_code = 10
+
+
 #: Exit code when the user interrupts (Ctrl-C / SIGINT), the shell convention 128 + 2.
 EXIT_INTERRUPTED = 130
 #: Exit code of an unexpected internal error (a bug: the traceback is printed).

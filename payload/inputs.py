@@ -1,7 +1,8 @@
 """Turn input specifications as users and PanDA give them into a list of file locations.
 
 PanDA passes ``%IN`` as one comma-joined list of file names (staged into the working directory) or
-``root://`` URLs (direct I/O).  Users also give globs and directories.  Remote URLs are left to uproot.
+``root://`` URLs (direct I/O).  Users also give globs, directories and Rucio DIDs (``scope:name``,
+downloaded into a cache by ``payload.datasets``).  Remote URLs are left to uproot.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 
+from payload.datasets import fetch, is_did
 from payload.errors import InputMissingError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -45,7 +47,9 @@ def expand_inputs(specs: str | Iterable[str]) -> list[str]:
             else:
                 files.append(item)
                 continue
-        if _GLOB_CHARS & set(item):
+        if is_did(item):
+            files.extend(fetch(item))
+        elif _GLOB_CHARS & set(item):
             matches = sorted(glob.glob(item))
             if not matches:
                 raise InputMissingError(f"input {item}: no file matches this pattern")

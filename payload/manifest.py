@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from payload import __version__
+from payload.datasets import ORIGINS
 from payload.inputs import is_url
 
 
@@ -23,11 +24,35 @@ def adler32(path: str | Path, block: int = 1 << 22) -> str:
 
 
 def describe_input(location: str) -> dict[str, Any]:
+    """Where an input was read from, its size and adler32 (for root:// URLs, as the server reports them)."""
+    if location.startswith(("root://", "roots://")):
+        return {"location": location, **_xrootd_facts(location)}
     if is_url(location):
         return {"location": location}
     path = Path(location)
     return {"location": location, "resolved": str(path.resolve()), "bytes": path.stat().st_size,
-            "adler32": adler32(path)}
+            "adler32": adler32(path), **ORIGINS.get(location, {})}
+
+
+def _xrootd_facts(url: str) -> dict[str, Any]:
+    """Size and checksum from the XRootD server; empty when the bindings or the server cannot say."""
+    try:
+        from XRootD import client
+        from XRootD.client.flags import QueryCode
+    except ImportError:
+        return {}
+    parsed = client.URL(url)
+    fs = client.FileSystem(f"{parsed.protocol}://{parsed.hostid}")
+    facts: dict[str, Any] = {}
+    status, info = fs.stat(parsed.path_with_params, timeout=30)
+    if status.ok:
+        facts["bytes"] = info.size
+    status, answer = fs.query(QueryCode.CHECKSUM, parsed.path_with_params, timeout=30)
+    if status.ok and answer:
+        name, _, value = answer.decode(errors="replace").strip("\x00 \n").partition(" ")
+        if name == "adler32" and value:
+            facts["adler32"] = value.strip("\x00 ").lower().rjust(8, "0")
+    return facts
 
 
 class Timer:

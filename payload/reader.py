@@ -7,6 +7,7 @@ turns every failure into a one-line ``PayloadError`` naming the file; ``convert`
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from payload.errors import (
     closest,
 )
 from payload.inputs import is_url
+from payload.progress import log
 
 
 def _one_line(err: BaseException) -> str:
@@ -69,26 +71,65 @@ class InputTree:
         except PayloadError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure inside a file is that file's problem
+            if is_url(self.location):
+                _forget_remote_handles()
             raise InputCorruptError(
                 f"input {self.location}: cannot read entries from {start} ({_one_line(err)}); "
                 "the file may be truncated or corrupt: re-fetch it"
             ) from None
 
 
+def _forget_remote_handles() -> None:
+    """Drop fsspec-xrootd's cached file handles after a failed remote read.
+
+    It closes them at interpreter exit and, with the connection gone, prints a traceback there; the handles
+    are useless once the server is lost, so they are forgotten, not closed.
+    """
+    try:
+        from fsspec_xrootd import XRootDFileSystem
+    except ImportError:
+        return
+    for fs in list(XRootDFileSystem._cache.values()):
+        handles = getattr(fs, "_readonly_filehandle_cache", None)
+        if handles is not None:
+            handles._cache.clear()
+
+
+#: Attempts to open a remote file: a storage element that drops a connection often answers the next one.
+REMOTE_ATTEMPTS = 3
+_MISSING = ("no such file", "not found", "[3011]", "does not exist")
+
+
+def _open_file(location: str, attempts: int = REMOTE_ATTEMPTS, backoff_s: float = 2.0) -> Any:
+    remote = is_url(location)
+    for attempt in range(1, (attempts if remote else 1) + 1):
+        try:
+            return uproot.open(location)
+        except FileNotFoundError:
+            raise InputMissingError(f"input {location}: no such file") from None
+        except PermissionError:
+            raise InputMissingError(f"input {location}: permission denied") from None
+        except Exception as err:  # noqa: BLE001
+            text = str(err).lower()
+            if remote and any(m in text for m in _MISSING):
+                raise InputMissingError(f"input {location}: no such file on the server ({_one_line(err)})") from None
+            if remote and isinstance(err, (OSError, TimeoutError)) and attempt < attempts:
+                log.warning("input %s: %s; retrying (%d/%d)", location, _one_line(err), attempt, attempts - 1)
+                time.sleep(backoff_s * attempt)
+                continue
+            what = ("cannot be read from the server" if remote and isinstance(err, (OSError, TimeoutError))
+                    else "not a readable ROOT file")
+            raise InputCorruptError(
+                f"input {location}: {what} ({_one_line(err)}); re-fetch it or drop it from the inputs"
+            ) from None
+    raise AssertionError("unreachable")
+
+
 def open_tree(location: str, tree_name: str) -> InputTree:
     """Open ``location`` and return its tree, with a clear error for every way this fails."""
     if not is_url(location) and not os.path.exists(location):
         raise InputMissingError(f"input {location}: no such file")
-    try:
-        file = uproot.open(location)
-    except FileNotFoundError:
-        raise InputMissingError(f"input {location}: no such file") from None
-    except PermissionError:
-        raise InputMissingError(f"input {location}: permission denied") from None
-    except Exception as err:  # noqa: BLE001
-        raise InputCorruptError(
-            f"input {location}: not a readable ROOT file ({_one_line(err)}); re-fetch it or drop it from the inputs"
-        ) from None
+    file = _open_file(location)
     try:
         try:
             tree = file[tree_name]

@@ -1,4 +1,5 @@
-"""Process set-up for the places the job runs: a read-only image, an arbitrary user, no HOME.
+"""Process set-up for the places the job runs: a read-only image, an arbitrary user, no HOME,
+remote files behind XRootD.
 
 Grid sites start the container with Apptainer as a user the image does not know, with HOME unset
 or read-only; Keras and matplotlib would then try to create ``~/.keras`` and ``~/.config``.  Their
@@ -13,8 +14,15 @@ import os
 import shutil
 import tempfile
 
+#: XRootD client defaults (read once, when the client library loads): a lost server is reported in
+#: about a minute instead of the library's default of up to ten, and the reader retries on top.
+XROOTD_DEFAULTS = {"XRD_CONNECTIONWINDOW": "15", "XRD_CONNECTIONRETRY": "2", "XRD_REQUESTTIMEOUT": "120",
+                   "XRD_STREAMTIMEOUT": "60"}
+
 
 def prepare_environment() -> None:
+    for key, value in XROOTD_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     home = os.environ.get("HOME")
     if home and os.path.isdir(home) and os.access(home, os.W_OK):
         return

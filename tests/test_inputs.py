@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from payload.datasets import is_did
 from payload.errors import InputMissingError
 from payload.inputs import expand_inputs
 
@@ -34,3 +35,11 @@ def test_missing_inputs(tmp_path, monkeypatch, spec, message):
 def test_directory_without_root_files(tmp_path):
     with pytest.raises(InputMissingError, match="holds no .root file"):
         expand_inputs(str(tmp_path))
+
+
+def test_rucio_dids_are_told_from_paths_and_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd:name.root").write_bytes(b"")
+    assert is_did("user.jdoe:user.jdoe.ttbar_A.v1") and is_did("mc23_13p6TeV:mc23_13p6TeV.601229.DAOD_PHYS.e8514")
+    assert not is_did("odd:name.root")  # an existing file wins
+    assert not is_did("root://host//a.root") and not is_did("a.root") and not is_did("/abs/path:x")
