@@ -2,7 +2,7 @@
 
 PanDA passes ``%IN`` as one comma-joined list of file names (staged into the working directory) or
 ``root://`` URLs (direct I/O).  Users also give globs, directories and Rucio DIDs (``scope:name``,
-downloaded into a cache by ``payload.datasets``).  Remote URLs are left to uproot.
+downloaded into a cache by ``payload.download``).  Remote URLs are left to uproot.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from payload.datasets import fetch, is_did
+from payload.download import fetch, is_did
 from payload.errors import InputMissingError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")

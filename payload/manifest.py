@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from payload import __version__
-from payload.datasets import ORIGINS
+from payload.download import ORIGINS
 from payload.inputs import is_url
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from payload.datasets import is_did
+from payload.download import is_did
 from payload.errors import InputMissingError
 from payload.inputs import expand_inputs
 
