@@ -70,7 +70,8 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
         labels = np.concatenate([np.full(len(blk), lab, np.float32) for (src, lab) in sources
                                  for blk in src.iterate((TRAIN,))])
         data = concat(blocks)
-        order = np.random.default_rng(0).permutation(len(data))
+        # Repeated when the split is shorter than the run: fit stops early when its arrays run out.
+        order = np.resize(np.random.default_rng(0).permutation(len(data)), (warm + steps) * bs)
         x = {k: v[order] for k, v in data.inputs.items()}
         y, w = labels[order][:, None], data.weights[order].astype(np.float32)
         model.fit(x, y, sample_weight=w, batch_size=bs, steps_per_epoch=warm + steps, epochs=1, verbose=0,

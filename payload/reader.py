@@ -6,7 +6,10 @@ turns every failure into a one-line ``PayloadError`` naming the file; ``convert`
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from payload.errors import (
 )
 from payload.inputs import is_url
 from payload.progress import log
+from payload.runtime import preload_xrootd
 
 
 def _one_line(err: BaseException) -> str:
@@ -79,11 +83,11 @@ class InputTree:
             ) from None
 
 
-def _forget_remote_handles() -> None:
-    """Drop fsspec-xrootd's cached file handles after a failed remote read.
+def _forget_remote_handles(close: bool = False) -> None:
+    """Drop fsspec-xrootd's cached file handles (closing them first when ``close``).
 
-    It closes them at interpreter exit and, with the connection gone, prints a traceback there; the handles
-    are useless once the server is lost, so they are forgotten, not closed.
+    The library closes them at interpreter exit and, when the server is gone, prints a traceback there.
+    After a failed read they are forgotten (a retry must open afresh); at exit, closed quietly first.
     """
     try:
         from fsspec_xrootd import XRootDFileSystem
@@ -91,8 +95,22 @@ def _forget_remote_handles() -> None:
         return
     for fs in list(XRootDFileSystem._cache.values()):
         handles = getattr(fs, "_readonly_filehandle_cache", None)
-        if handles is not None:
-            handles._cache.clear()
+        if handles is None:
+            continue
+        if close:
+            with contextlib.suppress(Exception):  # the connection may be gone; the process is ending
+                handles.close_all()
+        handles._cache.clear()
+
+
+_exit_hook: list[bool] = []
+
+
+def _release_remote_handles_at_exit() -> None:
+    """Registered after the first remote open, so it runs before the library's own exit hook (LIFO)."""
+    if not _exit_hook:
+        atexit.register(_forget_remote_handles, close=True)
+        _exit_hook.append(True)
 
 
 #: Attempts to open a remote file: a storage element that drops a connection often answers the next one.
@@ -102,14 +120,24 @@ _MISSING = ("no such file", "not found", "[3011]", "does not exist")
 
 def _open_file(location: str, attempts: int = REMOTE_ATTEMPTS, backoff_s: float = 2.0) -> Any:
     remote = is_url(location)
+    if location.startswith(("root://", "roots://")) and not preload_xrootd() and "tensorflow" in sys.modules:
+        # Loading the XRootD client now would crash the process; the CLI loads it first.
+        raise PayloadError(f"input {location}: the XRootD client must be loaded before TensorFlow: call "
+                           "payload.runtime.prepare_environment() (or import XRootD.client) first")
     for attempt in range(1, (attempts if remote else 1) + 1):
         try:
-            return uproot.open(location)
+            file = uproot.open(location)
+            if remote:
+                _release_remote_handles_at_exit()
+            return file
         except FileNotFoundError:
             raise InputMissingError(f"input {location}: no such file") from None
         except PermissionError:
             raise InputMissingError(f"input {location}: permission denied") from None
         except Exception as err:  # noqa: BLE001
+            if remote:
+                _forget_remote_handles()  # a retry must not get the broken handle back
+                _release_remote_handles_at_exit()
             text = str(err).lower()
             if remote and any(m in text for m in _MISSING):
                 raise InputMissingError(f"input {location}: no such file on the server ({_one_line(err)})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 #: XRootD client defaults (read once, when the client library loads): a lost server is reported in
@@ -20,9 +21,24 @@ XROOTD_DEFAULTS = {"XRD_CONNECTIONWINDOW": "15", "XRD_CONNECTIONRETRY": "2", "XR
                    "XRD_STREAMTIMEOUT": "60"}
 
 
-def prepare_environment() -> None:
+def preload_xrootd() -> bool:
+    """Load the XRootD client (when installed) before TensorFlow: loaded after it, the bindings crash
+    the process (conflicting bundled libraries; xrootd/xrootd#2682).  Returns whether it is loaded."""
+    if "XRootD.client" in sys.modules:
+        return True
+    if "tensorflow" in sys.modules:
+        return False
     for key, value in XROOTD_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    try:
+        import XRootD.client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def prepare_environment() -> None:
+    preload_xrootd()
     home = os.environ.get("HOME")
     if home and os.path.isdir(home) and os.access(home, os.W_OK):
         return

@@ -13,6 +13,11 @@ import pytest
 import uproot
 
 from payload.config import parse_config
+from payload.runtime import preload_xrootd
+
+# Tests read root:// in this process after others have loaded TensorFlow: load the XRootD client first,
+# as the CLI does.
+preload_xrootd()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PAYLOAD_SHARED_DATA", REPO.parent / "shared" / "data"))
