@@ -48,7 +48,7 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
     from payload.config import load_config
     from payload.dataset import EventSource, concat
     from payload.models import build_model_for
-    from payload.prefetch import prefetch
+    from payload.prefetch import prefetched
     from payload.splits import TRAIN
     from payload.train import _epoch_batches, compile_model, make_stream_factory, prepare
 
@@ -63,8 +63,8 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
     warm = 30
     rate = steady_rate(warm)
     if mode == "stream":
-        batches = prefetch(_epoch_batches(make_stream_factory(config, sources, tallies, (TRAIN,), 1, True), 0))
-        model.fit(batches, steps_per_epoch=warm + steps, epochs=1, verbose=0, shuffle=False, callbacks=[rate])
+        with prefetched(_epoch_batches(make_stream_factory(config, sources, tallies, (TRAIN,), 1, True), 0)) as batches:
+            model.fit(batches, steps_per_epoch=warm + steps, epochs=1, verbose=0, shuffle=False, callbacks=[rate])
     else:
         blocks = [blk for src, _ in sources for blk in src.iterate((TRAIN,))]
         labels = np.concatenate([np.full(len(blk), lab, np.float32) for (src, lab) in sources

@@ -214,7 +214,7 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     import keras
 
     from payload.models import build_model_for
-    from payload.prefetch import prefetch
+    from payload.prefetch import prefetched
     from payload.train import _epoch_batches, compile_model, make_stream_factory
 
     max_w = config.evaluation.max_weight
@@ -233,7 +233,8 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     epochs = config.evaluation.closure_epochs
     steps = streams(0).steps
     compile_model(fresh, config, steps, epochs)
-    fresh.fit(prefetch(_epoch_batches(streams, 0)), steps_per_epoch=steps, epochs=epochs, verbose=0, shuffle=False)
+    with prefetched(_epoch_batches(streams, 0)) as batches:
+        fresh.fit(batches, steps_per_epoch=steps, epochs=epochs, verbose=0, shuffle=False)
     scores = BinaryScores()
     for source, label in sources:
         for a, b in source.block_ranges():

@@ -7,6 +7,7 @@ threads overlaps reading, building and writing even on two cores, with no pickli
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
@@ -64,3 +65,16 @@ def prefetch(iterator: Iterator[T], depth: int = 4) -> Iterator[T]:
         # generator collected then) daemon threads no longer run: waiting would hang the process.
         if not sys.is_finalizing():
             thread.join(timeout=JOIN_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def prefetched(iterator: Iterator[T], depth: int = 4) -> Iterator[Iterator[T]]:
+    """``prefetch`` for a consumer that stops before the end (``fit`` with ``steps_per_epoch`` on an endless
+    stream): the producer is stopped on leaving the block, not left reading files while the process exits."""
+    stream = prefetch(iterator, depth)
+    try:
+        yield stream
+    finally:
+        with contextlib.suppress(ValueError):  # still running in the consumer's thread: it stops at exit
+            stream.close()
+

@@ -7,6 +7,7 @@ from.  Rerunning the same job in the same directory continues from there.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -23,7 +24,7 @@ from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
 from payload.dataset import EventSource, TrainingStream, training_weights
 from payload.errors import EmptyInputError
-from payload.prefetch import prefetch
+from payload.prefetch import prefetched
 from payload.progress import log
 from payload.scaling import Scaler, ScalerFitter
 from payload.splits import TRAIN, VALIDATION
@@ -201,14 +202,15 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     done = (initial_epoch >= config.training.epochs or
             (config.training.early_stopping_patience and state.get("wait", 0) >= config.training.early_stopping_patience))
     if not done:
-        fit_kwargs: dict[str, Any] = {}
-        if val_streams is not None:
-            fit_kwargs = {"validation_data": prefetch(_epoch_batches(val_streams, 0)),
-                          "validation_steps": val_streams(0).steps}
-        model.fit(prefetch(_epoch_batches(train_streams, initial_epoch)), steps_per_epoch=steps,
-                  epochs=config.training.epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False,
-                  callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)],
-                  **fit_kwargs)
+        with contextlib.ExitStack() as streams:
+            fit_kwargs: dict[str, Any] = {}
+            if val_streams is not None:
+                fit_kwargs = {"validation_data": streams.enter_context(prefetched(_epoch_batches(val_streams, 0))),
+                              "validation_steps": val_streams(0).steps}
+            batches = streams.enter_context(prefetched(_epoch_batches(train_streams, initial_epoch)))
+            model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
+                      verbose=0, shuffle=False, **fit_kwargs,
+                      callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
     best = load_model(checkpoints / "best.keras")
     return TrainResult(best, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
                        state.get("best", float("nan")), steps)
