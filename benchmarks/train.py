@@ -1,11 +1,13 @@
 """Training throughput streaming from HDF5 against in-memory arrays, and peak memory at two sizes.
 
-    python benchmarks/train.py [--sizes 100000 800000] [--steps 400] [--repeat 3] [--workdir /tmp/payload-bench]
+    python benchmarks/train.py [--sizes 100000 800000] [--steps 400] [--repeat 3] [--model-config CFG] [--json OUT]
 
 For each size, toy samples A and B are written and converted once (cached).  Each measurement runs in
-a fresh process (its own peak RSS): the same Deep Sets model and batch size trained for ``--steps``
-steps (after a warm-up that compiles the step) either from the streaming pipeline that ``payload run``
-uses, or from numpy arrays of the whole training split loaded into memory, the baseline.
+a fresh process (its own peak RSS): the same Deep Sets model (``--model-config``, the seed-000 one by
+default) and batch size trained for ``--steps`` steps (after a warm-up that compiles the step) from
+the streaming pipeline that ``payload run`` uses, from the same stream handed over one batch per
+Python call (what the pipeline did before ``payload.feed`` grouped batches), and from numpy arrays of
+the whole training split loaded into memory, the baseline.
 """
 
 from __future__ import annotations
@@ -42,17 +44,18 @@ def steady_rate(warm: int):
     return SteadyRate()
 
 
-def child(mode: str, a: str, b: str, steps: int) -> None:
+def child(mode: str, a: str, b: str, steps: int, model_config: str) -> None:
     import numpy as np
 
     from payload.config import load_config
     from payload.dataset import EventSource, concat
+    from payload.feed import GROUP, fit_input
     from payload.models import build_model_for
-    from payload.prefetch import prefetched
     from payload.splits import TRAIN
-    from payload.train import _epoch_batches, compile_model, make_stream_factory, prepare
+    from payload.train import compile_model, make_stream_factory, prepare
 
     config = load_config(REPO / "payload" / "data" / "demo.yaml")
+    config.model = load_config(model_config).model
     config.training.batch_size = 1024
     raw = [EventSource(a, config, None), EventSource(b, config, None)]
     scaler, tallies = prepare(config, raw)
@@ -62,8 +65,9 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
     bs = config.training.batch_size
     warm = 30
     rate = steady_rate(warm)
-    if mode == "stream":
-        with prefetched(_epoch_batches(make_stream_factory(config, sources, tallies, (TRAIN,), 1, True), 0)) as batches:
+    if mode in ("stream", "generator"):  # generator: the per-batch hand-off, for comparison
+        streams = make_stream_factory(config, sources, tallies, (TRAIN,), 1, True)
+        with fit_input(streams, group=1 if mode == "generator" else GROUP) as batches:
             model.fit(batches, steps_per_epoch=warm + steps, epochs=1, verbose=0, shuffle=False, callbacks=[rate])
     else:
         blocks = [blk for src, _ in sources for blk in src.iterate((TRAIN,))]
@@ -81,11 +85,12 @@ def child(mode: str, a: str, b: str, steps: int) -> None:
     print(json.dumps({"samples_per_s": steps * bs / seconds, "peak_rss_mb": rss}))
 
 
-def measure(mode: str, a: Path, b: Path, steps: int, repeat: int) -> dict:
+def measure(mode: str, a: Path, b: Path, steps: int, repeat: int, model_config: Path) -> dict:
     """Best of ``repeat`` fresh processes: a shared machine only ever slows a run down."""
     runs = []
     for _ in range(repeat):
-        proc = subprocess.run([sys.executable, __file__, "--child", mode, str(a), str(b), str(steps)],
+        proc = subprocess.run([sys.executable, __file__, "--child", mode, str(a), str(b), str(steps),
+                               str(model_config)],
                               capture_output=True, text=True, cwd=REPO)
         if proc.returncode:
             raise SystemExit(proc.stderr[-3000:])
@@ -99,11 +104,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--model-config", type=Path, default=REPO / "examples" / "seed000_reweight.yaml",
+                        help="job config whose model is trained (default: the seed-000 Deep Sets)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, a, b, steps = args.child
-        child(mode, a, b, int(steps))
+        mode, a, b, steps, model_config = args.child
+        child(mode, a, b, int(steps), model_config)
         return
 
     from payload.config import load_config
@@ -121,14 +129,19 @@ def main() -> None:
                 root = write_sample(args.workdir / f"train_{name}_{size}.root", size, name)
                 convert(config, str(root), path, progress=False)
             h5.append(path)
-        stream = measure("stream", *h5, args.steps, args.repeat)
-        memory = measure("memory", *h5, args.steps, args.repeat)
-        rows.append((size, stream, memory))
-    print(f"{'events/sample':>14} {'stream samples/s':>17} {'in-memory samples/s':>20} {'ratio':>6} "
+        row = {"events_per_sample": size, **{mode: measure(mode, *h5, args.steps, args.repeat, args.model_config)
+                                             for mode in ("stream", "generator", "memory")}}
+        row["ratio"] = row["stream"]["samples_per_s"] / row["memory"]["samples_per_s"]
+        rows.append(row)
+    print(f"model: {args.model_config}")
+    print(f"{'events/sample':>14} {'stream samples/s':>17} {'per-batch gen.':>15} {'in-memory':>10} {'ratio':>6} "
           f"{'stream RSS MB':>14} {'in-memory RSS MB':>17}")
-    for size, s, m in rows:
-        print(f"{size:>14} {s['samples_per_s']:>17,.0f} {m['samples_per_s']:>20,.0f} "
-              f"{s['samples_per_s'] / m['samples_per_s']:>6.2f} {s['peak_rss_mb']:>14.0f} {m['peak_rss_mb']:>17.0f}")
+    for r in rows:
+        print(f"{r['events_per_sample']:>14} {r['stream']['samples_per_s']:>17,.0f} "
+              f"{r['generator']['samples_per_s']:>15,.0f} {r['memory']['samples_per_s']:>10,.0f} {r['ratio']:>6.2f} "
+              f"{r['stream']['peak_rss_mb']:>14.0f} {r['memory']['peak_rss_mb']:>17.0f}")
+    if args.json:
+        args.json.write_text(json.dumps({"model_config": str(args.model_config), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -213,9 +213,9 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     return its weighted AUC on the other half: 0.5 means the reweighting left nothing to learn."""
     import keras
 
+    from payload.feed import fit_input
     from payload.models import build_model_for
-    from payload.prefetch import prefetched
-    from payload.train import _epoch_batches, compile_model, make_stream_factory
+    from payload.train import compile_model, make_stream_factory
 
     max_w = config.evaluation.max_weight
     primary_label = sources[0][1]
@@ -233,7 +233,7 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
     epochs = config.evaluation.closure_epochs
     steps = streams(0).steps
     compile_model(fresh, config, steps, epochs)
-    with prefetched(_epoch_batches(streams, 0)) as batches:
+    with fit_input(streams) as batches:
         fresh.fit(batches, steps_per_epoch=steps, epochs=epochs, verbose=0, shuffle=False)
     scores = BinaryScores()
     for source, label in sources:

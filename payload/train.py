@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import itertools
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
 from payload.dataset import EventSource, TrainingStream, training_weights
 from payload.errors import EmptyInputError
+from payload.feed import epoch_batches, fit_input
 from payload.prefetch import prefetched
 from payload.progress import log
 from payload.scaling import Scaler, ScalerFitter
@@ -57,15 +57,6 @@ def prepare(config: JobConfig, sources: list[EventSource]) -> tuple[Scaler, list
             raise EmptyInputError(f"event file {source.path}: no events in the training split")
         tallies.append(tally)
     return fitter.result(), tallies
-
-
-def _epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int) -> Iterator[Any]:
-    """Endless batches; epoch e is its own stream seeded by e, so a resumed job sees the same data."""
-    for epoch in itertools.count(start_epoch):
-        stream = make_stream(epoch)
-        batches = stream.batches()
-        for _ in range(stream.steps):
-            yield next(batches)
 
 
 def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None) -> None:
@@ -204,10 +195,10 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     if not done:
         with contextlib.ExitStack() as streams:
             fit_kwargs: dict[str, Any] = {}
-            if val_streams is not None:
-                fit_kwargs = {"validation_data": streams.enter_context(prefetched(_epoch_batches(val_streams, 0))),
+            if val_streams is not None:  # Keras re-iterates validation data every epoch: a plain iterator
+                fit_kwargs = {"validation_data": streams.enter_context(prefetched(epoch_batches(val_streams))),
                               "validation_steps": val_streams(0).steps}
-            batches = streams.enter_context(prefetched(_epoch_batches(train_streams, initial_epoch)))
+            batches = streams.enter_context(fit_input(train_streams, initial_epoch))
             model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
                       verbose=0, shuffle=False, **fit_kwargs,
                       callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])

@@ -1,0 +1,64 @@
+"""Hand a training stream to ``keras.Model.fit``.
+
+Batches are produced one epoch stream after another in a background thread.  With the TensorFlow
+backend, Keras pulls a Python generator once per batch through ``tf.data.Dataset.from_generator``;
+on a small model that hand-off, not the reading, bounds throughput (benchmarks/train.py), so batches
+are passed ``GROUP`` at a time, stacked, and split again inside tf.data.  Other backends iterate the
+stream directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import numpy as np
+
+from payload.dataset import TrainingStream
+from payload.prefetch import prefetched
+
+#: Batches per Python hand-off to tf.data.
+GROUP = 32
+
+Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]
+
+
+def epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0) -> Iterator[Batch]:
+    """Endless batches; epoch e is its own stream seeded by e, so a resumed job sees the same data."""
+    for epoch in itertools.count(start_epoch):
+        stream = make_stream(epoch)
+        batches = stream.batches()
+        for _ in range(stream.steps):
+            yield next(batches)
+
+
+def _stacked(batches: Iterator[Batch], k: int) -> Iterator[Batch]:
+    while True:
+        group = [next(batches) for _ in range(k)]
+        yield ({key: np.stack([b[0][key] for b in group]) for key in group[0][0]},
+               np.stack([b[1] for b in group]), np.stack([b[2] for b in group]))
+
+
+@contextlib.contextmanager
+def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0,
+              group: int = GROUP) -> Iterator[Any]:
+    """The ``x`` for ``fit(x, steps_per_epoch=...)``: the endless batches of ``make_stream``'s epochs
+    from ``start_epoch`` on, in order.  The background producer stops when the block is left."""
+    batches = epoch_batches(make_stream, start_epoch)
+    if keras.backend.backend() != "tensorflow" or group <= 1:
+        with prefetched(batches) as stream:
+            yield stream
+        return
+    import tensorflow as tf
+
+    with prefetched(_stacked(batches, group), depth=2) as groups:
+        first = next(groups)
+        spec = ({key: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype)) for key, v in first[0].items()},
+                tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
+                tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)))
+        source = itertools.chain([first], groups)
+        yield (tf.data.Dataset.from_generator(lambda: source, output_signature=spec)
+               .unbatch().prefetch(tf.data.AUTOTUNE))
