@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[500_000, 4_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -96,6 +97,8 @@ def main() -> None:
     if len(rows) > 1:
         growth = rows[-1]["convert_peak_rss_mb"] / rows[0]["convert_peak_rss_mb"]
         print(f"convert peak RSS {rows[-1]['events'] / rows[0]['events']:.0f}x events: x{growth:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

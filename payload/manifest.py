@@ -55,17 +55,45 @@ def _xrootd_facts(url: str) -> dict[str, Any]:
     return facts
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``/proc/self/clear_refs`` 5) so a stage measures its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 class Timer:
+    """Wall time and, where Linux lets the peak be reset, peak resident memory per stage."""
+
     def __init__(self) -> None:
         self.stages: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        own_peak = _reset_peak_rss()
         start = time.perf_counter()
         try:
             yield
         finally:
             self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - start, 3)
+            peak = _peak_rss_mb() if own_peak else None
+            if peak is not None:
+                self.peak_rss_mb[name] = max(peak, self.peak_rss_mb.get(name, 0.0))
 
 
 def build_manifest(status: str, exit_code: int, mode: str, task: str, inputs: dict[str, list[dict[str, Any]]],
@@ -81,6 +109,7 @@ def build_manifest(status: str, exit_code: int, mode: str, task: str, inputs: di
         "inputs": inputs,
         "device": device,
         "timings": timer.stages,
+        "peak_rss_mb": timer.peak_rss_mb,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "outputs": {str(p.relative_to(output)): p.stat().st_size for p in files if p.name != "manifest.json"},

@@ -48,6 +48,9 @@ def test_outputs_are_complete(trained):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["exit_code"] == 0
     assert set(manifest["timings"]) >= {"convert_primary", "convert_secondary", "prepare", "train", "evaluate"}
+    peaks = manifest["peak_rss_mb"]  # each stage's own peak (Linux resets the high-water mark per stage)
+    assert set(peaks) == set(manifest["timings"]) and all(v > 0 for v in peaks.values())
+    assert peaks["train"] > peaks["convert_primary"]  # TensorFlow and the model are loaded only for training
     primary = manifest["inputs"]["primary"][0]
     assert primary["bytes"] == Path(SAMPLE_A).stat().st_size and len(primary["adler32"]) == 8
     assert manifest["device"]["backend"] in ("tensorflow", "jax", "torch")
