@@ -3,8 +3,9 @@
 Rucio's download client does the work: it lists the files (containers recursively), picks a replica,
 writes to a temporary name, checks the adler32 Rucio recorded and renames; a file already in the cache
 with the right checksum is reused.  The cache has the layout ``rucio download`` gives, one directory per
-DID (``<cache>/<name>/<file>``), so a user can point either tool at the other's downloads.  The client, its config and credentials come from the ``grid`` extra and the
-usual Rucio setup (``RUCIO_CONFIG``, ``RUCIO_ACCOUNT``, an X.509 proxy or a token).
+DID (``<cache>/<name>/<file>``), so either tool can use the other's downloads.  The client comes from the
+``grid`` extra; its config and credentials from the usual Rucio setup (``RUCIO_CONFIG``,
+``RUCIO_ACCOUNT``, an X.509 proxy or a token).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from payload.errors import DatasetAccessError, InputCorruptError, InputMissingError
+from payload.errors import DatasetAccessError, InputCorruptError, InputMissingError, one_line
 from payload.progress import log
 
 _DID = re.compile(r"^(?P<scope>[A-Za-z0-9][A-Za-z0-9_.-]{0,29}):(?P<name>[A-Za-z0-9_.-][A-Za-z0-9_.\-/]*)$")
@@ -48,13 +49,8 @@ def _client() -> Any:
 
         return Client()
     except RucioException as err:
-        raise DatasetAccessError(f"Rucio: {_first_line(err)}; set RUCIO_CONFIG and RUCIO_ACCOUNT and get a proxy "
+        raise DatasetAccessError(f"Rucio: {one_line(err)}; set RUCIO_CONFIG and RUCIO_ACCOUNT and get a proxy "
                                  "or token (e.g. voms-proxy-init) first") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split("\n")[0].split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def fetch(did: str, cache: Path | None = None) -> list[str]:
@@ -80,7 +76,7 @@ def fetch(did: str, cache: Path | None = None) -> list[str]:
     except (NoFilesDownloaded, NotAllFilesDownloaded):
         raise _download_failure(did, traces) from None
     except RucioException as err:
-        raise DatasetAccessError(f"input {did}: Rucio: {_first_line(err)}") from None
+        raise DatasetAccessError(f"input {did}: Rucio: {one_line(err)}") from None
     paths = []
     for item in items:
         path = item["dest_file_paths"][0]

@@ -81,6 +81,12 @@ EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception as one short line, for messages that name a file and say what to do."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}" if text else type(err).__name__
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """Phrase the closest candidate names, for 'did you mean' hints."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

@@ -25,15 +25,11 @@ from payload.errors import (
     MissingTreeError,
     PayloadError,
     closest,
+    one_line,
 )
 from payload.inputs import is_url
 from payload.progress import log
 from payload.runtime import preload_xrootd
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 
 @dataclass
@@ -75,10 +71,8 @@ class InputTree:
         except PayloadError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure inside a file is that file's problem
-            if is_url(self.location):
-                _forget_remote_handles()
             raise InputCorruptError(
-                f"input {self.location}: cannot read entries from {start} ({_one_line(err)}); "
+                f"input {self.location}: cannot read entries from {start} ({one_line(err)}); "
                 "the file may be truncated or corrupt: re-fetch it"
             ) from None
 
@@ -87,7 +81,7 @@ def _forget_remote_handles(close: bool = False) -> None:
     """Drop fsspec-xrootd's cached file handles (closing them first when ``close``).
 
     The library closes them at interpreter exit and, when the server is gone, prints a traceback there.
-    After a failed read they are forgotten (a retry must open afresh); at exit, closed quietly first.
+    After a failed open they are forgotten (a retry must open afresh); at exit, closed quietly first.
     """
     try:
         from fsspec_xrootd import XRootDFileSystem
@@ -140,15 +134,15 @@ def _open_file(location: str, attempts: int = REMOTE_ATTEMPTS, backoff_s: float 
                 _release_remote_handles_at_exit()
             text = str(err).lower()
             if remote and any(m in text for m in _MISSING):
-                raise InputMissingError(f"input {location}: no such file on the server ({_one_line(err)})") from None
+                raise InputMissingError(f"input {location}: no such file on the server ({one_line(err)})") from None
             if remote and isinstance(err, (OSError, TimeoutError)) and attempt < attempts:
-                log.warning("input %s: %s; retrying (%d/%d)", location, _one_line(err), attempt, attempts - 1)
+                log.warning("input %s: %s; retrying (%d/%d)", location, one_line(err), attempt, attempts - 1)
                 time.sleep(backoff_s * attempt)
                 continue
             what = ("cannot be read from the server" if remote and isinstance(err, (OSError, TimeoutError))
                     else "not a readable ROOT file")
             raise InputCorruptError(
-                f"input {location}: {what} ({_one_line(err)}); re-fetch it or drop it from the inputs"
+                f"input {location}: {what} ({one_line(err)}); re-fetch it or drop it from the inputs"
             ) from None
     raise AssertionError("unreachable")
 
@@ -179,5 +173,5 @@ def open_tree(location: str, tree_name: str) -> InputTree:
     except Exception as err:  # noqa: BLE001
         file.close()
         raise InputCorruptError(
-            f"input {location}: cannot read the tree ({_one_line(err)}); the file may be truncated or corrupt: re-fetch it"
+            f"input {location}: cannot read the tree ({one_line(err)}); the file may be truncated or corrupt: re-fetch it"
         ) from None
