@@ -52,12 +52,12 @@ def submit_dir(tmp_path):
     d.mkdir()
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"]["epochs"] = 1
-    (d / "job config.yaml").write_text(yaml.safe_dump(raw))
+    (d / "jdoe's \"job\" config.yaml").write_text(yaml.safe_dump(raw))
     return d
 
 
 def test_prun_single_task(submit_dir, monkeypatch):
-    proc = submit("prun", "--config", "job config.yaml", "--image", "docker.io/jdoe/grid-payload:0.1.0",
+    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "docker.io/jdoe/grid-payload:0.1.0",
                   "--in-ds", "mc23_13p6TeV.sherpa.NTUP", "--secondary-ds", "mc23_13p6TeV.mgpy8.NTUP",
                   "--out-ds", "user.jdoe.reweight.v1", "--nickname", "jdoe", "--n-files-per-job", "5",
                   "--vram-mb", "40960", "--cuda", "12.0", "--site", "CERN-GPU", cwd=submit_dir)
@@ -79,7 +79,7 @@ def test_prun_single_task(submit_dir, monkeypatch):
     command = shlex.split(exec_string(params))
     assert command[:3] == ["payload", "-q", "run"]
     assert command[command.index("--primary") + 1] == "%IN" and command[command.index("--secondary") + 1] == "%IN2"
-    assert command[command.index("--config") + 1] == "job config.yaml"
+    assert command[command.index("--config") + 1] == "jdoe's \"job\" config.yaml"
     assert command[command.index("--tarball") + 1] == "out.tgz"
     assert "--forceStaged" in argv and "*.root" in argv[argv.index("--excludeFile") + 1].split(",")
 
@@ -87,7 +87,7 @@ def test_prun_single_task(submit_dir, monkeypatch):
 def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
     (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
         "method": "grid", "parameters": {"training.learning_rate": [0.001, 0.003], "model.phi_widths": [[16], [32, 32]]}}))
-    proc = submit("prun", "--config", "job config.yaml", "--scan", "scan.yaml", "--folds", "2", "--image", "img:1",
+    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--scan", "scan.yaml", "--folds", "2", "--image", "img:1",
                   "--in-ds", "data.A", "--secondary-ds", "data.B", "--out-ds", "user.jdoe.scan", "--gpu", "none",
                   cwd=submit_dir)
     assert proc.returncode == 0, proc.stderr
@@ -118,7 +118,7 @@ def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
     ("user.jdoe.x;rm", "not allowed"),
 ])
 def test_prun_refuses_bad_output_dataset_names(submit_dir, out_ds, message):
-    proc = submit("prun", "--config", "job config.yaml", "--image", "img:1", "--in-ds", "data.A",
+    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "img:1", "--in-ds", "data.A",
                   "--out-ds", out_ds, "--nickname", "jdoe", cwd=submit_dir)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
@@ -129,7 +129,7 @@ def test_our_length_rule_matches_panda_client(submit_dir, monkeypatch):
     from submit.prun import MAX_CONTAINER, PrunJob, prun_argv
 
     longest = "user.jdoe." + "x" * (MAX_CONTAINER - len("user.jdoe.") - len("_out.tgz/"))
-    job = PrunJob(image="img:1", in_ds="data.A", out_ds=longest, config="job config.yaml")
+    job = PrunJob(image="img:1", in_ds="data.A", out_ds=longest, config="jdoe's \"job\" config.yaml")
     assert task_params(prun_argv(job), submit_dir, monkeypatch)["taskName"] == longest + "/"
     with pytest.raises(SystemExit):
         task_params(prun_argv(job)[:-1] + ["--outDS", longest + "x"], submit_dir, monkeypatch)
@@ -145,7 +145,7 @@ def test_condor_scan_submit_file(submit_dir, tmp_path):
         "method": "random", "n": 3, "seed": 7,
         "parameters": {"training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}))
     out = tmp_path / "condor"
-    proc = submit("condor", "--config", "job config.yaml", "--scan", "scan.yaml", "--image", "docker.io/jdoe/gp:1",
+    proc = submit("condor", "--config", "jdoe's \"job\" config.yaml", "--scan", "scan.yaml", "--image", "docker.io/jdoe/gp:1",
                   "--primary", str(inputs / "a 1.root"), "root://eos.example//store/a2.root",
                   "--secondary", str(inputs / "b.root"), "--directory", str(out), "--gpu-memory-mb", "20000",
                   cwd=submit_dir)
@@ -204,7 +204,7 @@ def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
     htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
     out = tmp_path / "dag"
     (submit_dir / "a.root").write_bytes(b"")
-    proc = submit("condor", "--config", "job config.yaml", "--folds", "3", "--image", "img:1", "--primary", "a.root",
+    proc = submit("condor", "--config", "jdoe's \"job\" config.yaml", "--folds", "3", "--image", "img:1", "--primary", "a.root",
                   "--directory", str(out), "--dag", cwd=submit_dir)
     assert proc.returncode == 0, proc.stderr
     text = (out / "scan.dag").read_text()
@@ -228,7 +228,7 @@ def test_local_scan_trains_every_point(submit_dir, tmp_path):
     (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
         "method": "grid", "parameters": {"training.learning_rate": [0.0003, 0.003]}}))
     work = tmp_path / "runs"
-    proc = submit("local", "--config", "job config.yaml", "--scan", "scan.yaml", "--primary", str(DATA / "sample_A.root"),
+    proc = submit("local", "--config", "jdoe's \"job\" config.yaml", "--scan", "scan.yaml", "--primary", str(DATA / "sample_A.root"),
                   "--secondary", str(DATA / "sample_B.root"), "--workdir", str(work), "--parallel", "2", cwd=submit_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((work / "summary.json").read_text())
@@ -248,7 +248,7 @@ def test_phpo_task_parameters(submit_dir, monkeypatch):
 
     (submit_dir / "space.json").write_text(json.dumps(
         {"training.learning_rate": {"method": "uniform", "dimension": 1, "bounds": [1e-4, 1e-2]}}))
-    proc = submit("phpo", "--config", "job config.yaml", "--search-space", "space.json", "--image", "docker.io/jdoe/gp:1",
+    proc = submit("phpo", "--config", "jdoe's \"job\" config.yaml", "--search-space", "space.json", "--image", "docker.io/jdoe/gp:1",
                   "--training-ds", "user.jdoe.ttbar.both", "--primary-match", "*_A*", "--secondary-match", "*_B*",
                   "--out-ds", "user.jdoe.hpo.v1", "--max-points", "12", "--parallel", "3", "--vram-mb", "16000",
                   cwd=submit_dir)
@@ -265,7 +265,7 @@ def test_phpo_task_parameters(submit_dir, monkeypatch):
     inputs = [p for p in params["jobParameters"] if p.get("param_type") == "input"]
     assert [p["dataset"] for p in inputs] == ["user.jdoe.ttbar.both"]
     command = shlex.split(exec_string(params))
-    assert command[:3] == ["payload", "-q", "hpo"] and command[command.index("--config") + 1] == "job config.yaml"
+    assert command[:3] == ["payload", "-q", "hpo"] and command[command.index("--config") + 1] == "jdoe's \"job\" config.yaml"
     assert command[command.index("--primary-match") + 1] == "*_A*"
 
 
@@ -278,7 +278,7 @@ def test_phpo_evaluation_job_contract(submit_dir, tmp_path):
         (work / name).symlink_to(DATA / name)
     (work / "input_ds.json").write_text(json.dumps(["sample_A.root", "sample_B.root"]))
     (work / "input.json").write_text(json.dumps({"training.learning_rate": 0.002, "model.phi_widths": [16]}))
-    args = [sys.executable, "-m", "payload", "-q", "hpo", "--config", str(submit_dir / "job config.yaml"),
+    args = [sys.executable, "-m", "payload", "-q", "hpo", "--config", str(submit_dir / "jdoe's \"job\" config.yaml"),
             "--primary-match", "*_A*", "--secondary-match", "*_B*"]
     proc = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
