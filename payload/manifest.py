@@ -65,7 +65,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (``VmHWM``) in MB; None where ``/proc`` cannot say."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -91,7 +92,7 @@ class Timer:
             yield
         finally:
             self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - start, 3)
-            peak = _peak_rss_mb() if own_peak else None
+            peak = peak_rss_mb() if own_peak else None
             if peak is not None:
                 self.peak_rss_mb[name] = max(peak, self.peak_rss_mb.get(name, 0.0))
 

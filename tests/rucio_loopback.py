@@ -8,14 +8,13 @@ try to reach the database itself.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import rucio
+from helpers import free_port, wait_for_port
 
 ALEMBIC_INI = """\
 [alembic]
@@ -81,18 +80,12 @@ SERVE = textwrap.dedent("""\
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RucioServer:
     user, password = "ddmlab", "secret"
 
     def __init__(self, base: Path):
         self.base = base
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server_cfg = base / "server.cfg"
         self.client_cfg = base / "client.cfg"
@@ -120,15 +113,8 @@ class RucioServer:
         log = open(self.base / "log" / "server.log", "w")  # noqa: SIM115 - the server's lifetime
         self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.port)], env=self.server_env(),
                                      stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"rucio server did not start: {(self.base / 'log' / 'server.log').read_text()[-3000:]}")
+        if not wait_for_port(self.port, self.proc, 60):
+            raise RuntimeError(f"rucio server did not start: {(self.base / 'log' / 'server.log').read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

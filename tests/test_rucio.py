@@ -17,12 +17,12 @@ from pathlib import Path
 
 import h5py
 import pytest
-import yaml
 
 # Found, not imported: importing the server's modules here would read a server config in this process.
 if importlib.util.find_spec("rucio") is None or importlib.util.find_spec("rucio.web.rest.flaskapi") is None:
     pytest.skip("needs the Rucio server package: pip install rucio (the test extra)", allow_module_level=True)
 
+from helpers import quick_job_config  # noqa: E402
 from rucio_loopback import RucioServer  # noqa: E402
 from xrootd_loopback import xrootd_server  # noqa: E402
 
@@ -84,11 +84,7 @@ def test_dataset_is_downloaded_verified_and_then_reused(rucio, tmp_path):
 
 
 def test_container_in_payload_run_is_recorded_in_the_manifest(rucio, tmp_path):
-    cfg = tmp_path / "job.yaml"
-    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
-    raw["training"]["epochs"] = 1
-    raw["evaluation"]["closure_classifier"] = False
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg = quick_job_config(tmp_path / "job.yaml")
     proc = payload(rucio, "run", "--primary", f"{SCOPE}:cont.a", "--secondary", f"{SCOPE}:ds.b", "--config", str(cfg),
                    "--output", "out", "--no-job-report", cwd=tmp_path, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from helpers import quick_job_config
 from xrootd_loopback import xrootd_server
 
 from payload.config import default_config_path, load_config
@@ -60,11 +61,7 @@ def test_convert_reads_root_urls_like_local_files(server, tmp_path):
 def test_run_reads_root_urls_and_records_them(server, tmp_path):
     from payload.manifest import adler32
 
-    cfg = tmp_path / "job.yaml"
-    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
-    raw["training"]["epochs"] = 1
-    raw["evaluation"]["closure_classifier"] = False
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg = quick_job_config(tmp_path / "job.yaml")
     proc = run("run", "--primary", server.url("sample_A.root"), "--secondary", server.url("sample_B.root"),
                "--config", str(cfg), "--output", "out", "--no-job-report", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

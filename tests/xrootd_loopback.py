@@ -5,26 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port, wait_for_port
 
 
 class Server:
     def __init__(self, export: Path, work: Path):
-        self.export, self.work, self.port = export, work, _free_port()
+        self.export, self.work, self.port = export, work, free_port()
         self.proc: subprocess.Popen | None = None
 
     def url(self, name: str) -> str:
@@ -38,14 +31,8 @@ class Server:
         if os.geteuid() == 0:
             cmd += ["-R", "nobody"]  # the daemon will not serve as root
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
+        if wait_for_port(self.port, self.proc, 20):
+            return
         log = (self.work / "payload-test" / "xrootd.log")
         pytest.fail(f"xrootd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
 

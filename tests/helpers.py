@@ -1,0 +1,40 @@
+"""Small helpers shared by the tests that start servers or run whole jobs."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float) -> bool:
+    """True once 127.0.0.1:``port`` accepts connections; False if ``proc`` exits first or time runs out."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def quick_job_config(path: Path) -> Path:
+    """The demo job, one epoch and no closure classifier: a whole `payload run` in seconds."""
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"]["epochs"] = 1
+    raw["evaluation"]["closure_classifier"] = False
+    path.write_text(yaml.safe_dump(raw))
+    return path
