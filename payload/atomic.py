@@ -34,7 +34,14 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
     tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
     try:
         yield tmp
-        os.replace(tmp, final)
+        if tmp.is_dir() and final.is_dir():
+            # os.replace cannot overwrite a non-empty directory: the old one is moved aside first.
+            old = final.with_name(f".old-{os.getpid()}-{final.name}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -100,7 +100,7 @@ class EventSource:
         split = assign(entry, self.file_keys[file_index], sc.seed, sc.train, sc.validation, sc.folds, sc.fold)
         keep = np.ones(len(entry), dtype=bool) if splits is None else np.isin(split, splits)
         if half is not None:
-            halves = assign(entry, self.file_keys[file_index], self.config.split.seed + 1, 0.5, 0.0)
+            halves = assign(entry, self.file_keys[file_index], sc.seed + 1, 0.5, 0.0)
             keep &= (halves == 0) == (half == 0)
         inlier = outlier_mask(objects, n_objects, self.object_names, self.config.scaling.outliers)
         if drop_outliers:

@@ -19,6 +19,7 @@ from typing import Any
 from payload.atomic import write_json
 from payload.config import apply_overrides, config_to_dict, parse_config
 from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
+from payload.metrics import HEADLINE
 
 
 @dataclass
@@ -58,13 +59,11 @@ def read_point(input_json: Path, input_ds_json: Path, primary_match: str, second
 def objective(metrics: dict[str, Any], name: str) -> float:
     """The number the steering minimises: best validation loss, 1 - test AUC, or the closure
     classifier's distance from 0.5 (0 when the reweighted primary cannot be told from the secondary)."""
-    if name == "loss":
-        return float(metrics["training"]["best_loss"])
-    if name == "auc":
-        return 1.0 - float(metrics["test"]["auc"])
-    if "closure_classifier_auc" not in metrics:
+    if name == "closure" and "closure_classifier_auc" not in metrics:
         raise ConfigError("objective 'closure' needs task reweight with evaluation.closure_classifier on")
-    return abs(float(metrics["closure_classifier_auc"]) - 0.5)
+    if name == "auc":
+        return 1.0 - float(HEADLINE["test_auc"][1](metrics))
+    return float(HEADLINE["best_loss" if name == "loss" else "closure"][1](metrics))
 
 
 def run_point(base_config: Any, directory: Path, output: Path, primary_match: str, secondary_match: str | None,

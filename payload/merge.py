@@ -13,7 +13,8 @@ summary and skipped (``strict`` makes it an error).  The output directory holds:
                       that did not train on it), with metrics and plots over the whole dataset
 
 Predictions are copied job by job in bounded chunks; the result does not depend on input order, and
-merging twice gives the same files.  The directory is built under a temporary name and renamed.
+merging twice gives the same files.  The directory is built under a temporary name and renamed
+(``payload.atomic``).
 """
 
 from __future__ import annotations
@@ -21,26 +22,19 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from payload.atomic import atomic_path
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
+from payload.metrics import HEADLINE
 from payload.progress import log
 
-METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
-    "best_loss": ("min", lambda m: m["training"]["best_loss"]),
-    "test_loss": ("min", lambda m: m["test"]["loss"]),
-    "test_auc": ("max", lambda m: m["test"]["auc"]),
-    "test_accuracy": ("max", lambda m: m["test"]["accuracy"]),
-    "closure": ("min", lambda m: abs(m["closure_classifier_auc"] - 0.5)),
-}
 BUNDLE = ("model.keras", "scaler.json", "config.yaml", "metrics.json")
 CHUNK = 1 << 20
 
@@ -146,7 +140,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def metric_value(job: Job, metric: str) -> float | None:
     try:
-        return float(METRICS[metric][1](job.metrics))
+        return float(HEADLINE[metric][1](job.metrics))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -160,12 +154,12 @@ def job_table(jobs: list[Job], metric: str) -> tuple[list[str], list[dict[str, A
     for job, f in zip(jobs, flat):
         row: dict[str, Any] = {"job": job.name}
         row.update({k: json.dumps(f.get(k)) if isinstance(f.get(k), (list, dict)) else f.get(k) for k in varying})
-        row.update({m: metric_value(job, m) for m in METRICS})
+        row.update({m: metric_value(job, m) for m in HEADLINE})
         row["epochs_run"] = job.metrics.get("training", {}).get("epochs_run")
         rows.append(row)
-    sign = 1 if METRICS[metric][0] == "min" else -1
+    sign = 1 if HEADLINE[metric][0] == "min" else -1
     rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0), r["job"]))
-    return ["job", *varying, *METRICS, "epochs_run"], rows
+    return ["job", *varying, *HEADLINE, "epochs_run"], rows
 
 
 def _write_table(columns: list[str], rows: list[dict[str, Any]], metric: str, out: Path) -> None:
@@ -299,13 +293,11 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
 
 def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ensemble: bool | None = None,
           predictions: str = "auto", strict: bool = False) -> dict[str, Any]:
-    if metric not in METRICS:
-        raise ConfigError(f"merge metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if metric not in HEADLINE:
+        raise ConfigError(f"merge metric {metric!r}: choose one of {', '.join(HEADLINE)}")
     output = Path(output)
-    tmp = output.with_name(f".tmp-{os.getpid()}-{output.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(output, "merge output") as tmp:
+        tmp.mkdir()
         jobs, skipped = collect(inputs, tmp / "work", strict)
         if not jobs:
             raise EmptyInputError(f"merge: none of the {len(skipped)} inputs is a usable job output "
@@ -340,15 +332,5 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
                 plots.weights(merged["weight_hist"], tmp / "plots" / "nn_weights.png")
         shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
-        if output.exists():
-            old = output.with_name(f".old-{os.getpid()}-{output.name}")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("merged %d of %d job outputs into %s", len(jobs), summary["inputs"], output)
     return summary

@@ -33,6 +33,15 @@ def _sandbox_path(path: str, what: str, tool: str) -> str:
     return resolved.relative_to(here).as_posix()
 
 
+def _execute(argv: list[str], failed: str) -> None:
+    """Run a panda-client command; a missing client or a failure is one clear error."""
+    if shutil.which(argv[0]) is None:
+        raise ConfigError(f"{argv[0]} not found: set up panda-client first (e.g. 'lsetup panda' or "
+                          "'pip install panda-client')")
+    if subprocess.run(argv).returncode:
+        raise PayloadError(failed)
+
+
 def _gpu(args: argparse.Namespace):
     from submit.prun import GpuRequest
 
@@ -65,12 +74,8 @@ def cmd_prun(args: argparse.Namespace) -> int:
     for argv in commands:
         print(shlex.join(argv))
         if args.execute:
-            if shutil.which("prun") is None:
-                raise ConfigError("prun not found: set up panda-client first (e.g. 'lsetup panda' or "
-                                  "'pip install panda-client')")
-            if subprocess.run(argv).returncode:
-                out_ds = argv[argv.index("--outDS") + 1]
-                raise PayloadError(f"prun failed for {out_ds}; the tasks listed before it were submitted")
+            out_ds = argv[argv.index("--outDS") + 1]
+            _execute(argv, f"prun failed for {out_ds}; the tasks listed before it were submitted")
     return 0
 
 
@@ -87,10 +92,7 @@ def cmd_phpo(args: argparse.Namespace) -> int:
     argv = phpo_argv(job, Path.cwd(), args.nickname)
     print(shlex.join(argv))
     if args.execute:
-        if shutil.which("phpo") is None:
-            raise ConfigError("phpo not found: set up panda-client first (e.g. 'lsetup panda')")
-        if subprocess.run(argv).returncode:
-            raise PayloadError(f"phpo failed for {args.out_ds}")
+        _execute(argv, f"phpo failed for {args.out_ds}")
     return 0
 
 

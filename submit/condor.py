@@ -34,6 +34,14 @@ def _list(values: list[str]) -> str:
     return ", ".join(values)
 
 
+def _container_job(image: str, args: list[str], inputs: list[str]) -> list[str]:
+    """The lines every node shares: ``payload`` in the image with ``args``, files in and out."""
+    return ["universe = container", f"container_image = {docker_url(image)}", "executable = payload",
+            "transfer_executable = false", f"arguments = {condor_arguments(args)}",
+            "should_transfer_files = YES", "when_to_transfer_output = ON_EXIT",
+            f"transfer_input_files = {_list(inputs)}"]
+
+
 @dataclass
 class CondorJob:
     image: str                          # docker.io/NICK/grid-payload:0.1.0 (docker:// is added)
@@ -66,16 +74,7 @@ class CondorJob:
         # $(config) and $(name) are filled per queued item; $(config) is transferred, so the job
         # sees its base name: items give configs by base name, placed beside the submit file.
         args += ["--config", "$(config)", "--output", "out", "--tarball", "$(name).tgz"]
-        image = docker_url(self.image)
-        lines = [
-            "universe = container",
-            f"container_image = {image}",
-            "executable = payload",
-            "transfer_executable = false",
-            f"arguments = {condor_arguments(args)}",
-            "should_transfer_files = YES",
-            "when_to_transfer_output = ON_EXIT",
-            f"transfer_input_files = {_list(['$(config)', *primary_files, *secondary_files])}",
+        lines = _container_job(self.image, args, ["$(config)", *primary_files, *secondary_files]) + [
             "transfer_output_files = $(name).tgz, userJobMetadata.json",
             'transfer_output_remaps = "userJobMetadata.json = $(name).json"',
             f"request_cpus = {self.request_cpus}",
@@ -120,12 +119,8 @@ def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Pat
                       vars=[{"name": n, "config": c} for n, c in items])
     tarballs = [f"{n}.tgz" for n, _ in items]
     merge_args = merge_args or ["-q", "merge", *tarballs, "--output", "merged"]
-    image = docker_url(job.image)
     merge = htcondor2.Submit("\n".join([
-        "universe = container", f"container_image = {image}", "executable = payload",
-        "transfer_executable = false", f"arguments = {condor_arguments(merge_args)}",
-        "should_transfer_files = YES", "when_to_transfer_output = ON_EXIT",
-        f"transfer_input_files = {_list(tarballs)}", "transfer_output_files = merged",
+        *_container_job(job.image, merge_args, tarballs), "transfer_output_files = merged",
         "request_cpus = 1", "request_memory = 4 GB", "request_gpus = 0",
         "output = logs/merge.out", "error = logs/merge.err", "log = logs/jobs.log", "queue"]))
     train.child_layer(name="merge", submit_description=merge)

@@ -20,30 +20,34 @@ def identity_scaler(like: Scaler) -> Scaler:
     return Scaler("identity", unit(like.objects), unit(like.events), dict(like.outliers))
 
 
+def _input_names(model) -> list[str]:
+    return [t.name.split(":")[0] for t in model.inputs]
+
+
 def build_ensemble(members: list[tuple[object, Scaler]]):
     """``members``: (loaded Keras model, its scaler).  All members must take the same inputs."""
     import keras
 
     from payload.models.layers import FeatureScaling
 
-    names = [tuple(sorted(t.name.split(":")[0] for t in m.inputs)) for m, _ in members]
+    names = [tuple(sorted(_input_names(m))) for m, _ in members]
     if len(set(names)) != 1:
         raise ValueError(f"ensemble members take different inputs: {sorted(set(names))}")
-    first = {t.name.split(":")[0]: t for t in members[0][0].inputs}
-    inputs = {name: keras.Input(tuple(t.shape[1:]), name=name) for name, t in first.items()}
+    first = members[0][0]
+    inputs = {name: keras.Input(tuple(t.shape[1:]), name=name) for name, t in zip(_input_names(first), first.inputs)}
+
+    def scaled(columns: ColumnScaling, x, name: str):
+        return FeatureScaling(columns.transforms, columns.offset.tolist(), columns.scale.tolist(), name=name)(x)
+
     outputs = []
     for i, (model, scaler) in enumerate(members):
         fed = {}
         if "objects" in inputs:
-            o = scaler.objects
-            fed["objects"] = FeatureScaling(o.transforms, o.offset.tolist(), o.scale.tolist(), name=f"scale_objects_{i}")(
-                [inputs["objects"], inputs["mask"]])
+            fed["objects"] = scaled(scaler.objects, [inputs["objects"], inputs["mask"]], f"scale_objects_{i}")
             fed["mask"] = inputs["mask"]
         if "events" in inputs:
-            e = scaler.events
-            fed["events"] = FeatureScaling(e.transforms, e.offset.tolist(), e.scale.tolist(), name=f"scale_events_{i}")(
-                inputs["events"])
+            fed["events"] = scaled(scaler.events, inputs["events"], f"scale_events_{i}")
         model.name = f"member_{i}"
-        outputs.append(model({k: fed[k] for k in (t.name.split(":")[0] for t in model.inputs)}))
+        outputs.append(model({k: fed[k] for k in _input_names(model)}))
     out = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
     return keras.Model(inputs, out, name="ensemble")
