@@ -75,6 +75,11 @@ def _summary(result) -> None:
     parts = [f"test AUC {m['test']['auc']:.4f}"] if "test" in m else []
     if "closure_classifier_auc" in m:
         parts.append(f"closure-classifier AUC {m['closure_classifier_auc']:.4f}")
+    if "ams" in m:
+        parts.append(f"best AMS {m['ams']['ams']:.3f}")
+    if "autoencoder" in m:
+        ae = m["autoencoder"]
+        parts.append(f"test MSE {ae['test_mse']:.4g} (predicting the mean: {ae['baseline_mse']:.4g})")
     log.info("%s", ", ".join(parts))
 
 
@@ -99,6 +104,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
         log.info("skipped %s: %s", s["input"], s["reason"])
     if "best" in summary:
         log.info("best job %s (%s %.5g)", summary["best"]["job"], args.metric, summary["best"][args.metric])
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from payload.lrfind import lr_range_test
+
+    summary = lr_range_test(_config(args.config), args.primary, args.secondary, args.output, start=args.start,
+                            stop=args.stop, steps=args.steps, progress=not args.quiet)
+    print(f"suggested learning rate {summary['suggested_learning_rate']:.3g}: "
+          f"plot in {(Path(args.output) / 'lr_range.png').resolve()}")
     return 0
 
 
@@ -169,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "each job (k folds: out-of-fold), or none; auto picks by the jobs")
     p.add_argument("--strict", action="store_true", help="any bad job output is an error, not skipped")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("lr-find", parents=[common],
+                       help="learning-rate range test: loss against an exponentially rising rate, with a plot")
+    p.add_argument("--primary", required=True, nargs="+", action="extend", help="primary dataset, as for run")
+    p.add_argument("--secondary", nargs="+", action="extend", help="secondary dataset, as for run")
+    p.add_argument("--config", help="job config YAML")
+    p.add_argument("--output", default="lr-find", help="output directory (default: %(default)s)")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: %(default)s)")
+    p.add_argument("--stop", type=float, default=10.0, help="last learning rate (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="batches, one rate each (default: %(default)s)")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled sample")
     p.add_argument("--output", default="demo-output", help="output directory (default: %(default)s)")

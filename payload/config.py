@@ -132,23 +132,77 @@ class SplitConfig(_Strict):
 
 
 class ScalingConfig(_Strict):
-    """How network inputs are scaled; fitted on the training split of both samples together."""
+    """How network inputs are scaled; fitted on the training split of both samples together.
 
-    method: Literal["minmax", "standard", "none"] = "minmax"
-    transforms: dict[str, Literal["log", "log1p", "none"]] = Field(default_factory=dict)
+    ``fixed`` gives (offset, divisor) per feature, applied after the transform and not fitted: seed
+    004's jet mass normalisation m -> (log10(m [GeV]) + 1) / 1.8 is ``transforms: {m: log10}``,
+    ``fixed: {m: [-1, 1.8]}``.  Features ``fixed`` leaves out are left as they are.
+    """
+
+    method: Literal["minmax", "standard", "fixed", "none"] = "minmax"
+    transforms: dict[str, Literal["log", "log10", "log1p", "none"]] = Field(default_factory=dict)
+    fixed: dict[str, tuple[float, Annotated[float, Field(gt=0)]]] = Field(default_factory=dict)
     #: Drop events with any real object whose feature exceeds this value (seed 000: pt > 3000 GeV).
     outliers: dict[str, float] = Field(default_factory=dict)
     #: Object features passed through unscaled (categorical codes such as the object type).
     passthrough: list[str] = Field(default_factory=lambda: [TYPE_FEATURE])
 
 
+Widths = list[Annotated[int, Field(ge=1)]]
+
+
+class Embedding(_Strict):
+    """A categorical feature fed through a learnt lookup table (entity embedding, seed 002; PDG ids,
+    seed 003) instead of as a number.  Values not listed share one extra row."""
+
+    values: list[int] = Field(min_length=1)
+    dim: Annotated[int, Field(ge=1)] = 4
+
+
+class AutoencoderConfig(_Strict):
+    """Seeds 001 and 004: ``object`` compresses each object's features (4D jets), ``event`` the whole
+    event (padded objects flattened, plus event features: the NANOAOD vector)."""
+
+    level: Literal["object", "event"] = "object"
+    widths: Widths = Field(default_factory=lambda: [200, 100, 50])  # encoder; the decoder mirrors it
+    latent: Annotated[int, Field(ge=1)] = 3
+    variational: bool = False
+    kl_weight: Annotated[float, Field(ge=0)] = 1e-3
+    loss: Literal["mse", "l1"] = "mse"
+
+
+class GraphConfig(_Strict):
+    """Seed 003: edges from each object's mother index (position of the mother in the same event,
+    negative for none), symmetrised, with self loops, normalised D^-1/2 A D^-1/2."""
+
+    mother: str = "mother"
+    gcn_widths: Widths = Field(default_factory=lambda: [128, 128, 128])
+
+
 class ModelConfig(_Strict):
-    type: Literal["deepsets", "dense"] = "deepsets"
-    phi_widths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
-    f_widths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
+    type: Literal["deepsets", "dense", "gcn", "autoencoder"] = "deepsets"
+    phi_widths: Widths = Field(default_factory=lambda: [64, 64])  # per object (Deep Sets Phi, GCN's node Dense)
+    f_widths: Widths = Field(default_factory=lambda: [64, 64])    # per event, after pooling (or the dense network)
     activation: str = "relu"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     pooling: Literal["sum", "mean"] = "sum"
+    batch_norm: bool = False
+    #: Each hidden layer sees all earlier layers' outputs concatenated (seed 002's dense connections).
+    dense_connections: bool = False
+    #: Dense network: the padded object array, flattened, is an input beside the event features.
+    flatten_objects: bool = False
+    embeddings: dict[str, Embedding] = Field(default_factory=dict)
+    #: Members trained in one job (different seeds) and averaged into one model (seed 002).
+    ensemble: Annotated[int, Field(ge=1, le=100)] = 1
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+
+
+class DecorrelationConfig(_Strict):
+    """Loss + strength * dCorr^2(observable, output) per observable (seed 003's bias mitigation)."""
+
+    features: list[str] = Field(min_length=1)  # spectators or event features
+    strength: Annotated[float, Field(ge=0)] = 1.0
 
 
 class TrainingConfig(_Strict):
@@ -167,6 +221,17 @@ class TrainingConfig(_Strict):
     shuffle_blocks: Annotated[int, Field(ge=1)] = 4
     seed: int = 1
     mixed_precision: Literal["auto", "on", "off"] = "auto"
+    #: Random symmetry transformations of the objects of every training batch (seed 002).
+    augment: list[Literal["phi_rotation", "eta_flip", "x_flip", "y_flip"]] = Field(default_factory=list)
+    decorrelation: DecorrelationConfig | None = None
+
+
+class SpeedupConfig(_Strict):
+    """Seed 003's speed-up of filtered simulation, times relative to event generation."""
+
+    simulation: Annotated[float, Field(gt=0)] = 1000.0  # simulation + reconstruction
+    network: Annotated[float, Field(ge=0)] = 10.0       # the network's prediction
+    retention: Annotated[float, Field(gt=0, lt=1)] = 0.05  # fraction of events the skim keeps
 
 
 class EvaluationConfig(_Strict):
@@ -176,12 +241,19 @@ class EvaluationConfig(_Strict):
     #: Train a fresh classifier on reweighted primary vs secondary (its AUC should fall to 0.5).
     closure_classifier: bool = True
     closure_epochs: Annotated[int, Field(ge=1)] = 5
+    #: Test-time augmentation: average over this many phi rotations (times the configured flips); 0 = off.
+    test_time_augment: Annotated[int, Field(ge=0, le=64)] = 0
+    #: AMS regularisation term b_r (seed 002; 10 in the HiggsML challenge), for ``classify``.
+    ams_b_r: Annotated[float, Field(ge=0)] = 10.0
+    speedup: SpeedupConfig | None = None
+    #: Autoencoders: relative residuals (out - in) / in are histogrammed in [-range, range].
+    residual_range: Annotated[float, Field(gt=0)] = 0.5
 
 
 class JobConfig(_Strict):
     """The whole job: one config drives every stage and is dumped into every output."""
 
-    task: Literal["reweight", "classify"] = "reweight"
+    task: Literal["reweight", "classify", "autoencode"] = "reweight"
     data: DataConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
@@ -196,8 +268,45 @@ class JobConfig(_Strict):
             unknown = sorted(set(names) - known)
             if unknown:
                 raise ValueError(f"{section} names unknown feature(s) {unknown}; features are {sorted(known)}")
-        if self.model.type == "dense" and not self.data.event_features:
-            raise ValueError("model.type dense needs data.event_features (it reads flat per-event inputs)")
+        model, objects, events = self.model, self.data.object_features, self.data.event_features
+        if model.type == "dense" and not (events or model.flatten_objects):
+            raise ValueError("model.type dense needs data.event_features or model.flatten_objects")
+        if (self.task == "autoencode") != (model.type == "autoencoder"):
+            raise ValueError("task autoencode and model.type autoencoder go together")
+        if model.type == "autoencoder" and (model.dense_connections or model.embeddings or model.ensemble > 1):
+            raise ValueError("model.dense_connections, model.embeddings and model.ensemble are for classifiers, "
+                             "not the autoencoder (a concatenating connection would bypass the bottleneck)")
+        if self.scaling.method == "fixed":
+            unknown = sorted(set(self.scaling.fixed) - known)
+            if unknown:
+                raise ValueError(f"scaling.fixed names unknown feature(s) {unknown}; features are {sorted(known)}")
+        unknown = sorted(set(model.embeddings) - known)
+        if unknown:
+            raise ValueError(f"model.embeddings names unknown feature(s) {unknown}; features are {sorted(known)}")
+        categorical = list(model.embeddings)
+        if model.type == "gcn":
+            if model.graph.mother not in objects:
+                raise ValueError(f"model.graph.mother {model.graph.mother!r} is not one of object_features {objects}")
+            if self.data.sort_by is not None:
+                raise ValueError("model.type gcn needs data.sort_by: null (mother indices refer to the stored order)")
+            categorical.append(model.graph.mother)
+        missing = [n for n in categorical if n not in self.scaling.passthrough]
+        if missing:  # categorical codes and indices are never scaled
+            self.scaling.passthrough = [*self.scaling.passthrough, *missing]
+        if self.training.augment or self.evaluation.test_time_augment:
+            if model.type == "dense" and not model.flatten_objects:
+                raise ValueError("augmentation transforms objects: the dense model needs model.flatten_objects")
+            need = {"phi"} | ({"eta"} if "eta_flip" in self.training.augment else set())
+            bad = sorted(n for n in need if n not in objects or self.scaling.transforms.get(n, "none") != "none")
+            if bad:
+                raise ValueError(f"augmentation needs object feature(s) {bad} without a transform")
+        if self.training.decorrelation:
+            observables = set(self.data.spectators) | set(events)
+            unknown = sorted(set(self.training.decorrelation.features) - observables)
+            if unknown:
+                raise ValueError(f"training.decorrelation.features {unknown} are not spectators or event features")
+            if self.task != "classify":
+                raise ValueError("training.decorrelation is for task classify")
         return self
 
 

@@ -70,6 +70,10 @@ class EventSource:
             self.stats = json_attr(f, "stats")
         self.file_keys = np.array([file_key(s) for s in self.source_files], dtype=np.int64)
         self.use_events = bool(self.event_names)
+        # Observables of the decorrelation penalty: (spectator or event, column) each.
+        wanted = config.training.decorrelation.features if config.training.decorrelation else []
+        self.decorrelate = [("spectator", self.spectator_names.index(n)) if n in self.spectator_names
+                            else ("event", self.event_names.index(n)) for n in wanted]
         self._file = None
 
     def _h5(self):
@@ -107,15 +111,18 @@ class EventSource:
             keep &= inlier
         index = np.flatnonzero(keep)
         objects, n_objects, events = objects[index], n_objects[index], events[index]
+        spectators = f["spectators"][start:stop][index]
         inputs: dict[str, np.ndarray] = {}
         if self.scaler is not None:
             inputs["objects"] = self.scaler.apply_objects(objects, n_objects)
             inputs["mask"] = object_mask(n_objects, objects.shape[1]).astype(np.float32)
             if self.use_events:
                 inputs["events"] = self.scaler.apply_events(events)
+            if self.decorrelate:
+                inputs["decorrelate"] = np.stack([spectators[:, i] if kind == "spectator" else events[:, i]
+                                                  for kind, i in self.decorrelate], axis=1).astype(np.float32)
         return Block(inputs, f["weights"][start:stop][index], start + index, objects, n_objects, events,
-                     f["spectators"][start:stop][index], entry[index], file_index[index], split[index],
-                     ~inlier[index])
+                     spectators, entry[index], file_index[index], split[index], ~inlier[index])
 
     def iterate(self, splits: tuple[int, ...] | None, drop_outliers: bool = True) -> Iterator[Block]:
         """Every selected event once, in file order."""
@@ -133,6 +140,17 @@ def training_weights(block: Block, config: JobConfig, class_factor: float) -> np
     elif mode == "zero":
         w = np.maximum(w, 0)
     return w * np.float32(class_factor)
+
+
+def flat_inputs(inputs: dict[str, np.ndarray], level: str) -> np.ndarray:
+    """What an autoencoder reconstructs: the objects (object level) or, per event, the padded objects
+    flattened row-major followed by the event features (event level)."""
+    if level == "object":
+        return inputs["objects"]
+    parts = [inputs["objects"].reshape(len(inputs["objects"]), -1)]
+    if "events" in inputs:
+        parts.append(inputs["events"])
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 Rows = dict[str, np.ndarray]  # network inputs plus "weight": all a training batch needs
@@ -191,12 +209,14 @@ class TrainingStream:
 
     ``extra_weight(inputs, label)`` multiplies the weights of a class's rows (the closure check uses it
     to apply NN weights).  Rows within a batch need no shuffling: the loss is a sum over the batch.
+    With ``augment`` every event's objects get a random symmetry transformation.  For ``autoencode``
+    the target is the input itself, weighted per real object at object level.
     """
 
     def __init__(self, sources: list[tuple[EventSource, int]], counts: list[int], sumw: list[float],
                  config: JobConfig, splits: tuple[int, ...], seed: int, shuffle: bool = True,
                  extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
-                 half: int | None = None):
+                 half: int | None = None, augment: bool = False):
         total = sum(counts)
         bs = config.training.batch_size
         self.steps = max(1, int(np.ceil(total / bs)))
@@ -210,6 +230,13 @@ class TrainingStream:
                      for src, _ in sources]
         self.labels = [label for _, label in sources]
         self.extra_weight = extra_weight
+        self.rng = np.random.default_rng(rng.integers(1 << 62))
+        self.augmenter = None
+        if augment and config.training.augment:
+            from payload.augment import Augmenter
+
+            self.augmenter = Augmenter(config, sources[0][0].scaler)
+        self.level = config.model.autoencoder.level if config.task == "autoencode" else None
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         while True:
@@ -223,4 +250,11 @@ class TrainingStream:
                 labels.append(np.full(n, label, dtype=np.float32))
             batch = _cat(parts)
             weight = batch.pop("weight")
-            yield batch, np.concatenate(labels)[:, None], weight
+            if self.augmenter is not None:
+                batch["objects"] = self.augmenter.random(batch["objects"], batch["mask"], self.rng)
+            if self.level is None:
+                yield batch, np.concatenate(labels)[:, None], weight
+            elif self.level == "object":
+                yield batch, batch["objects"], weight[:, None] * batch["mask"]
+            else:
+                yield batch, flat_inputs(batch, self.level), weight

@@ -13,6 +13,7 @@ secondary and outlier events.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from payload.atomic import atomic_path
 from payload.config import JobConfig
 from payload.dataset import Block, EventSource
 from payload.h5layout import object_mask
-from payload.metrics import BinaryScores, WeightedHist, chi2_ndf, ks_distance
+from payload.metrics import BinaryScores, WeightedHist, chi2_ndf, distance_correlation, ks_distance
 from payload.progress import log
 from payload.splits import TEST
 
@@ -35,6 +36,29 @@ PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "sp
 def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     wanted = {k: inputs[k] for k in _input_names(model)}
     return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
+
+
+def make_predictor(config: JobConfig, model, scaler) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Scores of a batch of inputs; with test-time augmentation, the mean over the transformed copies."""
+    rotations = config.evaluation.test_time_augment
+    if not rotations:
+        return lambda inputs: predict(model, inputs)
+    from payload.augment import Augmenter
+
+    augmenter = Augmenter(config, scaler)
+    group = augmenter.group(rotations)
+
+    def averaged(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        total = np.zeros(len(inputs["objects"]))
+        for g in group:
+            total += predict(model, {**inputs, "objects": augmenter.transformed(inputs["objects"], inputs["mask"], *g)})
+        return total / len(group)
+
+    return averaged
+
+
+#: Test events kept for the distance correlation of the score with each observable (O(n^2) memory).
+DCORR_EVENTS = 4000
 
 
 def _input_names(model) -> list[str]:
@@ -96,15 +120,20 @@ def closure_variables(source: EventSource, bins: int) -> list[Variable]:
 
 
 class PredictionWriter:
-    def __init__(self, path: Path):
+    """``PRED_FIELDS`` per event, plus ``extra`` fields: name -> (shape of one row, dtype)."""
+
+    def __init__(self, path: Path, extra: dict[str, tuple[tuple[int, ...], Any]] | None = None):
         self.file = h5py.File(path, "w")
         self.size = 0
-        for name, dtype in PRED_FIELDS.items():
-            self.file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+        self.fields = {name: ((), dtype) for name, dtype in PRED_FIELDS.items()} | (extra or {})
+        for name, (shape, dtype) in self.fields.items():
+            rows = max(1, 65536 // max(1, int(np.prod(shape))))
+            self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                     chunks=(rows, *shape))
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
         n = len(columns["entry"])
-        for name in PRED_FIELDS:
+        for name in self.fields:
             ds = self.file[name]
             ds.resize(self.size + n, axis=0)
             ds[self.size:] = columns[name]
@@ -142,12 +171,17 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
     sum_w = sum_wnn = 0.0
     clipped = counted = 0
+    predictor = make_predictor(config, model, sources[0][0].scaler)
+    first = sources[0][0]
+    observables = first.spectator_names + first.event_names
+    # Rows (score, observables...) of test events, the same number from each sample, for distance correlations.
+    kept: list[list[np.ndarray]] = [[] for _ in sources]
     with atomic_path(predictions) as tmp:
         writer = PredictionWriter(tmp)
         try:
             for sample, (source, label) in enumerate(sources):
                 for block in source.iterate(splits=None, drop_outliers=False):
-                    p = predict(model, block.inputs)
+                    p = predictor(block.inputs)
                     outlier = block.outlier
                     w = block.weights.astype(np.float64)
                     nnw = np.ones(len(block))
@@ -165,6 +199,8 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                     if not labelled or not test.any():
                         continue
                     scores.fill(p[test], np.full(int(test.sum()), label), w[test])
+                    if config.task == "classify" and sum(map(len, kept[sample])) < DCORR_EVENTS // len(sources):
+                        kept[sample].append(np.column_stack([p, block.spectators, block.events])[test])
                     if reweight:
                         sub = block.take(np.flatnonzero(test))
                         if sample == 0:
@@ -190,6 +226,14 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     if labelled:
         metrics.update(test=scores.summary(), calibration=scores.calibration())
         log.info("test AUC %.4f over %d events", metrics["test"]["auc"], metrics["test"]["events"])
+    if labelled and config.task == "classify":
+        metrics["ams"] = scores.ams(config.evaluation.ams_b_r, 1.0 / config.split.test)
+        if config.evaluation.speedup:
+            metrics["speedup"] = scores.speedup(**config.evaluation.speedup.model_dump())
+        if observables:
+            rows = np.concatenate([np.concatenate(k)[:DCORR_EVENTS // len(sources)] for k in kept if k])
+            metrics["distance_correlation"] = {name: distance_correlation(rows[:, 0], rows[:, 1 + i])
+                                               for i, name in enumerate(observables)}
     if reweight:
         metrics["nn_weights"] = {"normalisation": factor, "clipped_fraction": clipped / max(counted, 1),
                                  "max_weight": max_w}
@@ -219,12 +263,13 @@ def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource
 
     max_w = config.evaluation.max_weight
     primary_label = sources[0][1]
+    predictor = make_predictor(config, model, sources[0][0].scaler)
 
     def extra(inputs: dict[str, np.ndarray], label: int) -> np.ndarray:
         n = len(next(iter(inputs.values())))
         if label != primary_label:
             return np.ones(n, dtype=np.float32)
-        return (nn_weight(predict(model, inputs), max_w) * factor).astype(np.float32)
+        return (nn_weight(predictor(inputs), max_w) * factor).astype(np.float32)
 
     seed = config.training.seed + 99
     keras.utils.set_random_seed(seed)

@@ -48,7 +48,7 @@ def labels(config: JobConfig) -> tuple[int, int]:
     return (0, 1) if config.task == "reweight" else (1, 0)
 
 
-def _converted(config: JobConfig, files: list[str], target: Path, progress: bool) -> Path:
+def converted_file(config: JobConfig, files: list[str], target: Path, progress: bool) -> Path:
     """Convert unless ``target`` already holds exactly these inputs with this data config (resume)."""
     if target.exists():
         try:
@@ -115,7 +115,7 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
                 config = load_config(bundle / "config.yaml")
             elif config is None:
                 raise ConfigError("--mode train needs --config")
-            if mode == "train" and not secondary:
+            if mode == "train" and not secondary and config.task != "autoencode":
                 raise ConfigError(f"task {config.task} needs --secondary")
             inputs = {"primary": expand_inputs(primary)}
             if secondary:
@@ -126,7 +126,7 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
             converted = {}
             for name, files in inputs.items():
                 with timer.stage(f"convert_{name}"):
-                    converted[name] = _converted(config, files, work / f"{name}.h5", progress)
+                    converted[name] = converted_file(config, files, work / f"{name}.h5", progress)
             metrics = _train_and_evaluate(config, converted, output, timer, mode,
                                           bundle if mode == "evaluate" else None)
             stage = "outputs"
@@ -165,15 +165,19 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     from payload.dataset import EventSource
     from payload.evaluate import closure_classifier, evaluate
     from payload.models import load_model
+    from payload.reconstruct import evaluate_autoencoder
     from payload.scaling import Scaler
-    from payload.train import prepare, train
+    from payload.train import prepare
 
     primary_label, secondary_label = labels(config)
+    autoencode = config.task == "autoencode"
     raw = [EventSource(converted["primary"], config, None)]
     if "secondary" in converted:
         raw.append(EventSource(converted["secondary"], config, None))
+    # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
+    trained_on = raw[:1] if autoencode else raw
     with timer.stage("prepare"):
-        fitted, tallies = prepare(config, raw) if len(raw) == 2 else (None, None)
+        fitted, tallies = prepare(config, trained_on) if len(trained_on) == 2 or autoencode else (None, None)
     if mode == "train":
         scaler = fitted
         with atomic_path(output / "scaler.json") as tmp:
@@ -188,11 +192,7 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     metrics: dict[str, Any] = {"task": config.task, "mode": mode}
     if mode == "train":
         with timer.stage("train"):
-            result = train(config, sources, tallies, output)
-        model = result.model
-        metrics["training"] = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                               "best_loss": result.best_loss, "resumed_from_epoch": result.resumed_from,
-                               "steps_per_epoch": result.steps_per_epoch}
+            model, metrics["training"] = _train_members(config, sources[:len(trained_on)], tallies, output)
         with atomic_path(output / "model.keras") as tmp:
             model.save(tmp)
         if keras.backend.backend() == "tensorflow":
@@ -203,6 +203,17 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
         model = load_model(bundle / "model.keras")
         shutil.copyfile(bundle / "model.keras", output / "model.keras")
 
+    if autoencode:
+        with timer.stage("evaluate"):
+            metrics["autoencoder"], hists, matrix, names = evaluate_autoencoder(config, model, sources, output)
+        with timer.stage("plots"):
+            plot_dir = output / "plots"
+            plot_dir.mkdir(exist_ok=True)
+            plots.history(output / "history.csv", plot_dir / "loss.png")
+            plots.residuals(hists, metrics["autoencoder"]["residuals"], plot_dir / "residuals.png")
+            plots.correlation(matrix, names, plot_dir / "residual_correlation.png")
+        _close(sources, raw)
+        return metrics
     with timer.stage("evaluate"):
         evaluation = evaluate(config, model, sources, output / "predictions.h5")
     metrics.update(evaluation.metrics)
@@ -220,6 +231,38 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
         if evaluation.variables:
             plots.weights(evaluation.weight_hist, plot_dir / "nn_weights.png")
             plots.closure(evaluation, plot_dir)
+    _close(sources, raw)
+    return metrics
+
+
+def _close(sources, raw) -> None:
     for source, _ in sources + [(r, None) for r in raw]:
         source.close()
-    return metrics
+
+
+def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[Any, dict[str, Any]]:
+    """Train the model, or ``model.ensemble`` members with seeds seed, seed+1, ... each in
+    OUTPUT/members/NN (resumable one by one) averaged into one model.  Returns (model, metrics)."""
+    from payload.models import inference_model
+    from payload.models.ensemble import average
+    from payload.train import train
+
+    def summary(result) -> dict[str, Any]:
+        return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "best_loss": result.best_loss,
+                "resumed_from_epoch": result.resumed_from, "steps_per_epoch": result.steps_per_epoch}
+
+    n = config.model.ensemble
+    if n == 1:
+        result = train(config, sources, tallies, output)
+        return inference_model(result.model), summary(result)
+    members, results = [], []
+    for k in range(n):
+        member = config.model_copy(deep=True)
+        member.training.seed = config.training.seed + k
+        directory = output / "members" / f"{k:02d}"
+        log.info("ensemble member %d of %d", k + 1, n)
+        results.append(train(member, sources, tallies, directory))
+        members.append(inference_model(results[-1].model))
+    shutil.copyfile(output / "members" / "00" / "history.csv", output / "history.csv")
+    best = min(results, key=lambda r: r.best_loss)
+    return average(members), {**summary(best), "members": [summary(r) for r in results]}

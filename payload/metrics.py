@@ -106,6 +106,43 @@ class BinaryScores:
         has = tot.sum(1) > 0
         return {"score": mean_score[has].tolist(), "fraction": frac[has].tolist()}
 
+    def _above(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(threshold, signal weight, background weight) selected by score >= threshold, per bin edge."""
+        s = np.concatenate([np.cumsum(self.hist[1].sumw[::-1])[::-1], [0.0]])
+        b = np.concatenate([np.cumsum(self.hist[0].sumw[::-1])[::-1], [0.0]])
+        return self.hist[1].edges, s, b
+
+    def ams(self, b_r: float = 10.0, scale: float = 1.0) -> dict[str, float]:
+        """Best approximate median significance (seed 002) over score thresholds, label 1 = signal:
+        AMS = sqrt(2 ((s + b + b_r) ln(1 + s / (b + b_r)) - s)), s and b the weights selected,
+        times ``scale`` (1 / the test fraction: weights then describe the whole sample)."""
+        edges, s, b = self._above()
+        s, b = s * scale, b * scale
+        ams = np.sqrt(np.maximum(2 * ((s + b + b_r) * np.log1p(s / np.maximum(b + b_r, 1e-300)) - s), 0.0))
+        i = int(np.argmax(ams))
+        return {"ams": float(ams[i]), "threshold": float(edges[i]), "s": float(s[i]), "b": float(b[i]), "b_r": b_r}
+
+    def speedup(self, simulation: float, network: float, retention: float) -> dict[str, float]:
+        """Seed 003: events kept per unit of computing time with the network filter before simulation,
+        over without it, at the best threshold.  Times relative to generation; label 1 = kept by the skim:
+        TPR (1 + simulation) / (1 + network + (TPR r + FPR (1 - r)) simulation)."""
+        edges, s, b = self._above()
+        tpr, fpr = s / max(s[0], 1e-300), b / max(b[0], 1e-300)
+        gain = tpr * (1 + simulation) / (1 + network + (tpr * retention + fpr * (1 - retention)) * simulation)
+        i = int(np.argmax(gain))
+        return {"speedup": float(gain[i]), "threshold": float(edges[i]), "tpr": float(tpr[i]), "fpr": float(fpr[i])}
+
     def summary(self) -> dict[str, Any]:
         return {"auc": self.auc(), "accuracy": self.correct / max(self.total, 1e-300),
                 "loss": self.logloss / max(self.total, 1e-300), "events": self.count}
+
+
+def distance_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Sample distance correlation (Szekely et al.) of two 1-d samples: 0 only for independence."""
+    def centred(v):
+        d = np.abs(v[:, None] - v[None, :])
+        return d - d.mean(axis=0) - d.mean(axis=1)[:, None] + d.mean()
+
+    a, b = centred(np.asarray(x, np.float64)), centred(np.asarray(y, np.float64))
+    denominator = np.sqrt((a * a).mean() * (b * b).mean())
+    return float(np.sqrt(max((a * b).mean(), 0.0) / denominator)) if denominator > 0 else 0.0

@@ -100,3 +100,30 @@ def bar(labels: list[str], values: list[float], metric: str, path: Path) -> Path
         pad = 0.1 * (high - low) or 0.05 * abs(high) or 1.0
         ax.set_ylim(low - pad, high + pad)
     return _save(fig, path)
+
+
+def residuals(hists: dict[str, WeightedHist], summary: dict[str, dict[str, float]], path: Path) -> Path:
+    """Seed 004's response plots: relative residual (out - in) / in per variable, with mean and sigma."""
+    n = len(hists)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, hist) in zip(axes.flat, hists.items()):
+        s = summary[name]
+        ax.stairs(hist.sumw, hist.edges)
+        ax.set(xlabel=f"({name} out - in) / in", title=f"mean {s['mean']:.2g}, sigma {s['sigma']:.2g}")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def correlation(matrix: np.ndarray, names: list[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(names), 0.8 + 0.6 * len(names)))
+    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax)
+    ax.set_title("correlation of relative residuals")
+    return _save(fig, path)

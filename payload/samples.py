@@ -108,3 +108,69 @@ def write_sample(path: str | Path, events: int, name: str = "A", batch: int = 50
                 f.mktree("nominal", types, counter_name=lambda coll: f"n_{coll}")
             f["nominal"].extend(parts)
     return Path(path)
+
+
+# Decay trees for the graph workflow (seed 003): B0 -> {D0, pi, gamma, pi0}, D0 -> K pi (+pi0) or pi pi,
+# pi0 -> gamma gamma.  The skim "passes" mostly events with a D0 -> K- pi+ decay, which also sit at a
+# higher beam-constrained mass: a spectator that a filter would bias.
+_B_DAUGHTERS = [421, 211, -211, 22, 111]
+_D_DECAYS = [[-321, 211], [-321, 211, 111], [211, -211]]
+
+
+def _decay(rng, energy: float, n: int) -> np.ndarray:
+    """Four-momenta (px, py, pz, E) of ``n`` massless-ish daughters sharing ``energy``."""
+    shares = rng.dirichlet(np.ones(n)) * energy
+    direction = rng.normal(size=(n, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return np.column_stack([direction * shares[:, None], shares])
+
+
+def graph_events(n: int, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Per-particle jagged branches (part_px/py/pz/e, part_pdg, part_mother: index of the mother in
+    the event, -1 for none) plus the spectator ``mbc``; and whether each event passes the skim."""
+    rng = np.random.default_rng(seed)
+    rows: list[list[tuple[float, float, float, float, int, int]]] = []
+    passes = np.zeros(n, dtype=bool)
+    for i in range(n):
+        parts = [(0.0, 0.0, 0.0, 5.28, 511, -1)]
+        k_pi = False
+        daughters = rng.choice(_B_DAUGHTERS, size=int(rng.integers(2, 5)))
+        for pdg, p4 in zip(daughters, _decay(rng, 5.28, len(daughters))):
+            parts.append((*p4, int(pdg), 0))
+            mother = len(parts) - 1
+            if pdg == 421:
+                decay = _D_DECAYS[int(rng.integers(len(_D_DECAYS)))]
+                k_pi |= decay == [-321, 211]
+                products = [(*q, d, mother) for d, q in zip(decay, _decay(rng, p4[3], len(decay)))]
+            elif pdg == 111:
+                products = [(*q, 22, mother) for q in _decay(rng, p4[3], 2)]
+            else:
+                products = []
+            parts.extend(products)
+        passes[i] = rng.random() < (0.85 if k_pi else 0.1)
+        rows.append(parts)
+    counts = np.array([len(r) for r in rows])
+    flat = np.array([p for r in rows for p in r], dtype=np.float64)
+    branches = {f"part_{name}": _jagged(counts, flat[:, j]) for j, name in enumerate(("px", "py", "pz", "e"))}
+    branches["part_pdg"] = ak.unflatten(flat[:, 4].astype(np.int32), counts)
+    branches["part_mother"] = ak.unflatten(flat[:, 5].astype(np.int32), counts)
+    branches["mbc"] = np.where(passes, rng.normal(5.275, 0.01, n), rng.normal(5.24, 0.03, n)).astype(np.float32)
+    return branches, passes
+
+
+def write_graph_samples(directory: str | Path, events: int, seed: int = 0) -> tuple[Path, Path]:
+    """``graph_pass.root`` and ``graph_fail.root`` (tree ``events``): the skim's two classes in their own files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    branches, passes = graph_events(events, seed)
+    paths = []
+    for name, keep in (("pass", passes), ("fail", ~passes)):
+        path = directory / f"graph_{name}.root"
+        parts = {k: v[keep] for k, v in branches.items()}
+        particles = ak.zip({k[5:]: v for k, v in parts.items() if k.startswith("part_")})
+        with uproot.recreate(path) as f:
+            f.mktree("events", {"part": particles.type.content, "mbc": np.float32},
+                     counter_name=lambda coll: f"n_{coll}")
+            f["events"].extend({"part": particles, "mbc": parts["mbc"]})
+        paths.append(path)
+    return paths[0], paths[1]

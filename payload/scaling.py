@@ -26,9 +26,14 @@ _TINY = 1e-6
 def _transform(name: str, x: np.ndarray) -> np.ndarray:
     if name == "log":
         return np.log(np.maximum(x, _TINY))
+    if name == "log10":
+        return np.log10(np.maximum(x, _TINY))
     if name == "log1p":
         return np.log1p(np.maximum(x, 0.0))
     return x
+
+
+_INVERSE = {"log": np.exp, "log10": lambda x: np.power(10.0, x), "log1p": np.expm1}
 
 
 def _transformed(x: np.ndarray, transforms: list[str]) -> np.ndarray:
@@ -55,6 +60,14 @@ class ColumnScaling:
         out -= self.offset.astype(np.float32)
         out /= self.scale.astype(np.float32)
         return out
+
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """Back from scaled to raw values (what a decoder's output means in physics units)."""
+        out = np.asarray(x, dtype=np.float64) * self.scale + self.offset
+        for j, t in enumerate(self.transforms):
+            if t != "none":
+                out[..., j] = _INVERSE[t](out[..., j])
+        return out.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": self.names, "transforms": self.transforms,
@@ -132,6 +145,9 @@ class ScalerFitter:
         for j, name in enumerate(names):
             s = stats.features[name]
             if name in self.config.passthrough or self.config.method == "none" or s.count == 0:
+                continue
+            if self.config.method == "fixed":
+                offset[j], scale[j] = self.config.fixed.get(name, (0.0, 1.0))
                 continue
             if self.config.method == "minmax":
                 offset[j], width = s.min, s.max - s.min

@@ -59,11 +59,19 @@ def prepare(config: JobConfig, sources: list[EventSource]) -> tuple[Scaler, list
     return fitter.result(), tallies
 
 
-def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None) -> None:
+def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None,
+                  learning_rate=None) -> None:
     from payload.schedules import make_schedule
 
+    if learning_rate is None:
+        learning_rate = make_schedule(config.training, steps_per_epoch, epochs)
+    if config.task == "autoencode":
+        loss = {"mse": keras.losses.MeanSquaredError(), "l1": keras.losses.MeanAbsoluteError()}
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                      loss=loss[config.model.autoencoder.loss])
+        return
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=make_schedule(config.training, steps_per_epoch, epochs)),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
         weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
@@ -147,14 +155,14 @@ class TrainResult:
 def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally],
                         splits: tuple[int, ...], seed: int, shuffle: bool,
                         extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
-                        half: int | None = None) -> Callable[[int], TrainingStream]:
+                        half: int | None = None, augment: bool = False) -> Callable[[int], TrainingStream]:
     share = 1.0 if half is None else 0.5
     counts = [max(1, int(share * sum(t.counts.get(s, 0) for s in splits))) for t in tallies]
     sumw = [share * sum(t.sumw.get(s, 0.0) for s in splits) for t in tallies]
 
     def make(epoch: int) -> TrainingStream:
         return TrainingStream(sources, counts, sumw, config, splits, seed=seed * 1000 + epoch, shuffle=shuffle,
-                              extra_weight=extra_weight, half=half)
+                              extra_weight=extra_weight, half=half, augment=augment)
 
     return make
 
@@ -171,7 +179,7 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     keras.utils.set_random_seed(seed)
     configure_precision(config)
 
-    train_streams = make_stream_factory(config, sources, tallies, (TRAIN,), seed, shuffle=True)
+    train_streams = make_stream_factory(config, sources, tallies, (TRAIN,), seed, shuffle=True, augment=True)
     steps = train_streams(0).steps
     has_validation = all(t.counts.get(VALIDATION, 0) for t in tallies)
     val_streams = (make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)

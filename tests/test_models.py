@@ -17,7 +17,7 @@ def _model(pooling="sum", events=0):
     from payload.models import build_model
 
     raw = {**JAGGED_CONFIG, "model": {"phi_widths": [16, 16], "f_widths": [16], "pooling": pooling}}
-    return build_model(parse_config(raw), 8, 5, events)
+    return build_model(parse_config(raw), 8, ["pt", "eta", "phi", "m", "type"], [f"e{i}" for i in range(events)])
 
 
 def _inputs(rng, n=32, m=8, f=5):

@@ -1,30 +1,50 @@
-"""Keras 3 models (``keras.layers`` / ``keras.ops`` only: TensorFlow, JAX and PyTorch backends)."""
+"""Keras 3 models (``keras.layers`` / ``keras.ops`` only: TensorFlow, JAX and PyTorch backends).
+
+Every model takes a dict of the event file's arrays by name: ``objects`` (batch, M, F), ``mask``
+(batch, M), ``events`` (batch, E) when event features are configured, and ``decorrelate`` while a
+decorrelation penalty is trained.
+"""
 
 from __future__ import annotations
 
 from payload.config import JobConfig
 
 
-def build_model(config: JobConfig, max_objects: int, n_object_features: int, n_event_features: int):
-    if config.model.type == "deepsets":
-        from payload.models.deepsets import build_deepsets
-
-        return build_deepsets(config.model, max_objects, n_object_features, n_event_features)
-    from payload.models.dense import build_dense
-
-    return build_dense(config.model, n_event_features)
+def build_model(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]):
+    kind = config.model.type
+    if kind == "deepsets":
+        from payload.models.deepsets import build_deepsets as build
+    elif kind == "dense":
+        from payload.models.dense import build_dense as build
+    elif kind == "gcn":
+        from payload.models.gcn import build_gcn as build
+    else:
+        from payload.models.autoencoder import build_autoencoder as build
+    return build(config, max_objects, object_names, event_names)
 
 
 def build_model_for(config: JobConfig, source):
     """The configured model sized for an event file (an ``EventSource``)."""
-    return build_model(config, source.max_objects, len(source.object_names), len(source.event_names))
+    return build_model(config, source.max_objects, source.object_names, source.event_names)
 
 
 def load_model(path):
     """Load a saved model in Keras safe mode, with this package's custom layers and schedules registered."""
     import keras
 
-    import payload.models.layers  # noqa: F401 - registers MaskedPool
+    import payload.models.layers  # noqa: F401 - registers the custom layers
     import payload.schedules  # noqa: F401 - registers the LR schedules
 
     return keras.saving.load_model(path, safe_mode=True)
+
+
+def inference_model(model):
+    """The model without its training-only decorrelation penalty (which needs the observables as input)."""
+    import keras
+
+    try:
+        model.get_layer("decorrelation")
+    except ValueError:
+        return model
+    inputs = {t.name.split(":")[0]: t for t in model.inputs if not t.name.startswith("decorrelate")}
+    return keras.Model(inputs, model.get_layer("probability").output, name=model.name)

@@ -24,30 +24,48 @@ def _input_names(model) -> list[str]:
     return [t.name.split(":")[0] for t in model.inputs]
 
 
-def build_ensemble(members: list[tuple[object, Scaler]]):
-    """``members``: (loaded Keras model, its scaler).  All members must take the same inputs."""
+def _inputs_like(model) -> dict:
     import keras
 
+    return {name: keras.Input(tuple(t.shape[1:]), name=name) for name, t in zip(_input_names(model), model.inputs)}
+
+
+def _average(inputs: dict, members: list, fed: list[dict] | None = None):
+    import keras
+
+    outputs = []
+    for i, model in enumerate(members):
+        model.name = f"member_{i}"
+        given = fed[i] if fed else inputs
+        outputs.append(model({k: given[k] for k in _input_names(model)}))
+    out = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
+    return keras.Model(inputs, out, name="ensemble")
+
+
+def average(members: list):
+    """One model averaging members that share their inputs and scaling (an ensemble trained in one job)."""
+    return _average(_inputs_like(members[0]), members)
+
+
+def build_ensemble(members: list[tuple[object, Scaler]]):
+    """``members``: (loaded Keras model, its scaler).  All members must take the same inputs."""
     from payload.models.layers import FeatureScaling
 
     names = [tuple(sorted(_input_names(m))) for m, _ in members]
     if len(set(names)) != 1:
         raise ValueError(f"ensemble members take different inputs: {sorted(set(names))}")
-    first = members[0][0]
-    inputs = {name: keras.Input(tuple(t.shape[1:]), name=name) for name, t in zip(_input_names(first), first.inputs)}
+    inputs = _inputs_like(members[0][0])
 
     def scaled(columns: ColumnScaling, x, name: str):
         return FeatureScaling(columns.transforms, columns.offset.tolist(), columns.scale.tolist(), name=name)(x)
 
-    outputs = []
-    for i, (model, scaler) in enumerate(members):
-        fed = {}
+    fed = []
+    for i, (_, scaler) in enumerate(members):
+        given = {}
         if "objects" in inputs:
-            fed["objects"] = scaled(scaler.objects, [inputs["objects"], inputs["mask"]], f"scale_objects_{i}")
-            fed["mask"] = inputs["mask"]
+            given["objects"] = scaled(scaler.objects, [inputs["objects"], inputs["mask"]], f"scale_objects_{i}")
+            given["mask"] = inputs["mask"]
         if "events" in inputs:
-            fed["events"] = scaled(scaler.events, inputs["events"], f"scale_events_{i}")
-        model.name = f"member_{i}"
-        outputs.append(model({k: fed[k] for k in _input_names(model)}))
-    out = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
-    return keras.Model(inputs, out, name="ensemble")
+            given["events"] = scaled(scaler.events, inputs["events"], f"scale_events_{i}")
+        fed.append(given)
+    return _average(inputs, [m for m, _ in members], fed)

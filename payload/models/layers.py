@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -53,6 +55,8 @@ class FeatureScaling(keras.layers.Layer):
             c = x[..., j]
             if t == "log":
                 c = ops.log(ops.maximum(c, tiny))
+            elif t == "log10":
+                c = ops.log(ops.maximum(c, tiny)) / math.log(10.0)
             elif t == "log1p":
                 c = ops.log1p(ops.maximum(c, ops.cast(0.0, x.dtype)))
             columns.append((c - self.offset[j]) / self.scale[j])
@@ -67,3 +71,184 @@ class FeatureScaling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "transforms": self.transforms, "offset": self.offset, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class CategoryEmbedding(keras.layers.Layer):
+    """A learnt vector per listed integer code (entity embedding); unlisted codes share one extra row.
+    Input (...,) codes stored as floats; output (..., dim)."""
+
+    def __init__(self, values: list[int], dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.values, self.dim = [int(v) for v in values], int(dim)
+
+    def build(self, input_shape):
+        self.table = self.add_weight(shape=(len(self.values) + 1, self.dim), initializer="uniform", name="table")
+
+    def call(self, codes):
+        vocabulary = ops.convert_to_tensor(self.values, dtype="float32")
+        hit = ops.equal(ops.expand_dims(ops.round(ops.cast(codes, "float32")), -1), vocabulary)
+        index = ops.where(ops.any(hit, axis=-1), ops.argmax(ops.cast(hit, "int32"), axis=-1), len(self.values))
+        return ops.take(self.table, index, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "values": self.values, "dim": self.dim}
+
+
+#: Batch-norm moving-average momentum: 0.9 rather than Keras' 0.99, so that the statistics used at
+#: inference settle within the few hundred steps of a small job.
+MOMENTUM = 0.9
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class MaskedBatchNorm(keras.layers.Layer):
+    """Batch normalisation of (batch, objects, width) whose batch statistics skip padded objects."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = keras.layers.BatchNormalization(momentum=MOMENTUM)
+
+    def build(self, input_shape):
+        self.norm.build(input_shape[0])
+
+    def call(self, inputs, training=None):
+        x, mask = inputs
+        out = self.norm(x, training=training, mask=ops.cast(mask, "bool"))
+        # The mask only selects the statistics: it must not ride on along with the output.
+        if getattr(out, "_keras_mask", None) is not None:
+            out._keras_mask = None
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class MotherAdjacency(keras.layers.Layer):
+    """Seed 003's graph: G = D^-1/2 (A + A^T + I) D^-1/2 with A[i, j] = 1 when object j is object i's
+    mother, restricted to real objects.  Inputs ``[mother index (batch, M), mask (batch, M)]``."""
+
+    def call(self, inputs):
+        mother, mask = inputs
+        m = ops.cast(mask, "float32")
+        slots = ops.cast(ops.arange(ops.shape(mother)[1]), "float32")
+        a = ops.cast(ops.equal(ops.expand_dims(ops.round(ops.cast(mother, "float32")), -1), slots), "float32")
+        a = ops.minimum(a + ops.transpose(a, (0, 2, 1)) + ops.eye(ops.shape(mother)[1]), 1.0)
+        a = a * ops.expand_dims(m, -1) * ops.expand_dims(m, 1)
+        degree = ops.sum(a, axis=-1)
+        inv = ops.where(degree > 0, 1.0 / ops.sqrt(ops.maximum(degree, 1.0)), 0.0)
+        return a * ops.expand_dims(inv, -1) * ops.expand_dims(inv, 1)
+
+    def compute_output_shape(self, input_shape):
+        batch, slots = input_shape[0]
+        return (batch, slots, slots)
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class GraphConv(keras.layers.Layer):
+    """Kipf-Welling graph convolution H' = act(G H W + b).  Inputs ``[H (batch, M, d), G (batch, M, M)]``."""
+
+    def __init__(self, units: int, activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.activation = int(units), keras.activations.get(activation)
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(self.units, name="weights")
+        self.dense.build(input_shape[0])
+
+    def call(self, inputs):
+        h, g = inputs
+        return self.activation(ops.matmul(ops.cast(g, h.dtype), self.dense(h)))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": keras.activations.serialize(self.activation)}
+
+
+def distance_correlation_squared(x, y):
+    """Sample dCorr^2 of two (batch,) tensors (Szekely et al.): 0 only for independent variables."""
+    def centred(v):
+        d = ops.abs(ops.expand_dims(v, 0) - ops.expand_dims(v, 1))
+        return d - ops.mean(d, axis=0, keepdims=True) - ops.mean(d, axis=1, keepdims=True) + ops.mean(d)
+
+    a, b = centred(ops.cast(x, "float32")), centred(ops.cast(y, "float32"))
+    return ops.mean(a * b) / ops.sqrt(ops.maximum(ops.mean(a * a) * ops.mean(b * b), 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class DecorrelationPenalty(keras.layers.Layer):
+    """Passes the prediction through and adds strength * sum_k dCorr^2(x_k, prediction) to the loss.
+    Inputs ``[prediction (batch, 1), observables (batch, K)]``."""
+
+    def __init__(self, strength: float, **kwargs):
+        super().__init__(**kwargs)
+        self.strength = float(strength)
+
+    def call(self, inputs):
+        y, x = inputs
+        y1 = ops.reshape(ops.cast(y, "float32"), (-1,))
+        penalty = sum(distance_correlation_squared(x[:, k], y1) for k in range(x.shape[-1]))
+        self.add_loss(self.strength * penalty)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "strength": self.strength}
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class Sampling(keras.layers.Layer):
+    """VAE latent: z = mean + exp(log_var / 2) * eps while training (mean otherwise), adding
+    kl_weight * KL(N(mean, var) || N(0, 1)) to the loss, averaged over real objects when masked."""
+
+    def __init__(self, kl_weight: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.kl_weight, self.seed = float(kl_weight), seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        mean, log_var, mask = (*inputs, None) if len(inputs) == 2 else inputs
+        kl = -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), axis=-1)
+        if mask is None:
+            kl = ops.mean(kl)
+        else:
+            m = ops.cast(mask, kl.dtype)
+            kl = ops.sum(kl * m) / ops.maximum(ops.sum(m), 1.0)
+        self.add_loss(self.kl_weight * kl)
+        if not training:
+            return mean
+        return mean + ops.exp(0.5 * log_var) * keras.random.normal(ops.shape(mean), seed=self.generator)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "kl_weight": self.kl_weight, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="payload")
+class Columns(keras.layers.Layer):
+    """The listed columns of the last axis (one column without that axis when ``squeeze``)."""
+
+    def __init__(self, indices: list[int], squeeze: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.indices, self.squeeze = [int(i) for i in indices], bool(squeeze)
+
+    def call(self, x):
+        if self.squeeze:
+            return x[..., self.indices[0]]
+        return ops.take(x, self.indices, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) if self.squeeze else (*input_shape[:-1], len(self.indices))
+
+    def get_config(self):
+        return {**super().get_config(), "indices": self.indices, "squeeze": self.squeeze}
