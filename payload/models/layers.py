@@ -116,11 +116,9 @@ class MaskedBatchNorm(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x, mask = inputs
-        out = self.norm(x, training=training, mask=ops.cast(mask, "bool"))
-        # The mask only selects the statistics: it must not ride on along with the output.
-        if getattr(out, "_keras_mask", None) is not None:
-            out._keras_mask = None
-        return out
+        # ``call``, not ``__call__``: the mask only selects the statistics and must not be attached
+        # to the output as a Keras mask for later layers.
+        return self.norm.call(x, training=training, mask=ops.cast(mask, "bool"))
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
