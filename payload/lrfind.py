@@ -72,9 +72,7 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
         source.close()
     lr = np.array([r[0] for r in rows])
     smooth = np.array([r[2] for r in rows])
-    slope = np.gradient(smooth, np.log10(lr)) if len(rows) > 2 else np.zeros(len(rows))
-    cut = int(np.argmin(smooth)) + 1  # the fall before the minimum, not the noise after it
-    suggested = float(lr[int(np.argmin(slope[:cut]))])
+    suggested = float(lr[_steepest_fall(np.log10(lr), smooth)])
     with atomic_path(output / "lr_range.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["learning_rate", "loss", "smoothed_loss"])
@@ -85,6 +83,20 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
     write_json(output / "lr_range.json", summary)
     log.info("lr-find: loss falls fastest at learning rate %.3g (plot: %s)", suggested, output / "lr_range.png")
     return summary
+
+
+def _steepest_fall(x: np.ndarray, y: np.ndarray) -> int:
+    """Index where ``y`` falls fastest against ``x`` before its minimum.  Slopes are taken over a
+    window of a tenth of the points, and the first tenth is skipped: per-batch losses are noisy and the
+    running mean of the first batches is mostly noise."""
+    n = len(y)
+    w = max(1, n // 10)
+    i = np.arange(n)
+    lo, hi = np.maximum(i - w, 0), np.minimum(i + w, n - 1)
+    slope = (y[hi] - y[lo]) / np.maximum(x[hi] - x[lo], 1e-12)
+    lowest = int(np.argmin(y))
+    first = min(w, lowest)
+    return first + int(np.argmin(slope[first:lowest + 1]))
 
 
 def _plot(lr: np.ndarray, smooth: np.ndarray, suggested: float, path: Path) -> None:

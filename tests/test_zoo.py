@@ -62,6 +62,13 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     assert not latent[~real].any() and latent[real].any()
     assert set(np.unique(sample)) == {0, 1}
 
+    # Evaluate mode applies the trained bundle to a new file: the secondary's per-event errors again.
+    applied = run_job(None, str(DATA / "sample_B.root"), None, tmp_path / "applied", mode="evaluate", model=tmp_path,
+                      progress=False)
+    assert applied.metrics["autoencoder"]["test_mse"] == pytest.approx(ae["secondary_mse"], rel=1e-4)
+    with h5py.File(tmp_path / "predictions.h5") as f, h5py.File(tmp_path / "applied" / "predictions.h5") as g:
+        np.testing.assert_allclose(g["score"][:], f["score"][:][f["sample"][:] == 1], rtol=1e-4, atol=1e-7)
+
 
 def test_event_vae_on_a_nanoaod_style_file(tmp_path):
     """Seed 001: a whole-event VAE on flat + jagged branches of a real CMS Open Data file."""
@@ -257,3 +264,14 @@ def test_lr_range_test_writes_the_curve_and_a_suggestion(tmp_path):
     assert (tmp_path / "lr" / "lr_range.png").stat().st_size > 0
     losses = [float(r["smoothed_loss"]) for r in rows]
     assert min(losses) < losses[0]  # training does start somewhere in the range
+
+
+def test_lr_suggestion_is_the_steepest_fall_of_a_noisy_curve():
+    from payload.lrfind import _steepest_fall
+
+    rng = np.random.default_rng(1)
+    x = np.linspace(-7, 1, 200)                      # log10 of the rate
+    y = 1 - 0.5 / (1 + np.exp(-3 * (x + 3))) + np.where(x > -0.5, (x + 0.5) ** 2, 0)
+    noisy = y + rng.normal(0, 0.01, len(x))
+    noisy[:5] -= np.linspace(0.1, 0, 5)              # a falling start that is only noise
+    assert abs(x[_steepest_fall(x, noisy)] + 3) < 0.5
