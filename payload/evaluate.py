@@ -171,8 +171,8 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
     sum_w = sum_wnn = 0.0
     clipped = counted = 0
-    predictor = make_predictor(config, model, sources[0][0].scaler)
     first = sources[0][0]
+    predictor = make_predictor(config, model, first.scaler)
     observables = first.spectator_names + first.event_names
     # Rows (score, observables...) of test events, the same number from each sample, for distance correlations.
     kept: list[list[np.ndarray]] = [[] for _ in sources]

@@ -48,6 +48,14 @@ def labels(config: JobConfig) -> tuple[int, int]:
     return (0, 1) if config.task == "reweight" else (1, 0)
 
 
+def labelled_sources(config: JobConfig, files: dict[str, Path], scaler) -> list[tuple[Any, int]]:
+    """(EventSource, label) for each converted sample, primary first."""
+    from payload.dataset import EventSource
+
+    return [(EventSource(files[name], config, scaler), label)
+            for name, label in zip(("primary", "secondary"), labels(config)) if name in files]
+
+
 def converted_file(config: JobConfig, files: list[str], target: Path, progress: bool) -> Path:
     """Convert unless ``target`` already holds exactly these inputs with this data config (resume)."""
     if target.exists():
@@ -162,18 +170,14 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     import keras
 
     from payload import plots
-    from payload.dataset import EventSource
     from payload.evaluate import closure_classifier, evaluate
     from payload.models import load_model
     from payload.reconstruct import evaluate_autoencoder
     from payload.scaling import Scaler
     from payload.train import prepare
 
-    primary_label, secondary_label = labels(config)
     autoencode = config.task == "autoencode"
-    raw = [EventSource(converted["primary"], config, None)]
-    if "secondary" in converted:
-        raw.append(EventSource(converted["secondary"], config, None))
+    raw = [source for source, _ in labelled_sources(config, converted, None)]
     # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
     trained_on = raw[:1] if autoencode else raw
     with timer.stage("prepare"):
@@ -185,9 +189,7 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     else:
         scaler = Scaler.load(bundle / "scaler.json")
         shutil.copyfile(bundle / "scaler.json", output / "scaler.json")
-    sources = [(EventSource(converted["primary"], config, scaler), primary_label)]
-    if "secondary" in converted:
-        sources.append((EventSource(converted["secondary"], config, scaler), secondary_label))
+    sources = labelled_sources(config, converted, scaler)
 
     metrics: dict[str, Any] = {"task": config.task, "mode": mode}
     if mode == "train":

@@ -25,10 +25,9 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
                   progress: bool = True) -> dict[str, Any]:
     import keras
 
-    from payload.dataset import EventSource
     from payload.feed import epoch_batches
     from payload.inputs import expand_inputs
-    from payload.job import converted_file, labels
+    from payload.job import converted_file, labelled_sources
     from payload.models import build_model_for
     from payload.train import compile_model, make_stream_factory, prepare
 
@@ -43,9 +42,9 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
     (output / "work").mkdir(parents=True, exist_ok=True)
     given = {"primary": primary, "secondary": secondary}
     files = {n: converted_file(config, expand_inputs(given[n]), output / "work" / f"{n}.h5", progress) for n in names}
-    raw = [EventSource(files[n], config, None) for n in names]
+    raw = [source for source, _ in labelled_sources(config, files, None)]
     scaler, tallies = prepare(config, raw)
-    sources = [(EventSource(files[n], config, scaler), label) for n, label in zip(names, labels(config))]
+    sources = labelled_sources(config, files, scaler)
     keras.utils.set_random_seed(config.training.seed)
     model = build_model_for(config, sources[0][0])
     compile_model(model, config, 1, learning_rate=start)
@@ -66,9 +65,7 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
         if not np.isfinite(loss) or smooth > 4 * best:
             log.info("lr-find: loss diverged at rate %.3g; stopping", rate)
             break
-    for source, _ in sources:
-        source.close()
-    for source in raw:
+    for source in raw + [s for s, _ in sources]:
         source.close()
     lr = np.array([r[0] for r in rows])
     smooth = np.array([r[2] for r in rows])
