@@ -221,6 +221,8 @@ class TrainingConfig(_Strict):
     shuffle_blocks: Annotated[int, Field(ge=1)] = 4
     seed: int = 1
     mixed_precision: Literal["auto", "on", "off"] = "auto"
+    #: Replicate the model over several devices (payload/distribute.py): auto = all GPUs when more than one.
+    data_parallel: Literal["auto", "all", "off"] = "auto"
     #: Random symmetry transformations of the objects of every training batch (seed 002).
     augment: list[Literal["phi_rotation", "eta_flip", "x_flip", "y_flip"]] = Field(default_factory=list)
     decorrelation: DecorrelationConfig | None = None

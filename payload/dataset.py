@@ -221,6 +221,8 @@ class TrainingStream:
         bs = config.training.batch_size
         self.steps = max(1, int(np.ceil(total / bs)))
         self.per_batch = [max(1, round(bs * c / total)) for c in counts]
+        # The batch holds exactly batch_size rows when the proportions allow: devices split it evenly.
+        self.per_batch[-1] = max(1, bs - sum(self.per_batch[:-1]))
         # Class balancing: each class carries the same total weight (mean weight about 1).
         self.factors = [(total / len(counts)) / max(abs(s), 1e-12) if config.training.class_balance else 1.0
                         for s in sumw]

@@ -80,11 +80,18 @@ class _JobLog:
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
 
     def __enter__(self):
-        logging.getLogger("payload").addHandler(self.handler)
+        logger = logging.getLogger("payload")
+        logger.addHandler(self.handler)
+        # The job log keeps INFO lines even when the caller (a library user) left the level at WARNING.
+        self.level = logger.level
+        if not logger.isEnabledFor(logging.INFO):
+            logger.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc):
-        logging.getLogger("payload").removeHandler(self.handler)
+        logger = logging.getLogger("payload")
+        logger.removeHandler(self.handler)
+        logger.setLevel(self.level)
         self.handler.close()
 
 
@@ -251,7 +258,8 @@ def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[A
 
     def summary(result) -> dict[str, Any]:
         return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "best_loss": result.best_loss,
-                "resumed_from_epoch": result.resumed_from, "steps_per_epoch": result.steps_per_epoch}
+                "resumed_from_epoch": result.resumed_from, "steps_per_epoch": result.steps_per_epoch,
+                "replicas": result.replicas}
 
     n = config.model.ensemble
     if n == 1:

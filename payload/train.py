@@ -22,6 +22,7 @@ import numpy as np
 from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
 from payload.dataset import EventSource, TrainingStream, training_weights
+from payload.distribute import replicated
 from payload.errors import EmptyInputError
 from payload.feed import epoch_batches, fit_input
 from payload.prefetch import prefetched
@@ -150,6 +151,7 @@ class TrainResult:
     best_epoch: int
     best_loss: float
     steps_per_epoch: int
+    replicas: int = 1
 
 
 def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally],
@@ -185,31 +187,33 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     val_streams = (make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)
                    if has_validation else None)
 
-    state: dict[str, Any] = {}
-    resumed_from = None
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        model = load_model(checkpoints / state["checkpoint"])
-        resumed_from = state["epoch"]
-        _truncate_history(history, resumed_from)
-        log.info("resuming after epoch %d from %s", resumed_from + 1, state["checkpoint"])
-    else:
-        history.unlink(missing_ok=True)
-        model = build_model_for(config, sources[0][0])
-        compile_model(model, config, steps)
-    initial_epoch = 0 if resumed_from is None else resumed_from + 1
-    done = (initial_epoch >= config.training.epochs or
-            (config.training.early_stopping_patience and state.get("wait", 0) >= config.training.early_stopping_patience))
-    if not done:
-        with contextlib.ExitStack() as streams:
-            fit_kwargs: dict[str, Any] = {}
-            if val_streams is not None:  # Keras re-iterates validation data every epoch: a plain iterator
-                fit_kwargs = {"validation_data": streams.enter_context(prefetched(epoch_batches(val_streams))),
-                              "validation_steps": val_streams(0).steps}
-            batches = streams.enter_context(fit_input(train_streams, initial_epoch))
-            model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
-                      verbose=0, shuffle=False, **fit_kwargs,
-                      callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
+    # Model building, loading and fitting happen on every replica when data parallel.
+    with replicated(config) as replicas:
+        state: dict[str, Any] = {}
+        resumed_from = None
+        if resume and state_path.exists():
+            state = json.loads(state_path.read_text())
+            model = load_model(checkpoints / state["checkpoint"])
+            resumed_from = state["epoch"]
+            _truncate_history(history, resumed_from)
+            log.info("resuming after epoch %d from %s", resumed_from + 1, state["checkpoint"])
+        else:
+            history.unlink(missing_ok=True)
+            model = build_model_for(config, sources[0][0])
+            compile_model(model, config, steps)
+        initial_epoch = 0 if resumed_from is None else resumed_from + 1
+        done = (initial_epoch >= config.training.epochs or
+                (config.training.early_stopping_patience and state.get("wait", 0) >= config.training.early_stopping_patience))
+        if not done:
+            with contextlib.ExitStack() as streams:
+                fit_kwargs: dict[str, Any] = {}
+                if val_streams is not None:  # Keras re-iterates validation data every epoch: a plain iterator
+                    fit_kwargs = {"validation_data": streams.enter_context(prefetched(epoch_batches(val_streams))),
+                                  "validation_steps": val_streams(0).steps}
+                batches = streams.enter_context(fit_input(train_streams, initial_epoch))
+                model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
+                          verbose=0, shuffle=False, **fit_kwargs,
+                          callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
     best = load_model(checkpoints / "best.keras")
     return TrainResult(best, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
-                       state.get("best", float("nan")), steps)
+                       state.get("best", float("nan")), steps, replicas)
