@@ -32,7 +32,7 @@ AUC_EVENTS = 50_000
 
 
 class _Moments:
-    """Running sums for means, variances and correlations of row vectors."""
+    """Running sums for the correlation matrix of row vectors."""
 
     def __init__(self, width: int):
         self.n = 0
@@ -49,6 +49,93 @@ class _Moments:
         cov = self.s2 / max(self.n, 1) - np.outer(mean, mean)
         sd = np.sqrt(np.maximum(np.diag(cov), 1e-300))
         return cov / np.outer(sd, sd)
+
+
+class _Errors:
+    """One sample's test split: squared reconstruction error per element, the sums that give the
+    error of predicting a fixed mean instead, and per-event errors for the out-of-distribution AUC."""
+
+    def __init__(self, width: int):
+        self.sse, self.elements, self.rows = 0.0, 0, 0
+        self.s1, self.s2 = np.zeros(width), np.zeros(width)
+        self.events: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray, sse: float, elements: int, event_errors: np.ndarray) -> None:
+        self.s1 += rows.sum(axis=0)
+        self.s2 += (rows.astype(np.float64) ** 2).sum(axis=0)
+        self.rows += len(rows)
+        self.sse += sse
+        self.elements += elements
+        if sum(map(len, self.events)) < AUC_EVENTS:
+            self.events.append(event_errors)
+
+    def mse(self) -> float:
+        return self.sse / max(self.elements, 1)
+
+    def baseline(self, mean: np.ndarray) -> float:
+        """MSE of predicting ``mean`` for every input: sum of (x - mean)^2 from the running sums."""
+        return float((self.s2 - 2 * mean * self.s1 + self.rows * mean**2).sum() / max(self.elements, 1))
+
+
+class _Residuals:
+    """Relative residuals (out - in) / in per variable in physics units: histograms, mean and sigma
+    inside +-``r``, the fraction outside, and the correlation of the object features' residuals."""
+
+    def __init__(self, names: list[str], n_object_features: int, r: float):
+        self.r = r
+        self.hists = {v: WeightedHist(np.linspace(-r, r, 101)) for v in names}
+        self.inside = {v: np.zeros(3) for v in names}  # count, sum, sum of squares inside the range
+        self.total = dict.fromkeys(names, 0)
+        self.correlation = _Moments(n_object_features)
+
+    def add(self, name: str, raw_in: np.ndarray, raw_out: np.ndarray) -> None:
+        ok = np.abs(raw_in) > 1e-9
+        rel = (raw_out[ok] - raw_in[ok]) / raw_in[ok]
+        self.hists[name].fill(np.clip(rel, -self.r, self.r), np.ones(len(rel)))
+        within = rel[np.abs(rel) <= self.r]
+        self.inside[name] += (len(within), within.sum(), (within**2).sum())
+        self.total[name] += len(rel)
+
+    def add_block(self, block, out: np.ndarray, test: np.ndarray, level: str, scaler) -> None:
+        """The test events of a block, ``out`` being the decoder's output for all its events."""
+        object_names, event_names = scaler.objects.names, scaler.events.names
+        m, f = block.raw_objects.shape[1], len(object_names)
+        out_objects = out if level == "object" else out[:, : m * f].reshape(len(out), m, f)
+        real = object_mask(block.n_objects, m) & test[:, None]
+        raw_in = block.raw_objects[real]
+        raw_out = scaler.objects.invert(out_objects[real])
+        for j, name in enumerate(object_names):
+            self.add(name, raw_in[:, j], raw_out[:, j])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (raw_out - raw_in) / raw_in
+        self.correlation.add(rel[np.isfinite(rel).all(axis=1)])
+        if level == "event" and event_names:
+            raw_events = scaler.events.invert(out[:, m * f:])[test]
+            for j, name in enumerate(event_names):
+                self.add(name, block.events[test][:, j], raw_events[:, j])
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for v, (c, s1, s2) in self.inside.items():
+            mean = s1 / max(c, 1)
+            out[v] = {"mean": float(mean), "sigma": float(np.sqrt(max(s2 / max(c, 1) - mean**2, 0.0))),
+                      "outside_fraction": float(1 - c / max(self.total[v], 1))}
+        return out
+
+
+def _squared_errors(x: np.ndarray, out: np.ndarray, mask: np.ndarray, level: str):
+    """Per event: (mean squared error, summed squared error, number of elements) over real inputs."""
+    if level == "object":
+        sums = ((out - x) ** 2).sum(axis=-1) * mask
+        sums, counts = sums.sum(axis=1), mask.sum(axis=1) * x.shape[-1]
+    else:
+        sums, counts = ((out - x) ** 2).sum(axis=1), np.full(len(x), x.shape[1])
+    return sums / np.maximum(counts, 1), sums, counts
+
+
+def _inputs_of(x: np.ndarray, mask: np.ndarray, selected: np.ndarray, level: str) -> np.ndarray:
+    """The input rows of the selected events (their real objects at object level)."""
+    return x[(mask > 0) & selected[:, None]] if level == "object" else x[selected]
 
 
 def rank_auc(background: np.ndarray, signal: np.ndarray) -> float:
@@ -75,27 +162,15 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
             part.save(tmp)
     first = sources[0][0]
     scaler = first.scaler
-    object_names, event_names = first.object_names, first.event_names
-    variables = object_names + (event_names if ae.level == "event" else [])
-    r = config.evaluation.residual_range
-    hists = {v: WeightedHist(np.linspace(-r, r, 101)) for v in variables}
-    inside = {v: np.zeros(3) for v in variables}  # count, sum, sum of squares inside the range
-    total = {v: 0 for v in variables}
-    correlation = _Moments(len(object_names))
-    train_sum = None
-    # Per sample: squared error and element count of the test split, sums for the baseline, errors for the AUC.
-    test = [{"sse": 0.0, "elements": 0, "s1": None, "s2": None, "rows": 0, "errors": []} for _ in sources]
+    object_names = first.object_names
+    residuals = _Residuals(object_names + (first.event_names if ae.level == "event" else []), len(object_names),
+                           config.evaluation.residual_range)
+    width = len(object_names) if ae.level == "object" else first.max_objects * len(object_names) + len(first.event_names)
+    errors = [_Errors(width) for _ in sources]
+    train_sum, train_rows = np.zeros(width), 0
     seconds = {"encode": 0.0, "decode": 0.0}
-    events_timed = 0
+    timed = 0
     latent_shape = (first.max_objects, ae.latent) if ae.level == "object" else (ae.latent,)
-
-    def residual(name: str, raw_in: np.ndarray, raw_out: np.ndarray) -> None:
-        ok = np.abs(raw_in) > 1e-9
-        rel = (raw_out[ok] - raw_in[ok]) / raw_in[ok]
-        hists[name].fill(np.clip(rel, -r, r), np.ones(len(rel)))
-        within = rel[np.abs(rel) <= r]
-        inside[name] += (len(within), within.sum(), (within**2).sum())
-        total[name] += len(rel)
 
     with atomic_path(output / "predictions.h5") as tmp:
         writer = PredictionWriter(tmp, extra={"latent": (latent_shape, np.float32)})
@@ -103,107 +178,57 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
             for sample, (source, _) in enumerate(sources):
                 for block in source.iterate(splits=None, drop_outliers=False):
                     x = flat_inputs(block.inputs, ae.level)
-                    is_test = (block.split == TEST) & ~block.outlier
                     t0 = time.perf_counter()
                     z = encoder.predict_on_batch(x)
                     t1 = time.perf_counter()
-                    z = np.asarray(z[0] if isinstance(z, (list, tuple)) else z)
+                    z = np.asarray(z[0] if isinstance(z, (list, tuple)) else z)  # a VAE's mean
                     out = np.asarray(decoder.predict_on_batch(z))
                     t2 = time.perf_counter()
+                    mask = block.inputs["mask"]
+                    test = (block.split == TEST) & ~block.outlier
+                    per_event, sums, counts = _squared_errors(x, out, mask, ae.level)
+                    errors[sample].add(_inputs_of(x, mask, test, ae.level), float(sums[test].sum()),
+                                       int(counts[test].sum()), per_event[test])
                     if sample == 0:
                         seconds["encode"] += t1 - t0
                         seconds["decode"] += t2 - t1
-                        events_timed += len(x)
-                    mask = block.inputs["mask"]
+                        timed += len(x)
+                        train = _inputs_of(x, mask, block.split == TRAIN, ae.level)
+                        train_sum += train.sum(axis=0)
+                        train_rows += len(train)
+                        if test.any():
+                            residuals.add_block(block, out, test, ae.level, scaler)
                     if ae.level == "object":
-                        real = mask > 0
-                        sq = ((out - x) ** 2).sum(axis=-1) * mask
-                        error = sq.sum(axis=1) / np.maximum(mask.sum(axis=1), 1) / x.shape[-1]
                         z = z * mask[..., None]
-                        train_rows = x[real & (block.split == TRAIN)[:, None]]
-                        test_rows = x[real & is_test[:, None]]
-                        test_sq = sq[is_test].sum()
-                        elements = int(mask[is_test].sum()) * x.shape[-1]
-                    else:
-                        error = ((out - x) ** 2).mean(axis=1)
-                        train_rows, test_rows = x[block.split == TRAIN], x[is_test]
-                        test_sq = ((out - x)[is_test] ** 2).sum()
-                        elements = int(is_test.sum()) * x.shape[1]
-                    acc = test[sample]
-                    if sample == 0:
-                        part = train_rows.astype(np.float64)
-                        train_sum = (np.zeros(x.shape[-1]), 0) if train_sum is None else train_sum
-                        train_sum = (train_sum[0] + part.sum(axis=0), train_sum[1] + len(part))
-                    if acc["s1"] is None:
-                        acc["s1"], acc["s2"] = np.zeros(x.shape[-1]), np.zeros(x.shape[-1])
-                    acc["s1"] += test_rows.sum(axis=0)
-                    acc["s2"] += (test_rows.astype(np.float64) ** 2).sum(axis=0)
-                    acc["rows"] += len(test_rows)
-                    acc["sse"] += float(test_sq)
-                    acc["elements"] += elements
-                    if sum(map(len, acc["errors"])) < AUC_EVENTS:
-                        acc["errors"].append(error[is_test])
-                    if sample == 0 and is_test.any():
-                        _residuals(block, out, is_test, ae.level, scaler, object_names, event_names, residual,
-                                   correlation)
                     n = len(block)
                     writer.append({"sample": np.full(n, sample), "file_index": block.file_index, "entry": block.entry,
                                    "split": block.split, "outlier": block.outlier, "label": np.full(n, sample),
-                                   "score": error, "weight": block.weights, "nn_weight": np.ones(n), "latent": z})
+                                   "score": per_event, "weight": block.weights, "nn_weight": np.ones(n), "latent": z})
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = ("per-event fields as for classifiers; score = mean squared reconstruction "
                                            "error (scaled units), label = sample, latent = the encoder's codes")
         finally:
             writer.file.close()
 
-    mu = train_sum[0] / max(train_sum[1], 1)
-    p = test[0]
-    baseline = float((p["s2"] - 2 * mu * p["s1"] + p["rows"] * mu**2).sum() / max(p["elements"], 1))
-    summary = {}
-    for v in variables:
-        c, s1, s2 = inside[v]
-        mean = s1 / max(c, 1)
-        summary[v] = {"mean": float(mean), "sigma": float(np.sqrt(max(s2 / max(c, 1) - mean**2, 0.0))),
-                      "outside_fraction": float(1 - c / max(total[v], 1))}
-    input_bytes = 4 * (len(object_names) if ae.level == "object" else int(np.prod(x.shape[1:])))
+    primary = errors[0]
+    baseline = primary.baseline(train_sum / max(train_rows, 1))
+    input_bytes = 4 * width
+    matrix = residuals.correlation.correlation()
     metrics: dict[str, Any] = {
-        "test_mse": p["sse"] / max(p["elements"], 1), "baseline_mse": baseline,
-        "residuals": summary,
-        "residual_correlation": {"names": object_names, "matrix": correlation.correlation().tolist()},
+        "test_mse": primary.mse(), "baseline_mse": baseline,
+        "residuals": residuals.summary(),
+        "residual_correlation": {"names": object_names, "matrix": matrix.tolist()},
         "compression": {"latent_bytes": 4 * ae.latent, "input_bytes": input_bytes,
                         "ratio": 4 * ae.latent / input_bytes, "per": ae.level},
-        "timing": {"encode_seconds": seconds["encode"], "decode_seconds": seconds["decode"],
-                   "events": events_timed, "encode_events_per_second": events_timed / max(seconds["encode"], 1e-9),
-                   "decode_events_per_second": events_timed / max(seconds["decode"], 1e-9)},
+        "timing": {"encode_seconds": seconds["encode"], "decode_seconds": seconds["decode"], "events": timed,
+                   "encode_events_per_second": timed / max(seconds["encode"], 1e-9),
+                   "decode_events_per_second": timed / max(seconds["decode"], 1e-9)},
         "memory": {"encoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in encoder.weights)),
                    "decoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in decoder.weights))},
     }
-    if len(sources) == 2 and test[1]["elements"]:
-        metrics["secondary_mse"] = test[1]["sse"] / test[1]["elements"]
-        metrics["ood_auc"] = rank_auc(np.concatenate(test[0]["errors"]), np.concatenate(test[1]["errors"]))
+    if len(sources) == 2 and errors[1].elements:
+        metrics["secondary_mse"] = errors[1].mse()
+        metrics["ood_auc"] = rank_auc(np.concatenate(primary.events), np.concatenate(errors[1].events))
     log.info("autoencoder: test MSE %.4g (mean baseline %.4g), compression ratio %.3f",
              metrics["test_mse"], baseline, metrics["compression"]["ratio"])
-    return metrics, hists, correlation.correlation(), object_names
-
-
-def _residuals(block, out, is_test, level, scaler, object_names, event_names, residual, correlation) -> None:
-    """Relative residuals of the block's test events in physics units."""
-    n_obj = len(object_names)
-    m = block.raw_objects.shape[1]
-    if level == "object":
-        out_objects = out
-    else:
-        out_objects = out[:, : m * n_obj].reshape(len(out), m, n_obj)
-    real = object_mask(block.n_objects, m) & is_test[:, None]
-    raw_in = block.raw_objects[real]
-    raw_out = scaler.objects.invert(out_objects[real])
-    for j, name in enumerate(object_names):
-        residual(name, raw_in[:, j], raw_out[:, j])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = (raw_out - raw_in) / raw_in
-    finite = np.isfinite(rel).all(axis=1)
-    correlation.add(rel[finite])
-    if level == "event" and event_names:
-        raw_events = scaler.events.invert(out[:, m * n_obj:])[is_test]
-        for j, name in enumerate(event_names):
-            residual(name, block.events[is_test][:, j], raw_events[:, j])
+    return metrics, residuals.hists, matrix, object_names

@@ -275,3 +275,12 @@ def test_lr_suggestion_is_the_steepest_fall_of_a_noisy_curve():
     noisy = y + rng.normal(0, 0.01, len(x))
     noisy[:5] -= np.linspace(0.1, 0, 5)              # a falling start that is only noise
     assert abs(x[_steepest_fall(x, noisy)] + 3) < 0.5
+
+
+def test_rank_auc_matches_pairwise_counting():
+    from payload.reconstruct import rank_auc
+
+    rng = np.random.default_rng(0)
+    background, signal = np.round(rng.normal(size=700), 1), np.round(rng.normal(0.4, 1, size=500), 1)  # with ties
+    pairwise = (signal[:, None] > background).mean() + 0.5 * (signal[:, None] == background).mean()
+    assert rank_auc(background, signal) == pytest.approx(pairwise, rel=1e-12)
