@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from payload.config import JobConfig
-from payload.h5layout import json_attr, names, object_mask, open_event_file
+from payload.h5layout import json_attr, names, object_mask, open_event_file, read_rows
 from payload.scaling import Scaler, outlier_mask
 from payload.splits import assign, file_key
 
@@ -95,11 +95,11 @@ class EventSource:
         """Events of rows [start, stop) in ``splits`` (all when None); ``half`` (0 or 1) further keeps
         one hash-defined half of them, for checks trained and tested on disjoint halves."""
         f = self._h5()
-        objects = f["objects"][start:stop]
-        n_objects = f["n_objects"][start:stop]
-        events = f["events"][start:stop]
-        entry = f["entry"][start:stop]
-        file_index = f["file_index"][start:stop]
+        objects = read_rows(f["objects"], start, stop)
+        n_objects = read_rows(f["n_objects"], start, stop)
+        events = read_rows(f["events"], start, stop)
+        entry = read_rows(f["entry"], start, stop)
+        file_index = read_rows(f["file_index"], start, stop)
         sc = self.config.split
         split = assign(entry, self.file_keys[file_index], sc.seed, sc.train, sc.validation, sc.folds, sc.fold)
         keep = np.ones(len(entry), dtype=bool) if splits is None else np.isin(split, splits)
@@ -111,7 +111,7 @@ class EventSource:
             keep &= inlier
         index = np.flatnonzero(keep)
         objects, n_objects, events = objects[index], n_objects[index], events[index]
-        spectators = f["spectators"][start:stop][index]
+        spectators = read_rows(f["spectators"], start, stop)[index]
         inputs: dict[str, np.ndarray] = {}
         if self.scaler is not None:
             inputs["objects"] = self.scaler.apply_objects(objects, n_objects)
@@ -121,7 +121,7 @@ class EventSource:
             if self.decorrelate:
                 inputs["decorrelate"] = np.stack([spectators[:, i] if kind == "spectator" else events[:, i]
                                                   for kind, i in self.decorrelate], axis=1).astype(np.float32)
-        return Block(inputs, f["weights"][start:stop][index], start + index, objects, n_objects, events,
+        return Block(inputs, read_rows(f["weights"], start, stop)[index], start + index, objects, n_objects, events,
                      spectators, entry[index], file_index[index], split[index], ~inlier[index])
 
     def iterate(self, splits: tuple[int, ...] | None, drop_outliers: bool = True) -> Iterator[Block]:
@@ -241,22 +241,35 @@ class TrainingStream:
         self.level = config.model.autoencoder.level if config.task == "autoencode" else None
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+        """Endless batches (x, y, sample weight)."""
+        for x, y, w in self.groups(1):
+            yield {k: v[0] for k, v in x.items()}, y[0], w[0]
+
+    def groups(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+        """Endless groups of ``size`` consecutive batches stacked on a leading axis: the same batches
+        as ``batches()`` (for the same seed and no augmentation), built with one copy per group."""
         while True:
             parts, labels = [], []
             for rows, n, label, factor in zip(self.rows, self.per_batch, self.labels, self.factors):
-                part = rows.take(n)
+                part = rows.take(size * n)
                 weight = part["weight"] * np.float32(factor)
                 if self.extra_weight is not None:
                     weight = weight * self.extra_weight({k: v for k, v in part.items() if k != "weight"}, label)
-                parts.append({**part, "weight": weight})
-                labels.append(np.full(n, label, dtype=np.float32))
-            batch = _cat(parts)
-            weight = batch.pop("weight")
+                part["weight"] = weight
+                parts.append({k: v.reshape(size, n, *v.shape[1:]) for k, v in part.items()})
+                labels.append(np.full((size, n), label, dtype=np.float32))
+            # Batch i takes the next per_batch[k] rows of every class k, as consecutive batches would.
+            group = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+            weight = group.pop("weight")
+            rows_shape = (size * weight.shape[1],)
             if self.augmenter is not None:
-                batch["objects"] = self.augmenter.random(batch["objects"], batch["mask"], self.rng)
+                objects = group["objects"].reshape(*rows_shape, *group["objects"].shape[2:])
+                mask = group["mask"].reshape(*rows_shape, *group["mask"].shape[2:])
+                group["objects"] = self.augmenter.random(objects, mask, self.rng).reshape(group["objects"].shape)
             if self.level is None:
-                yield batch, np.concatenate(labels)[:, None], weight
+                yield group, np.concatenate(labels, axis=1)[..., None], weight
             elif self.level == "object":
-                yield batch, batch["objects"], weight[:, None] * batch["mask"]
+                yield group, group["objects"], weight[..., None] * group["mask"]
             else:
-                yield batch, flat_inputs(batch, self.level), weight
+                flat = flat_inputs({k: v.reshape(*rows_shape, *v.shape[2:]) for k, v in group.items()}, self.level)
+                yield group, flat.reshape(size, -1, flat.shape[-1]), weight

@@ -3,7 +3,8 @@
 Batches are produced one epoch stream after another in a background thread.  With the TensorFlow
 backend, Keras pulls a Python generator once per batch through ``tf.data.Dataset.from_generator``;
 on a small model that hand-off, not the reading, bounds throughput (benchmarks/train.py), so batches
-are passed ``GROUP`` at a time, stacked, and split again inside tf.data.  Other backends iterate the
+are passed ``GROUP`` at a time, built stacked by the stream (``TrainingStream.groups``: one copy per
+group), and split again inside tf.data.  Other backends iterate the
 stream directly.
 """
 
@@ -35,11 +36,16 @@ def epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int
             yield next(batches)
 
 
-def _stacked(batches: Iterator[Batch], k: int) -> Iterator[Batch]:
-    while True:
-        group = [next(batches) for _ in range(k)]
-        yield ({key: np.stack([b[0][key] for b in group]) for key in group[0][0]},
-               np.stack([b[1] for b in group]), np.stack([b[2] for b in group]))
+def epoch_groups(make_stream: Callable[[int], TrainingStream], start_epoch: int, group: int) -> Iterator[Batch]:
+    """``epoch_batches`` in groups of ``group`` stacked batches (the last group of an epoch is shorter)."""
+    for epoch in itertools.count(start_epoch):
+        stream = make_stream(epoch)
+        full, rest = divmod(stream.steps, group)
+        groups = stream.groups(group)
+        for _ in range(full):
+            yield next(groups)
+        if rest:  # a new generator on the same stream continues where the last one stopped
+            yield next(stream.groups(rest))
 
 
 @contextlib.contextmanager
@@ -47,14 +53,13 @@ def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0
               group: int = GROUP) -> Iterator[Any]:
     """The ``x`` for ``fit(x, steps_per_epoch=...)``: the endless batches of ``make_stream``'s epochs
     from ``start_epoch`` on, in order.  The background producer stops when the block is left."""
-    batches = epoch_batches(make_stream, start_epoch)
     if keras.backend.backend() != "tensorflow" or group <= 1:
-        with prefetched(batches) as stream:
+        with prefetched(epoch_batches(make_stream, start_epoch)) as stream:
             yield stream
         return
     import tensorflow as tf
 
-    with prefetched(_stacked(batches, group), depth=2) as groups:
+    with prefetched(epoch_groups(make_stream, start_epoch, group), depth=2) as groups:
         first = next(groups)
         spec = ({key: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype)) for key, v in first[0].items()},
                 tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),

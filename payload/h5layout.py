@@ -29,6 +29,7 @@ import blosc
 import h5py
 import hdf5plugin  # registers the Blosc filter: readers of these files need it imported too
 import numpy as np
+from h5py._objects import phil  # h5py's HDF5 library lock
 
 from payload import __version__
 from payload.errors import InputCorruptError, InputMissingError
@@ -181,6 +182,39 @@ class EventFileWriter:
             new.attrs.update(attrs)
         self._empty.clear()
         self.file.close()
+
+
+BLOSC_FILTER = 32001
+
+
+def read_rows(dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a dataset.  Blosc-compressed chunks are read raw and decompressed by
+    python-blosc, which releases the GIL where h5py's filter pipeline holds it: a training job's
+    reading thread then leaves Keras' own Python loop running.  HDF5 itself is not thread-safe:
+    every HDF5 call holds h5py's library lock, as h5py's own high-level calls do."""
+    with phil:
+        plist = dataset.id.get_create_plist()
+        if dataset.chunks is None or plist.get_nfilters() != 1 or plist.get_filter(0)[0] != BLOSC_FILTER:
+            return dataset[start:stop]
+        shape, rows = dataset.shape, dataset.chunks[0]
+    stop = min(stop, shape[0])
+    tail = (0,) * (len(shape) - 1)
+    out = np.empty((max(stop - start, 0), *shape[1:]), dtype=dataset.dtype)
+    scratch = None
+    for first in range(start // rows * rows, stop, rows):
+        with phil:
+            mask, raw = dataset.id.read_direct_chunk((first, *tail))
+        a, b = max(start, first), min(stop, first + rows)
+        if mask:  # the filter was skipped for this chunk: let HDF5 read it
+            out[a - start:b - start] = dataset[a:b]
+        elif a == first and b == first + rows:
+            blosc.decompress_ptr(raw, out[a - start:].__array_interface__["data"][0])
+        else:
+            if scratch is None:
+                scratch = np.empty((rows, *shape[1:]), dtype=dataset.dtype)
+            blosc.decompress_ptr(raw, scratch.__array_interface__["data"][0])
+            out[a - start:b - start] = scratch[a - first:b - first]
+    return out
 
 
 def object_mask(n_objects: np.ndarray, max_objects: int) -> np.ndarray:

@@ -15,13 +15,25 @@ class CountingStream:
 
     def __init__(self, epoch: int, steps: int = 5, size: int = 6):
         self.epoch, self.steps, self.size = epoch, steps, size
+        self._batches = self._generate()  # one position per stream, as TrainingStream's row readers
 
     def batches(self):
+        return self._batches
+
+    def _generate(self):
         for step in range(self.steps):
             base = (self.epoch * 100 + step) * self.size
             values = np.arange(base, base + self.size, dtype=np.float32)
             yield ({"objects": np.repeat(values[:, None, None], 3, axis=1), "mask": np.ones((self.size, 3), np.float32)},
                    (values % 2)[:, None], values)
+
+
+    def groups(self, size):
+        batches = self.batches()
+        while True:
+            group = [next(batches) for _ in range(size)]
+            yield ({k: np.stack([b[0][k] for b in group]) for k in group[0][0]},
+                   np.stack([b[1] for b in group]), np.stack([b[2] for b in group]))
 
 
 def _as_numpy(batch):
@@ -42,3 +54,39 @@ def test_grouped_feed_yields_the_stream_in_order_across_epochs(group):
             np.testing.assert_array_equal(x[key], ex[key])
     assert got[0][2][0] == 1200 and got[5][2][0] == 1800  # epoch 2 step 0, then epoch 3 step 0
     assert threading.active_count() <= before  # the producer stopped with the block
+
+
+def test_training_stream_groups_are_its_batches_stacked(tmp_path):
+    """A real stream's groups hold the same batches as its per-batch iterator: every class in its
+    proportion in every batch, rows in the same order."""
+    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
+
+    from payload.config import parse_config
+    from payload.convert import convert
+    from payload.dataset import EventSource
+    from payload.splits import TRAIN
+    from payload.train import make_stream_factory, prepare
+
+    raw = {**JAGGED_CONFIG, "training": {"batch_size": 50, "block_size": 128, "shuffle_blocks": 2}}
+    config = parse_config(raw)
+    files = []
+    for i, n in enumerate((900, 500)):
+        root = write_jagged_root(tmp_path / f"s{i}.root", make_events(n, seed=i))
+        files.append(convert(config, [str(root)], tmp_path / f"s{i}.h5", progress=False).output)
+    scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
+    sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+    make = make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)
+    batches = make(0).batches()
+    expected = [next(batches) for _ in range(12)]
+    groups = make(0).groups(5)
+    got = []
+    for _ in range(3):  # 15 batches, compare the first 12
+        x, y, w = next(groups)
+        assert x["objects"].shape[:2] == (5, 50) and y.shape == (5, 50, 1) and w.shape == (5, 50)
+        got += [({k: v[i] for k, v in x.items()}, y[i], w[i]) for i in range(5)]
+    for (x, y, w), (ex, ey, ew) in zip(got, expected):
+        np.testing.assert_array_equal(y, ey)
+        np.testing.assert_array_equal(w, ew)
+        for key in ex:
+            np.testing.assert_array_equal(x[key], ex[key])
+    assert 0 < expected[0][1].mean() < 1  # both classes in a batch
