@@ -86,3 +86,35 @@ def test_kfold_test_splits_are_disjoint_and_cover_every_event():
 def test_kfold_bad_values(split):
     with pytest.raises(ConfigError, match="split"):
         parse_config({**JAGGED_CONFIG, "split": split})
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"task": "autoencode"}, "task autoencode and model.type autoencoder go together"),
+        ({"model": {"type": "autoencoder"}}, "task autoencode and model.type autoencoder go together"),
+        ({"task": "autoencode", "model": {"type": "autoencoder", "dense_connections": True}}, "bypass the bottleneck"),
+        ({"model": {"embeddings": {"njets": {"values": [1, 2]}}}}, "model.embeddings names unknown feature(s) ['njets']"),
+        ({"model": {"type": "gcn"}}, "model.graph.mother 'mother' is not one of object_features"),
+        ({"model": {"type": "dense", "flatten_objects": True}, "training": {"augment": ["phi_rotation"]},
+          "scaling": {"transforms": {"phi": "log"}}}, "augmentation needs object feature(s) ['phi'] without a transform"),
+        ({"model": {"type": "dense"}, "training": {"augment": ["phi_rotation"]}}, "needs model.flatten_objects"),
+        ({"task": "classify", "training": {"decorrelation": {"features": ["mbc"]}}},
+         "training.decorrelation.features ['mbc'] are not spectators or event features"),
+        ({"training": {"decorrelation": {"features": ["HT"]}}}, "training.decorrelation is for task classify"),
+        ({"scaling": {"method": "fixed", "fixed": {"pt": [0, 0]}}}, "scaling.fixed.pt.1"),
+        ({"training": {"data_parallel": "sometimes"}}, "training.data_parallel"),
+    ],
+)
+def test_invalid_zoo_settings_name_the_field(sections, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**JAGGED_CONFIG, **sections}, "job.yaml")
+    assert message in err.value.message
+
+
+def test_categorical_inputs_are_never_scaled():
+    raw = {**JAGGED_CONFIG, "model": {"embeddings": {"njet": {"values": [0, 1, 2]}}}}
+    assert "njet" in parse_config(raw).scaling.passthrough
+    graph = {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "sort_by": None}, "model": {"type": "gcn",
+                                                                                             "graph": {"mother": "m"}}}
+    assert "m" in parse_config(graph).scaling.passthrough
