@@ -26,6 +26,7 @@ from payload.config import JobConfig
 from payload.dataset import Block, EventSource
 from payload.h5layout import object_mask
 from payload.metrics import BinaryScores, WeightedHist, chi2_ndf, distance_correlation, ks_distance
+from payload.models import input_names
 from payload.progress import log
 from payload.splits import TEST
 
@@ -34,7 +35,7 @@ PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "sp
 
 
 def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    wanted = {k: inputs[k] for k in _input_names(model)}
+    wanted = {k: inputs[k] for k in input_names(model)}
     return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
 
 
@@ -59,10 +60,6 @@ def make_predictor(config: JobConfig, model, scaler) -> Callable[[dict[str, np.n
 
 #: Test events kept for the distance correlation of the score with each observable (O(n^2) memory).
 DCORR_EVENTS = 4000
-
-
-def _input_names(model) -> list[str]:
-    return [t.name.split(":")[0] if hasattr(t, "name") else str(t) for t in model.inputs]
 
 
 def odds(scores: np.ndarray) -> np.ndarray:

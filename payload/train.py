@@ -66,16 +66,13 @@ def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | 
 
     if learning_rate is None:
         learning_rate = make_schedule(config.training, steps_per_epoch, epochs)
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     if config.task == "autoencode":
         loss = {"mse": keras.losses.MeanSquaredError(), "l1": keras.losses.MeanAbsoluteError()}
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-                      loss=loss[config.model.autoencoder.loss])
+        model.compile(optimizer=optimizer, loss=loss[config.model.autoencoder.loss])
         return
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
+                  weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
 
 def configure_precision(config: JobConfig) -> bool:

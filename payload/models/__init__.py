@@ -38,6 +38,11 @@ def load_model(path):
     return keras.saving.load_model(path, safe_mode=True)
 
 
+def input_names(model) -> list[str]:
+    """The names of a model's inputs, as the keys of the dict it takes."""
+    return [t.name.split(":")[0] if hasattr(t, "name") else str(t) for t in model.inputs]
+
+
 def inference_model(model):
     """The model without its training-only decorrelation penalty (which needs the observables as input)."""
     import keras
@@ -46,5 +51,5 @@ def inference_model(model):
         model.get_layer("decorrelation")
     except ValueError:
         return model
-    inputs = {t.name.split(":")[0]: t for t in model.inputs if not t.name.startswith("decorrelate")}
+    inputs = {name: t for name, t in zip(input_names(model), model.inputs) if name != "decorrelate"}
     return keras.Model(inputs, model.get_layer("probability").output, name=model.name)

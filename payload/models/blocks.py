@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 from keras import layers
 
 from payload.config import ModelConfig, TrainingConfig
@@ -42,8 +43,6 @@ def features(x, names: list[str], cfg: ModelConfig, prefix: str, skip: tuple[str
 def probability(h, training: TrainingConfig, inputs: dict):
     """The sigmoid output (float32, exact under mixed precision); with a decorrelation penalty, the
     observables become an input named ``decorrelate`` that the penalty reads while training."""
-    import keras
-
     out = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(h)
     if training.decorrelation:
         observables = keras.Input((len(training.decorrelation.features),), name="decorrelate")

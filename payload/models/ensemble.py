@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from payload.models import input_names
 from payload.scaling import ColumnScaling, Scaler
 
 
@@ -20,14 +21,10 @@ def identity_scaler(like: Scaler) -> Scaler:
     return Scaler("identity", unit(like.objects), unit(like.events), dict(like.outliers))
 
 
-def _input_names(model) -> list[str]:
-    return [t.name.split(":")[0] for t in model.inputs]
-
-
 def _inputs_like(model) -> dict:
     import keras
 
-    return {name: keras.Input(tuple(t.shape[1:]), name=name) for name, t in zip(_input_names(model), model.inputs)}
+    return {name: keras.Input(tuple(t.shape[1:]), name=name) for name, t in zip(input_names(model), model.inputs)}
 
 
 def _average(inputs: dict, members: list, fed: list[dict] | None = None):
@@ -37,7 +34,7 @@ def _average(inputs: dict, members: list, fed: list[dict] | None = None):
     for i, model in enumerate(members):
         model.name = f"member_{i}"
         given = fed[i] if fed else inputs
-        outputs.append(model({k: given[k] for k in _input_names(model)}))
+        outputs.append(model({k: given[k] for k in input_names(model)}))
     out = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
     return keras.Model(inputs, out, name="ensemble")
 
@@ -51,7 +48,7 @@ def build_ensemble(members: list[tuple[object, Scaler]]):
     """``members``: (loaded Keras model, its scaler).  All members must take the same inputs."""
     from payload.models.layers import FeatureScaling
 
-    names = [tuple(sorted(_input_names(m))) for m, _ in members]
+    names = [tuple(sorted(input_names(m))) for m, _ in members]
     if len(set(names)) != 1:
         raise ValueError(f"ensemble members take different inputs: {sorted(set(names))}")
     inputs = _inputs_like(members[0][0])
