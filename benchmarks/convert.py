@@ -41,6 +41,7 @@ def child(mode: str, path: str, out: str) -> None:
     else:
         from payload.convert import convert
 
+        Path(out).unlink(missing_ok=True)  # deleting the last run's output is not part of this one
         start = time.perf_counter()
         events = convert(config, path, out, progress=False).events
         seconds = time.perf_counter() - start

@@ -2,13 +2,14 @@
 
 The work is split coffea-style: ``ChunkBuilder`` is a pure per-chunk processor (branch arrays in,
 a compact ``Block`` with partial statistics out), tasks are entry ranges of input files run in a
-process pool (or in-process), and the parent pads each block into the fixed (N, M, F) layout,
-appends it to the HDF5 file in input order and merges the statistics.  Memory is bounded by the
+process pool (or in-process), and the parent merges the statistics and appends each block to the
+HDF5 file in input order, padded into the fixed (N, M, F) layout one HDF5 chunk at a time.  Memory is bounded by the
 chunk size and the number of tasks in flight, never by the number of events.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import platform
@@ -16,6 +17,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -28,13 +30,15 @@ from payload import __version__
 from payload.atomic import atomic_path
 from payload.config import TYPE_FEATURE, DataConfig, JobConfig, config_to_dict, parse_config
 from payload.errors import EmptyInputError, InconsistentDataError, OutputError
-from payload.h5layout import Chunk, EventFileWriter
+from payload.h5layout import Chunk, EventFileWriter, SparseObjects
 from payload.inputs import expand_inputs
 from payload.prefetch import prefetch
 from payload.progress import Progress, log
 from payload.reader import InputTree, open_tree
 from payload.selection import Selection, compile_selection
-from payload.stats import GroupStats
+from payload.stats import CAPACITY, GroupStats
+
+SAMPLE_OVERSAMPLING = 4
 
 
 @dataclass
@@ -67,6 +71,13 @@ class Block:
     def __len__(self) -> int:
         return len(self.entry)
 
+    def chunk(self, max_objects: int) -> Chunk:
+        """The block in the event file's layout; the writer pads the objects as it compresses them."""
+        return Chunk(objects=SparseObjects(self.n_objects, self.slots, self.rows, max_objects),
+                     n_objects=self.n_objects, events=self.events, spectators=self.spectators,
+                     weights=self.weights, file_index=np.full(len(self), self.file_index, dtype=np.int32),
+                     entry=self.entry)
+
 
 def new_stats(data: DataConfig) -> dict[str, GroupStats]:
     return {
@@ -97,10 +108,16 @@ def _jagged_parts(arr: ak.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ChunkBuilder:
-    """Turns the branch arrays of one entry range into a ``Block`` (the per-chunk processor)."""
+    """Turns the branch arrays of one entry range into a ``Block`` (the per-chunk processor).
 
-    def __init__(self, data: DataConfig):
+    With ``total_entries`` (of the whole input) given, each chunk keeps a quantile sample in
+    proportion to its share of the input (``SAMPLE_OVERSAMPLING`` x the statistics' capacity in
+    all), rather than a full-capacity sample per chunk that is mostly thinned away later.
+    """
+
+    def __init__(self, data: DataConfig, total_entries: int | None = None):
         self.data = data
+        self.total_entries = total_entries
         self.selection: Selection | None = compile_selection(data.selection) if data.selection else None
         self.features = list(data.object_features)
         self.sort_col = self.features.index(data.sort_by) if data.sort_by else None
@@ -217,46 +234,16 @@ class ChunkBuilder:
         weights = (flat({"weight": self.data.weight})[:, 0] if self.data.weight
                    else np.ones(n, dtype=np.float32))
         events, spectators = flat(self.data.event_features), flat(self.data.spectators)
+        share = (n_read / self.total_entries) if self.total_entries else 1.0
+        sample = math.ceil(SAMPLE_OVERSAMPLING * CAPACITY * share)
         stats = new_stats(self.data)
-        stats["objects"].update(rows)
-        stats["events"].update(events)
-        stats["spectators"].update(spectators)
-        stats["weights"].update(weights[:, None])
+        stats["objects"].update(rows, sample)
+        stats["events"].update(events, sample)
+        stats["spectators"].update(spectators, sample)
+        stats["weights"].update(weights[:, None], sample)
         return Block(file_index, start, stop, n_objects, event_of * m + position, rows, events, spectators,
                      weights, entry, clipped, stats)
 
-
-
-class Padder:
-    """Places a ``Block``'s objects into the padded (n, M, F) array of a ``Chunk``.
-
-    Buffers are reused round-robin and only the slots a buffer's previous block filled are cleared:
-    a fresh np.zeros or a full memset of this mostly-empty array costs more than the scatter itself.
-    A chunk stays valid until ``buffers`` more calls, so a pipeline holding at most ``buffers - 1``
-    chunks ahead of the writer never sees one overwritten.
-    """
-
-    def __init__(self, max_objects: int, n_features: int, buffers: int = 1):
-        self.m, self.f = max_objects, n_features
-        self._ring = [(np.zeros((0, max_objects, n_features), dtype=np.float32), np.zeros(0, dtype=np.int64))
-                      for _ in range(buffers)]
-        self._next = 0
-
-    def __call__(self, block: Block) -> Chunk:
-        n = len(block)
-        index, self._next = self._next, (self._next + 1) % len(self._ring)
-        buffer, filled = self._ring[index]
-        if len(buffer) < n:
-            buffer, filled = np.zeros((n, self.m, self.f), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        # Whole objects move as one f*4-byte item: ~2x faster than fancy indexing (rows, f) floats.
-        item = np.dtype((np.void, 4 * self.f))
-        slots = buffer.reshape(-1, self.f).view(item).ravel()
-        slots[filled] = np.zeros(1, dtype=item)
-        slots[block.slots] = np.ascontiguousarray(block.rows).view(item).ravel()
-        self._ring[index] = buffer, block.slots
-        return Chunk(objects=buffer[:n], n_objects=block.n_objects, events=block.events,
-                     spectators=block.spectators, weights=block.weights,
-                     file_index=np.full(n, block.file_index, dtype=np.int32), entry=block.entry)
 
 
 @dataclass(frozen=True)
@@ -290,9 +277,12 @@ def _task_ranges(tree: InputTree, chunk_size: int) -> list[tuple[int, int]]:
 class _Worker:
     """Reads and builds the blocks of tasks; one per process, trees kept open between tasks."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], total_entries: int | None = None, decompress_threads: int = 1):
         self.data = parse_config(config).data
-        self.builder = ChunkBuilder(self.data)
+        # uproot decompresses a step's baskets in these threads (zlib, LZ4 and ZSTD release the GIL).
+        self.executor = (ThreadPoolExecutor(decompress_threads, thread_name_prefix="payload-decompress")
+                         if decompress_threads > 1 else None)
+        self.builder = ChunkBuilder(self.data, total_entries)
         self.branches = self.builder.branches()
         self.trees: dict[str, InputTree] = {}
 
@@ -300,7 +290,8 @@ class _Worker:
         tree = self.trees.get(task.location)
         if tree is None:
             tree = self.trees[task.location] = open_tree(task.location, self.data.tree)
-        for start, stop, arrays in tree.iterate(self.branches, self.data.chunk_size, task.start, task.stop):
+        for start, stop, arrays in tree.iterate(self.branches, self.data.chunk_size, task.start, task.stop,
+                                                self.executor):
             yield task, start, stop, arrays
 
     def build(self, task: Task, start: int, stop: int, arrays: dict[str, ak.Array]) -> Block:
@@ -317,14 +308,16 @@ class _Worker:
     def close(self) -> None:
         for tree in self.trees.values():
             tree.close()
+        if self.executor is not None:
+            self.executor.shutdown()
 
 
 _worker: _Worker | None = None
 
 
-def _init_worker(config: dict[str, Any]) -> None:
+def _init_worker(config: dict[str, Any], total_entries: int) -> None:
     global _worker
-    _worker = _Worker(config)
+    _worker = _Worker(config, total_entries)
 
 
 def _run_task(task: Task) -> list[Block]:
@@ -332,35 +325,38 @@ def _run_task(task: Task) -> list[Block]:
     return _worker(task)
 
 
-def default_workers() -> int:
-    """Reading processes for the cores this job may use (the CPU affinity, or the grid's per-job
-    core count): one core is left to the writing process, and on two cores or fewer conversion runs
-    in one process, whose threads beat a pool there (benchmarks/convert.py: 0.67x against 0.51x
-    the raw read rate on two cores)."""
+def job_cores() -> int:
+    """Cores this job may use: the CPU affinity, or the grid's per-job core count when smaller."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for var in ("PAYLOAD_WORKERS", "ATHENA_CORE_NUMBER"):
         if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            cores = min(cores, int(os.environ[var]))
-            break
+            return min(cores, int(os.environ[var]))
+    return cores
+
+
+def default_workers() -> int:
+    """Reading processes: one core is left to the writing process, and on two cores or fewer
+    conversion runs in one process, whose threads beat a pool there (benchmarks/convert.py on two
+    cores, 0.5 M events: 1.1-1.3 s for two processes, 0.87-0.99 s in one)."""
+    cores = job_cores()
     return max(1, cores - 1) if cores > 2 else 1
 
 
-def run_tasks(config: JobConfig, tasks: list[Task], workers: int) -> Iterator[Block]:
-    """Blocks of all tasks, in task order: in this process (reading a chunk ahead in a thread) for
-    one worker, else from a process pool with at most one task per worker (plus one) in flight."""
+def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries: int) -> Iterator[Block]:
+    """Blocks of all tasks, in task order: in this process (reading a chunk ahead in a thread,
+    decompressing on every core) for one worker, else from a process pool with at most one task per worker (plus one) in flight."""
     if workers <= 1 or len(tasks) <= 1:
-        worker = _Worker(config_to_dict(config))
+        worker = _Worker(config_to_dict(config), total_entries, decompress_threads=job_cores())
         try:
             yield from worker.blocks(tasks)
         finally:
             worker.close()
         return
-    from concurrent.futures import ProcessPoolExecutor
 
     # fork starts workers in milliseconds with the modules already imported; elsewhere spawn.
     method = "fork" if sys.platform == "linux" else "spawn"
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker, initargs=(config_to_dict(config),))
+                               initializer=_init_worker, initargs=(config_to_dict(config), total_entries))
     try:
         queue = iter(tasks)
         pending = deque(pool.submit(_run_task, t) for t in islice(queue, workers + 1))
@@ -412,27 +408,24 @@ def convert(config: JobConfig, inputs: str | list[str], output: str | Path, prog
     selected = [0] * len(files)
     started = time.perf_counter()
     bar = Progress(total_entries, f"convert {output.name}") if progress else None
-    # Reading, building, padding and merging statistics run ahead of the HDF5 writes in threads
-    # (decompression, Blosc and numpy release the GIL); ``depth`` chunks wait, so the padder needs
-    # ``depth`` + 2 buffers: those queued, the one being written and the one being filled.
-    depth = 2
-    pad = Padder(data.max_objects, len(data.object_features), buffers=depth + 2)
+    # Reading, building and merging statistics run ahead of the padding and HDF5 writes in threads
+    # (decompression, Blosc and numpy release the GIL).
 
-    def padded() -> Iterator[tuple[Block, Chunk]]:
+    def merged() -> Iterator[Block]:
         nonlocal n_clipped
-        for block in run_tasks(config, tasks, workers):
+        for block in run_tasks(config, tasks, workers, total_entries):
             for key, group in block.stats.items():
                 stats[key].merge(group)
             n_clipped += block.clipped
             selected[block.file_index] += len(block)
-            yield block, pad(block)
+            yield block
 
     with atomic_path(output) as tmp:
         writer = EventFileWriter(tmp, data.max_objects, data.object_features, list(data.event_features),
                                  list(data.spectators), data.compression)
         try:
-            for block, chunk in prefetch(padded(), depth=depth):
-                writer.append(chunk)
+            for block in prefetch(merged(), depth=1):
+                writer.append(block.chunk(data.max_objects))
                 if bar:
                     bar.update(block.stop - block.start)
             if writer.size == 0:

@@ -55,7 +55,8 @@ class InputTree:
                 )
 
     def iterate(self, branches: list[str], step_size: int, entry_start: int = 0,
-                entry_stop: int | None = None) -> Iterator[tuple[int, int, dict[str, ak.Array]]]:
+                entry_stop: int | None = None, decompression_executor: Any = None,
+                ) -> Iterator[tuple[int, int, dict[str, ak.Array]]]:
         """Yield (start, stop, arrays) over [entry_start, entry_stop) in steps of ``step_size`` entries.
 
         ``iterate`` (not ``arrays`` per range) so a basket that spans two steps is decompressed once.
@@ -64,7 +65,7 @@ class InputTree:
         try:
             for arrays, report in self.tree.iterate(
                 filter_name=branches, step_size=step_size, library="ak", report=True,
-                entry_start=entry_start, entry_stop=entry_stop,
+                entry_start=entry_start, entry_stop=entry_stop, decompression_executor=decompression_executor,
             ):
                 start = report.tree_entry_start
                 yield report.tree_entry_start, report.tree_entry_stop, {name: arrays[name] for name in branches}

@@ -1,10 +1,11 @@
 """Streaming, mergeable per-feature statistics, so scaling never needs a second read of ROOT.
 
 Count, min and max are exact, mean and std exact to the input's precision (Chan et al.'s
-pairwise update); quantiles come
-from a bounded uniform sample, exact while fewer values than its capacity were seen.  Partial
-statistics from separate chunks or processes merge into the same result, so conversion can run
-chunks anywhere; memory is bounded by the sample capacity, whatever the number of events.
+pairwise update); quantiles come from a bounded uniform sample, exact while no value had to be
+left out of it.  Partial statistics from separate chunks or processes merge into the same result,
+so conversion can run chunks anywhere; memory is bounded by the sample capacity, whatever the
+number of events.  A chunk may be given a smaller sample size (a stratified sample in proportion
+to its share of the input), so the sampling cost is O(capacity) per input, not per chunk.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ class FeatureStats:
         self.capacity = capacity
         self.sample = np.empty(0, dtype=np.float64)
         self._represented = 0  # how many values ``sample`` stands for
+        self.exact = True  # no value was left out of the sample
         self._pending: list[tuple[int, np.ndarray]] = []
         self._pending_size = 0
         self._rng = np.random.default_rng(seed)
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: np.ndarray, sample_size: int | None = None) -> None:
+        """Add ``values``, keeping at most ``sample_size`` (default and cap: the capacity) of them
+        in the quantile sample."""
         # Float32 input stays float32 (no float64 copy): the sum is accumulated in float64 and the
         # squared deviations by BLAS, ~10x faster and accurate to float32 precision.
         values = np.ascontiguousarray(values).ravel()
@@ -51,9 +55,10 @@ class FeatureStats:
             deviation = values - values.dtype.type(part.mean)
             part.m2 = float(np.dot(deviation, deviation))
             part.min, part.max = float(values.min()), float(values.max())
-            # Drawing with replacement is O(capacity), not O(chunk), and as good for quantiles.
-            part.sample = (values if values.size <= self.capacity
-                           else values[self._rng.integers(0, values.size, self.capacity)]).astype(np.float64)
+            # Drawing with replacement is O(sample), not O(chunk), and as good for quantiles.
+            keep = self.capacity if sample_size is None else max(1, min(sample_size, self.capacity))
+            part.exact = values.size <= keep
+            part.sample = (values if part.exact else values[self._rng.integers(0, values.size, keep)]).astype(np.float64)
             part._represented = values.size
         self.merge(part)
 
@@ -61,6 +66,7 @@ class FeatureStats:
         self.nonfinite += other.nonfinite
         if other.count == 0:
             return
+        self.exact &= other.exact
         n = self.count + other.count
         delta = other.mean - self.mean
         self.mean += delta * other.count / n
@@ -83,11 +89,14 @@ class FeatureStats:
         parts = self._parts()
         self._pending, self._pending_size = [], 0
         self._represented = sum(count for count, _ in parts)
-        if sum(sample.size for _, sample in parts) <= self.capacity:
+        size = sum(sample.size for _, sample in parts)
+        if self.exact and size <= self.capacity:
             self.sample = np.concatenate([sample for _, sample in parts])
             return
-        # Each part keeps a share of the capacity in proportion to the values it stands for.
-        shares = self._rng.multinomial(self.capacity, [count / self._represented for count, _ in parts])
+        # Each part keeps a share in proportion to the values it stands for (parts sampled at
+        # different rates must not simply be pooled).
+        self.exact = False
+        shares = self._rng.multinomial(min(size, self.capacity), [count / self._represented for count, _ in parts])
         self.sample = np.concatenate([sample[self._rng.integers(0, sample.size, k)]
                                       for (_, sample), k in zip(parts, shares) if k])
 
@@ -104,7 +113,7 @@ class FeatureStats:
             "mean": self.mean,
             "std": float(np.sqrt(self.m2 / self.count)),
             "quantiles": {f"{q:g}": float(v) for q, v in zip(QUANTILES, qs)},
-            "quantiles_exact": self.count <= self.capacity,
+            "quantiles_exact": self.exact,
         }
 
 
@@ -115,10 +124,10 @@ class GroupStats:
         self.names = list(names)
         self.features = {n: FeatureStats(capacity, seed=i) for i, n in enumerate(self.names)}
 
-    def update(self, columns: np.ndarray) -> None:
+    def update(self, columns: np.ndarray, sample_size: int | None = None) -> None:
         """``columns`` is (rows, len(names))."""
         for i, name in enumerate(self.names):
-            self.features[name].update(columns[:, i])
+            self.features[name].update(columns[:, i], sample_size)
 
     def merge(self, other: GroupStats) -> None:
         for name in self.names:

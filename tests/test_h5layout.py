@@ -55,6 +55,35 @@ def test_appends_of_any_size_read_back_exactly(tmp_path, compression, monkeypatc
         np.testing.assert_array_equal(f["objects"][:], expected)
 
 
+@pytest.mark.parametrize("compression", ["blosc-lz4", "none"])
+def test_sparse_objects_are_padded_as_written(tmp_path, compression, monkeypatch):
+    """Objects handed over as (slots, rows) come back as the padded array, across chunk borders
+    and appends that leave partial chunks, the same as a dense append."""
+    import payload.h5layout as layout
+    from payload.h5layout import SparseObjects
+
+    monkeypatch.setattr(layout, "CHUNK_BYTES", 4 * 3 * 4 * 10)  # 10 rows per chunk
+    rng = np.random.default_rng(4)
+    dense, sparse_path, dense_path = [], tmp_path / "sparse.h5", tmp_path / "dense.h5"
+    writers = [EventFileWriter(p, 4, ["a", "b", "c"], ["x", "y"], [], compression) for p in (sparse_path, dense_path)]
+    start = 0
+    for n in (3, 17, 10, 0, 26, 1):
+        chunk = _chunk(rng, n, start)
+        start += n
+        real = np.arange(4) < chunk.n_objects[:, None]
+        slots = np.flatnonzero(real.ravel())
+        sparse = SparseObjects(chunk.n_objects, slots, chunk.objects.reshape(-1, 3)[slots], 4)
+        np.testing.assert_array_equal(sparse.dense(), chunk.objects)
+        writers[0].append(Chunk(**{**chunk.__dict__, "objects": sparse}))
+        writers[1].append(chunk)
+        dense.append(chunk.objects)
+    for writer in writers:
+        writer.close()
+    with h5py.File(sparse_path) as a, h5py.File(dense_path) as b:
+        np.testing.assert_array_equal(a["objects"][:], np.concatenate(dense))
+        np.testing.assert_array_equal(a["n_objects"][:], b["n_objects"][:])
+
+
 def test_prefetch_keeps_order_and_raises_producer_errors():
     def numbers():
         yield from range(5)

@@ -49,3 +49,31 @@ def test_merging_partial_statistics_equals_one_pass():
     assert b["mean"] == pytest.approx(a["mean"], rel=1e-12)
     assert b["std"] == pytest.approx(a["std"], rel=1e-9)
     assert b["quantiles"]["0.5"] == pytest.approx(np.median(values), abs=0.1)
+
+
+def test_stratified_samples_at_different_rates_stay_unbiased():
+    """Chunks sampled in proportion to their share (a small chunk of high values kept whole beside
+    a large, thinly sampled chunk of low ones) must not be pooled as if equally weighted."""
+    rng = np.random.default_rng(7)
+    low, high = rng.normal(0, 1, 200_000), rng.normal(10, 1, 2_000)
+    stats = FeatureStats(capacity=10_000)
+    stats.update(low, sample_size=2_000)   # 1 % of its values
+    stats.update(high, sample_size=5_000)  # all of its values
+    out = stats.to_dict()
+    values = np.concatenate([low, high])
+    assert not out["quantiles_exact"]
+    # Pooled naively, the high values would be half of the sample and the median near 5.
+    assert out["quantiles"]["0.5"] == pytest.approx(np.median(values), abs=0.1)
+    assert out["quantiles"]["0.999"] > 8  # the top 1 % is still the high chunk
+
+
+def test_quantiles_stay_exact_while_every_value_is_kept():
+    values = np.arange(3000, dtype=np.float64)
+    stats = FeatureStats(capacity=10_000)
+    for chunk in np.array_split(values, 3):
+        stats.update(chunk, sample_size=1_500)
+    out = stats.to_dict()
+    assert out["quantiles_exact"]
+    assert out["quantiles"]["0.5"] == np.quantile(values, 0.5)
+    stats.update(values[:10], sample_size=5)  # one value left out: no longer exact
+    assert not stats.to_dict()["quantiles_exact"]
