@@ -176,12 +176,20 @@ class _ShuffledRows:
         self._size = self._offset = 0
         self._blocks: Iterator[Block] = iter(())
 
-    def _fill(self) -> Rows:
+    def _fill(self, need: int | None) -> Rows:
         """The next shuffled buffer: up to ``buffer_blocks`` blocks, never past the end of a pass
-        (so no event appears twice in one buffer); a new pass reshuffles the block order."""
+        (so no event appears twice in one buffer); a new pass reshuffles the block order.  Reading
+        stops once ``need`` rows are in: an epoch that ends a few rows into a new pass reads one
+        block, not a whole buffer it then throws away."""
         config = self.source.config
         for _ in range(2):
-            rows = [_rows_of(b, config) for _, b in zip(range(self.buffer_blocks), self._blocks) if len(b)]
+            rows, have = [], 0
+            for count, block in enumerate(self._blocks, 1):
+                if len(block):
+                    rows.append(_rows_of(block, config))
+                    have += len(block)
+                if count == self.buffer_blocks or (need is not None and have >= need):
+                    break
             if rows:
                 buf = _cat(rows)
                 order = self.rng.permutation(len(buf["weight"]))
@@ -191,11 +199,14 @@ class _ShuffledRows:
             self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half) for i in order)
         raise RuntimeError(f"{self.source.path}: no events in the requested split")
 
-    def take(self, n: int) -> Rows:
+    def take(self, n: int, remaining: int | None = None) -> Rows:
+        """The next ``n`` rows; ``remaining`` is how many rows the current epoch still takes (this
+        call's included), which bounds what a refill reads."""
         parts, have = [], 0
         while have < n:
             if self._pending is None or self._offset == self._size:
-                self._pending, self._offset = self._fill(), 0
+                need = None if remaining is None or remaining - have <= 0 else remaining - have
+                self._pending, self._offset = self._fill(need), 0
                 self._size = len(self._pending["weight"])
             k = min(n - have, self._size - self._offset)
             parts.append({key: v[self._offset:self._offset + k] for key, v in self._pending.items()})
@@ -223,6 +234,7 @@ class TrainingStream:
         self.per_batch = [max(1, round(bs * c / total)) for c in counts]
         # The batch holds exactly batch_size rows when the proportions allow: devices split it evenly.
         self.per_batch[-1] = max(1, bs - sum(self.per_batch[:-1]))
+        self.taken = [0] * len(counts)  # rows taken from each class in this epoch
         # Class balancing: each class carries the same total weight (mean weight about 1).
         self.factors = [(total / len(counts)) / max(abs(s), 1e-12) if config.training.class_balance else 1.0
                         for s in sumw]
@@ -250,8 +262,9 @@ class TrainingStream:
         as ``batches()`` (for the same seed and no augmentation), built with one copy per group."""
         while True:
             parts, labels = [], []
-            for rows, n, label, factor in zip(self.rows, self.per_batch, self.labels, self.factors):
-                part = rows.take(size * n)
+            for k, (rows, n, label, factor) in enumerate(zip(self.rows, self.per_batch, self.labels, self.factors)):
+                part = rows.take(size * n, self.steps * n - self.taken[k])
+                self.taken[k] += size * n
                 weight = part["weight"] * np.float32(factor)
                 if self.extra_weight is not None:
                     weight = weight * self.extra_weight({k: v for k, v in part.items() if k != "weight"}, label)

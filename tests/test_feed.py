@@ -90,3 +90,30 @@ def test_training_stream_groups_are_its_batches_stacked(tmp_path):
         for key in ex:
             np.testing.assert_array_equal(x[key], ex[key])
     assert 0 < expected[0][1].mean() < 1  # both classes in a batch
+
+
+def test_an_epoch_reads_each_block_once_and_one_more_at_most(tmp_path, monkeypatch):
+    """An epoch's batches hold a few more rows than the split (whole batches): the rows past the
+    end of a pass come from one more block, not from a whole shuffle buffer read and thrown away."""
+    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
+
+    from payload.config import parse_config
+    from payload.convert import convert
+    from payload.dataset import EventSource
+    from payload.splits import TRAIN
+    from payload.train import make_stream_factory, prepare
+
+    config = parse_config({**JAGGED_CONFIG, "training": {"batch_size": 64, "block_size": 100, "shuffle_blocks": 4}})
+    root = write_jagged_root(tmp_path / "s.root", make_events(1000, seed=3))
+    h5 = convert(config, [str(root)], tmp_path / "s.h5", progress=False).output
+    scaler, tallies = prepare(config, [EventSource(h5, config, None)])
+    source = EventSource(h5, config, scaler)
+    reads = []
+    real_read = EventSource.read
+    monkeypatch.setattr(EventSource, "read", lambda self, *a, **k: reads.append(a[:2]) or real_read(self, *a, **k))
+    stream = make_stream_factory(config, [(source, 0)], tallies, (TRAIN,), seed=1, shuffle=True)(0)
+    assert stream.steps * 64 > tallies[0].counts[TRAIN]  # the epoch runs into a second pass
+    batches = stream.batches()
+    rows = sum(len(next(batches)[2]) for _ in range(stream.steps))
+    assert rows == stream.steps * 64
+    assert len(reads) == len(source.block_ranges()) + 1  # every block once, then one block of the next pass
