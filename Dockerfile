@@ -30,8 +30,17 @@ LABEL org.opencontainers.image.title="grid-payload" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/payload /opt/payload
+# tcmalloc keeps freed memory for reuse where glibc's malloc hands TensorFlow's large per-step
+# buffers back to the kernel and faults them in again every step: streaming training ran at half
+# speed on a 2-core VM without it (benchmarks/train.py --allocator).  Debian-based bases only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libtcmalloc-minimal4 \
+    && rm -rf /var/lib/apt/lists/* \
+    && ln -s /usr/lib/*/libtcmalloc_minimal.so.4 /usr/local/lib/libtcmalloc_minimal.so.4
 # Nothing is written into the image at run time: no bytecode caches, and TensorFlow's banner off.
 ENV PATH=/opt/payload/bin:$PATH \
+    LD_PRELOAD=/usr/local/lib/libtcmalloc_minimal.so.4 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     KERAS_BACKEND=tensorflow \

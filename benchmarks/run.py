@@ -1,6 +1,6 @@
 """All benchmarks in one run: conversion, training, inference and a whole job at two sizes.
 
-    python benchmarks/run.py [--quick] [--workdir /tmp/payload-bench] [--out benchmarks/results]
+    python benchmarks/run.py [--quick] [--allocator auto|tcmalloc|glibc] [--workdir /tmp/payload-bench] [--out benchmarks/results]
 
 Writes ``results.json`` and ``results.md`` (the tables the README shows) into ``--out``:
 - conversion against the raw uproot read of the same branches (benchmarks/convert.py);
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import ALLOCATORS, allocator_env  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -33,20 +34,20 @@ STAGES = ["convert_primary", "convert_secondary", "prepare", "train", "export", 
           "plots"]
 
 
-def _script(name: str, args: list[str]) -> dict:
+def _script(name: str, args: list[str], env: dict[str, str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, str(HERE / name), *args, "--json", out.name], check=True, cwd=REPO)
+        subprocess.run([sys.executable, str(HERE / name), *args, "--json", out.name], check=True, cwd=REPO, env=env)
         return json.loads(Path(out.name).read_text())
 
 
-def _payload(*args: str, cwd: Path) -> None:
+def _payload(*args: str, cwd: Path, env: dict[str, str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "payload", "-q", *args, "--no-job-report"], cwd=cwd,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"payload {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
 
 
-def job(size: int, workdir: Path) -> dict:
+def job(size: int, workdir: Path, env: dict[str, str]) -> dict:
     """A whole training job and an evaluation job on ``size`` events per sample."""
     from payload.samples import write_sample
 
@@ -67,11 +68,11 @@ def job(size: int, workdir: Path) -> dict:
         subprocess.run(["rm", "-rf", str(run_dir / old)], check=True)
     start = time.perf_counter()
     _payload("run", "--primary", inputs[0], "--secondary", inputs[1], "--config", "job.yaml", "--output", "train",
-             cwd=run_dir)
+             cwd=run_dir, env=env)
     wall = time.perf_counter() - start
     train = json.loads((run_dir / "train" / "manifest.json").read_text())
     _payload("run", "--mode", "evaluate", "--model", "train", "--primary", inputs[0], "--secondary", inputs[1],
-             "--output", "evaluate", cwd=run_dir)
+             "--output", "evaluate", cwd=run_dir, env=env)
     evaluate = json.loads((run_dir / "evaluate" / "manifest.json").read_text())
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     events = metrics["events"]  # all events of both inputs: evaluate mode applies the model to every one
@@ -81,8 +82,8 @@ def job(size: int, workdir: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Machine: {results['machine']}; {results['date']}.", "", "Conversion (events/s; ratio to the raw uproot "
-             "read of the same branches; peak RSS):", "",
+    lines = [f"Machine: {results['machine']}; allocator: {results['allocator']}; {results['date']}.", "",
+             "Conversion (events/s; ratio to the raw uproot read of the same branches; peak RSS):", "",
              "| events | raw ev/s | convert ev/s | convert MB/s | ratio | raw RSS MB | convert RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for r in results["convert"]:
@@ -114,7 +115,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
+                        help="memory allocator of every measured process (default: tcmalloc where installed, as in "
+                             "the image)")
     args = parser.parse_args()
+    env, allocator = allocator_env(args.allocator)
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     convert_sizes, train_sizes = (["50000", "400000"], ["20000", "160000"]) if args.quick else \
@@ -122,10 +127,12 @@ def main() -> None:
     common = ["--workdir", str(args.workdir), "--repeat", "1" if args.quick else "3"]
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "allocator": allocator,
         "date": time.strftime("%Y-%m-%d"),
-        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common])["rows"],
-        "train": _script("train.py", ["--sizes", *train_sizes, *common, *(["--steps", "100"] if args.quick else [])]),
-        "job": [job(int(size), args.workdir) for size in train_sizes],
+        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common], env)["rows"],
+        "train": _script("train.py", ["--sizes", *train_sizes, *common, "--allocator", args.allocator,
+                                      *(["--steps", "100"] if args.quick else [])], env),
+        "job": [job(int(size), args.workdir, env) for size in train_sizes],
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(markdown(results))

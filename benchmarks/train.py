@@ -1,6 +1,7 @@
 """Training throughput streaming from HDF5 against in-memory arrays, and peak memory at two sizes.
 
-    python benchmarks/train.py [--sizes 100000 800000] [--steps 400] [--repeat 3] [--model-config CFG] [--json OUT]
+    python benchmarks/train.py [--sizes 100000 800000] [--steps 400] [--repeat 3] [--model-config CFG]
+                               [--allocator auto|tcmalloc|glibc] [--json OUT]
 
 For each size, toy samples A and B are written and converted once (cached).  Each measurement runs in
 a fresh process (its own peak RSS): the same Deep Sets model (``--model-config``, the seed-000 one by
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import peak_rss_mb  # benchmarks/ is on sys.path when a script runs
+from common import ALLOCATORS, allocator_env, peak_rss_mb  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -82,24 +83,27 @@ def child(mode: str, a: str, b: str, steps: int, model_config: str) -> None:
                   callbacks=[rate])
     seconds = rate.seconds
     rss = peak_rss_mb()
-    print(json.dumps({"samples_per_s": steps * bs / seconds, "peak_rss_mb": rss}))
+    from payload.device import allocator
+
+    print(json.dumps({"samples_per_s": steps * bs / seconds, "peak_rss_mb": rss, "allocator": allocator()}))
 
 
-def _once(mode: str, a: Path, b: Path, steps: int, model_config: Path) -> dict:
+def _once(mode: str, a: Path, b: Path, steps: int, model_config: Path, env: dict[str, str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(a), str(b), str(steps), str(model_config)],
-                          capture_output=True, text=True, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(modes: tuple[str, ...], a: Path, b: Path, steps: int, repeat: int, model_config: Path) -> dict:
+def measure(modes: tuple[str, ...], a: Path, b: Path, steps: int, repeat: int, model_config: Path,
+            env: dict[str, str]) -> dict:
     """Best of ``repeat`` fresh processes per mode (a shared machine only ever slows a run down),
     the modes taking turns so that a slow spell of the machine hits them alike."""
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(repeat):
         for mode in modes:
-            runs[mode].append(_once(mode, a, b, steps, model_config))
+            runs[mode].append(_once(mode, a, b, steps, model_config, env))
     return {mode: max(r, key=lambda x: x["samples_per_s"]) for mode, r in runs.items()}
 
 
@@ -111,6 +115,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
     parser.add_argument("--model-config", type=Path, default=REPO / "examples" / "seed000_reweight.yaml",
                         help="job config whose model is trained (default: the seed-000 Deep Sets)")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
+                        help="memory allocator of the measured processes, the same for every mode (default: "
+                             "tcmalloc where installed, as in the image)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,6 +130,7 @@ def main() -> None:
     from payload.convert import convert
     from payload.samples import write_sample
 
+    env, allocator = allocator_env(args.allocator)
     config = load_config(REPO / "payload" / "data" / "demo.yaml")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -135,10 +143,10 @@ def main() -> None:
                 convert(config, str(root), path, progress=False)
             h5.append(path)
         row = {"events_per_sample": size,
-               **measure(("stream", "generator", "memory"), *h5, args.steps, args.repeat, args.model_config)}
+               **measure(("stream", "generator", "memory"), *h5, args.steps, args.repeat, args.model_config, env)}
         row["ratio"] = row["stream"]["samples_per_s"] / row["memory"]["samples_per_s"]
         rows.append(row)
-    print(f"model: {args.model_config}")
+    print(f"model: {args.model_config}; allocator: {allocator}")
     print(f"{'events/sample':>14} {'stream samples/s':>17} {'per-batch gen.':>15} {'in-memory':>10} {'ratio':>6} "
           f"{'stream RSS MB':>14} {'in-memory RSS MB':>17}")
     for r in rows:
@@ -146,7 +154,8 @@ def main() -> None:
               f"{r['generator']['samples_per_s']:>15,.0f} {r['memory']['samples_per_s']:>10,.0f} {r['ratio']:>6.2f} "
               f"{r['stream']['peak_rss_mb']:>14.0f} {r['memory']['peak_rss_mb']:>17.0f}")
     if args.json:
-        args.json.write_text(json.dumps({"model_config": str(args.model_config), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"model_config": str(args.model_config), "allocator": allocator, "rows": rows},
+                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,17 @@ def gpus() -> list[str]:
     return []
 
 
+def allocator() -> str:
+    """The memory allocator this process runs with: ``tcmalloc`` or ``jemalloc`` when preloaded
+    (the image preloads tcmalloc), else ``glibc``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            text = maps.read()
+    except OSError:
+        return "unknown"
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in text), "glibc")
+
+
 def describe() -> dict[str, Any]:
     import keras
     import numpy as np
@@ -48,6 +59,7 @@ def describe() -> dict[str, Any]:
         "backend": backend(),
         "numpy": np.__version__,
         "gpus": gpus(),
+        "allocator": allocator(),
     }
     for module in ("tensorflow", "jax", "torch", "uproot", "awkward", "h5py"):
         with contextlib.suppress(Exception):  # not installed, or broken: leave it out

@@ -105,6 +105,8 @@ def test_grid_run_writes_outputs_in_the_working_directory(grid_job):
     manifest = json.loads((job / "out" / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["mode"] == "train"
     assert manifest["device"]["gpus"] == []  # no GPU visible: CPU, and the manifest says so
+    assert manifest["device"]["allocator"] == "tcmalloc"  # preloaded by the image, for every process
+    assert "cannot be preloaded" not in proc.stderr
     for name in ("model.keras", "scaler.json", "config.yaml", "metrics.json", "predictions.h5", "plots/roc.png"):
         assert (job / "out" / name).is_file(), name
     # Written as the job's user, in the job directory only (nothing could be written in the image).
