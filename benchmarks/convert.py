@@ -1,6 +1,6 @@
 """Conversion speed against the raw uproot read of the same branches, and peak memory at two sizes.
 
-    python benchmarks/convert.py [--sizes 500000 4000000] [--workdir /tmp/payload-bench]
+    python benchmarks/convert.py [--sizes 500000 4000000] [--allocator auto|tcmalloc|glibc] [--workdir DIR]
 
 For each size a seed-000-shaped toy file (jets, leptons, MET; 45 x 5 objects) is written once and
 cached.  Each measurement runs in a fresh subprocess so its peak RSS is its own: first the raw
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import peak_rss_mb  # benchmarks/ is on sys.path when a script runs
+from common import ALLOCATORS, allocator_env, peak_rss_mb  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,14 +48,14 @@ def child(mode: str, path: str, out: str) -> None:
     print(json.dumps({"events": events, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
 
 
-def measure(path: Path, out: Path, repeat: int) -> dict[str, dict]:
+def measure(path: Path, out: Path, repeat: int, env: dict[str, str]) -> dict[str, dict]:
     """Best of ``repeat`` fresh processes per mode (disk write-back and page-cache noise only ever
     slow a run), raw read and conversion taking turns so that a slow spell hits both alike."""
     runs: dict[str, list[dict]] = {"raw": [], "convert": []}
     for _ in range(repeat):
         for mode in runs:
             proc = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(out)],
-                                  capture_output=True, text=True, check=True, cwd=REPO)
+                                  capture_output=True, text=True, check=True, cwd=REPO, env=env)
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return {mode: min(r, key=lambda x: x["seconds"]) for mode, r in runs.items()}
 
@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[500_000, 4_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
+                        help="memory allocator of the measured processes (default: tcmalloc where installed, as in "
+                             "the image)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -74,6 +77,8 @@ def main() -> None:
 
     from payload.samples import write_sample
 
+    env, allocator = allocator_env(args.allocator)
+
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes:
@@ -82,7 +87,7 @@ def main() -> None:
             print(f"writing {path} ...", flush=True)
             write_sample(path, size)
         mb = path.stat().st_size / 1e6
-        best = measure(path, args.workdir / f"toy_{size}.h5", args.repeat)
+        best = measure(path, args.workdir / f"toy_{size}.h5", args.repeat, env)
         raw, conv = best["raw"], best["convert"]
         rows.append({
             "events": size, "file_mb": round(mb, 1),
@@ -91,6 +96,7 @@ def main() -> None:
             "ratio": raw["seconds"] / conv["seconds"],
             "raw_peak_rss_mb": raw["peak_rss_mb"], "convert_peak_rss_mb": conv["peak_rss_mb"],
         })
+    print(f"allocator: {allocator}")
     print(f"{'events':>10} {'file MB':>8} {'raw ev/s':>10} {'raw MB/s':>9} {'conv ev/s':>10} {'conv MB/s':>10} "
           f"{'ratio':>6} {'raw RSS MB':>11} {'conv RSS MB':>12}")
     for r in rows:

@@ -129,7 +129,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "allocator": allocator,
         "date": time.strftime("%Y-%m-%d"),
-        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common], env)["rows"],
+        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common, "--allocator", args.allocator], env)["rows"],
         "train": _script("train.py", ["--sizes", *train_sizes, *common, "--allocator", args.allocator,
                                       *(["--steps", "100"] if args.quick else [])], env),
         "job": [job(int(size), args.workdir, env) for size in train_sizes],
