@@ -1,6 +1,6 @@
 """All benchmarks in one run: conversion, training, inference and a whole job at two sizes.
 
-    python benchmarks/run.py [--quick] [--allocator auto|tcmalloc|glibc] [--workdir /tmp/payload-bench] [--out benchmarks/results]
+    python benchmarks/run.py [--quick] [--allocator auto|tcmalloc|glibc] [--workdir DIR] [--out DIR]
 
 Writes ``results.json`` and ``results.md`` (the tables the README shows) into ``--out``:
 - conversion against the raw uproot read of the same branches (benchmarks/convert.py);
@@ -129,7 +129,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "allocator": allocator,
         "date": time.strftime("%Y-%m-%d"),
-        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common, "--allocator", args.allocator], env)["rows"],
+        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common, "--allocator", args.allocator],
+                           env)["rows"],
         "train": _script("train.py", ["--sizes", *train_sizes, *common, "--allocator", args.allocator,
                                       *(["--steps", "100"] if args.quick else [])], env),
         "job": [job(int(size), args.workdir, env) for size in train_sizes],

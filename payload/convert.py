@@ -3,8 +3,8 @@
 The work is split coffea-style: ``ChunkBuilder`` is a pure per-chunk processor (branch arrays in,
 a compact ``Block`` with partial statistics out), tasks are entry ranges of input files run in a
 process pool (or in-process), and the parent merges the statistics and appends each block to the
-HDF5 file in input order, padded into the fixed (N, M, F) layout one HDF5 chunk at a time.  Memory is bounded by the
-chunk size and the number of tasks in flight, never by the number of events.
+HDF5 file in input order, padded into the fixed (N, M, F) layout one HDF5 chunk at a time.  Memory
+is bounded by the chunk size and the number of tasks in flight, never by the number of events.
 """
 
 from __future__ import annotations
@@ -245,7 +245,6 @@ class ChunkBuilder:
                      weights, entry, clipped, stats)
 
 
-
 @dataclass(frozen=True)
 class Task:
     file_index: int
@@ -344,7 +343,8 @@ def default_workers() -> int:
 
 def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries: int) -> Iterator[Block]:
     """Blocks of all tasks, in task order: in this process (reading a chunk ahead in a thread,
-    decompressing on every core) for one worker, else from a process pool with at most one task per worker (plus one) in flight."""
+    decompressing on every core) for one worker, else from a process pool with at most one task
+    per worker (plus one) in flight."""
     if workers <= 1 or len(tasks) <= 1:
         worker = _Worker(config_to_dict(config), total_entries, decompress_threads=job_cores())
         try:

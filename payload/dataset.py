@@ -262,9 +262,9 @@ class TrainingStream:
         as ``batches()`` (for the same seed and no augmentation), built with one copy per group."""
         while True:
             parts, labels = [], []
-            for k, (rows, n, label, factor) in enumerate(zip(self.rows, self.per_batch, self.labels, self.factors)):
-                part = rows.take(size * n, self.steps * n - self.taken[k])
-                self.taken[k] += size * n
+            for c, (rows, n, label, factor) in enumerate(zip(self.rows, self.per_batch, self.labels, self.factors)):
+                part = rows.take(size * n, self.steps * n - self.taken[c])
+                self.taken[c] += size * n
                 weight = part["weight"] * np.float32(factor)
                 if self.extra_weight is not None:
                     weight = weight * self.extra_weight({k: v for k, v in part.items() if k != "weight"}, label)

@@ -58,7 +58,8 @@ class FeatureStats:
             # Drawing with replacement is O(sample), not O(chunk), and as good for quantiles.
             keep = self.capacity if sample_size is None else max(1, min(sample_size, self.capacity))
             part.exact = values.size <= keep
-            part.sample = (values if part.exact else values[self._rng.integers(0, values.size, keep)]).astype(np.float64)
+            drawn = values if part.exact else values[self._rng.integers(0, values.size, keep)]
+            part.sample = drawn.astype(np.float64)
             part._represented = values.size
         self.merge(part)
 
