@@ -34,9 +34,9 @@ STAGES = ["convert_primary", "convert_secondary", "prepare", "train", "export", 
           "plots"]
 
 
-def _script(name: str, args: list[str], env: dict[str, str]) -> dict:
+def _script(name: str, args: list[str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, str(HERE / name), *args, "--json", out.name], check=True, cwd=REPO, env=env)
+        subprocess.run([sys.executable, str(HERE / name), *args, "--json", out.name], check=True, cwd=REPO)
         return json.loads(Path(out.name).read_text())
 
 
@@ -129,10 +129,10 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "allocator": allocator,
         "date": time.strftime("%Y-%m-%d"),
-        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common, "--allocator", args.allocator],
-                           env)["rows"],
+        # The scripts set their measured processes' allocator themselves.
+        "convert": _script("convert.py", ["--sizes", *convert_sizes, *common, "--allocator", args.allocator])["rows"],
         "train": _script("train.py", ["--sizes", *train_sizes, *common, "--allocator", args.allocator,
-                                      *(["--steps", "100"] if args.quick else [])], env),
+                                      *(["--steps", "100"] if args.quick else [])]),
         "job": [job(int(size), args.workdir, env) for size in train_sizes],
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
