@@ -68,6 +68,37 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
                                np.asarray(again.predict_on_batch({"objects": objects, "mask": mask})), rtol=1e-6)
 
 
+def test_mixed_precision_computes_in_float16_with_a_float32_output(tmp_path):
+    """``training.mixed_precision: on`` (what ``auto`` picks on a GPU): hidden layers compute in
+    float16, the probability stays float32, and the model trains, saves and loads in safe mode.
+    Forced on here, on the CPU: no GPU is needed to check the policy and the model under it."""
+    import keras
+
+    from payload.config import parse_config
+    from payload.models import load_model
+    from payload.train import configure_precision
+
+    assert not configure_precision(parse_config(JAGGED_CONFIG))  # auto without a GPU: float32
+    config = parse_config({**JAGGED_CONFIG, "training": {"mixed_precision": "on"}})
+    try:
+        assert configure_precision(config)
+        model = _model()
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        assert dense[0].compute_dtype == "float16" and dense[0].variable_dtype == "float32"
+        assert model.get_layer("probability").compute_dtype == "float32"
+        objects, mask, _ = _inputs(np.random.default_rng(3), n=64)
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        y = (mask.sum(axis=1) > 4).astype(np.float32)[:, None]
+        model.fit({"objects": objects, "mask": mask}, y, epochs=2, batch_size=32, verbose=0)
+        out = np.asarray(model.predict_on_batch({"objects": objects, "mask": mask}))
+        assert out.dtype == np.float32 and np.all((out >= 0) & (out <= 1))
+        model.save(tmp_path / "model.keras")
+        again = np.asarray(load_model(tmp_path / "model.keras").predict_on_batch({"objects": objects, "mask": mask}))
+        np.testing.assert_allclose(again, out, rtol=1e-3, atol=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.parametrize("example", ["seed001_nanoaod_vae.yaml", "seed002_higgsml_dense.yaml",
                                      "seed003_gcn_skim.yaml", "seed004_jet_compression.yaml"])
 def test_zoo_model_trains_saves_and_loads(example, tmp_path):
