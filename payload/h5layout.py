@@ -55,7 +55,7 @@ class SparseObjects:
     """
 
     def __init__(self, n_objects: np.ndarray, slots: np.ndarray, rows: np.ndarray, max_objects: int):
-        self.n_objects, self.slots, self.max_objects = n_objects, slots, max_objects
+        self.slots, self.max_objects = slots, max_objects
         self.shape = (len(n_objects), max_objects, rows.shape[1])
         # Whole objects move as one F*4-byte item: ~2x faster than fancy indexing (rows, F) floats.
         self._item = np.dtype((np.void, 4 * rows.shape[1]))
