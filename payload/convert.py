@@ -39,6 +39,8 @@ from payload.selection import Selection, compile_selection
 from payload.stats import CAPACITY, GroupStats
 
 SAMPLE_OVERSAMPLING = 4
+#: Inputs left open after the check for the in-process reader.
+KEEP_OPEN = 16
 
 
 @dataclass
@@ -277,18 +279,28 @@ def _task_ranges(tree: InputTree, chunk_size: int) -> list[tuple[int, int]]:
 
 
 class _Worker:
-    """Reads and builds the blocks of tasks; one per process, trees kept open between tasks."""
+    """Reads and builds the blocks of tasks; one per process.
 
-    def __init__(self, config: dict[str, Any], total_entries: int | None = None, decompress_threads: int = 1):
+    Tasks arrive in file order, so a file stays open between its tasks and is closed when the
+    next file begins.  ``trees`` are files already open (the check pass hands them over).
+    """
+
+    def __init__(self, config: dict[str, Any], total_entries: int | None = None, decompress_threads: int = 1,
+                 trees: dict[str, InputTree] | None = None):
         self.data = parse_config(config).data
         # uproot decompresses a step's baskets in these threads (zlib, LZ4 and ZSTD release the GIL).
         self.executor = (ThreadPoolExecutor(decompress_threads, thread_name_prefix="payload-decompress")
                          if decompress_threads > 1 else None)
         self.builder = ChunkBuilder(self.data, total_entries)
         self.branches = self.builder.branches()
-        self.trees: dict[str, InputTree] = {}
+        self.trees: dict[str, InputTree] = dict(trees or {})
+        self.current: str | None = None
 
     def chunks(self, task: Task) -> Iterator[tuple[Task, int, int, dict[str, ak.Array]]]:
+        if task.location != self.current:
+            if self.current in self.trees:
+                self.trees.pop(self.current).close()
+            self.current = task.location
         tree = self.trees.get(task.location)
         if tree is None:
             tree = self.trees[task.location] = open_tree(task.location, self.data.tree)
@@ -344,12 +356,13 @@ def default_workers() -> int:
     return max(1, cores - 1) if cores > 2 else 1
 
 
-def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries: int) -> Iterator[Block]:
+def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries: int,
+              trees: dict[str, InputTree] | None = None) -> Iterator[Block]:
     """Blocks of all tasks, in task order: in this process (reading a chunk ahead in a thread,
     decompressing on every core) for one worker, else from a process pool with at most one task
-    per worker (plus one) in flight."""
+    per worker (plus one) in flight.  Open ``trees`` are read (and closed) in this process only."""
     if workers <= 1 or len(tasks) <= 1:
-        worker = _Worker(config_to_dict(config), total_entries, decompress_threads=job_cores())
+        worker = _Worker(config_to_dict(config), total_entries, decompress_threads=job_cores(), trees=trees)
         try:
             yield from worker.blocks(tasks)
         finally:
@@ -388,7 +401,9 @@ def convert(config: JobConfig, inputs: str | list[str], output: str | Path, prog
     branches = ChunkBuilder(data).branches()
 
     # Open every input before writing anything: a bad file fails the job in seconds, not hours.
+    # The first few stay open for an in-process read (no second open: a round trip for root://).
     trees: list[InputTree] = []
+    still_open: dict[str, InputTree] = {}
     tasks: list[Task] = []
     try:
         for index, location in enumerate(files):
@@ -398,14 +413,28 @@ def convert(config: JobConfig, inputs: str | list[str], output: str | Path, prog
             if tree.num_entries == 0:
                 log.warning("input %s: tree %r is empty, skipped", location, data.tree)
             tasks += [Task(index, location, a, b) for a, b in _task_ranges(tree, data.chunk_size)]
+            if len(still_open) < KEEP_OPEN and tree.num_entries:
+                still_open[location] = tree
+            else:
+                tree.close()
+        total_entries = sum(t.num_entries for t in trees)
+        if total_entries == 0:
+            raise EmptyInputError(f"input {', '.join(files)}: tree {data.tree!r} has no entries; check the dataset")
+        workers = min(workers or data.workers or default_workers(), len(tasks))
+        if workers > 1 and len(tasks) > 1:  # pool workers open their own files
+            for tree in still_open.values():
+                tree.close()
+            still_open = {}
+        return _write(config, files, trees, tasks, workers, total_entries, still_open, output, progress)
     finally:
         for tree in trees:
             tree.close()
-    total_entries = sum(t.num_entries for t in trees)
-    if total_entries == 0:
-        raise EmptyInputError(f"input {', '.join(files)}: tree {data.tree!r} has no entries; check the dataset")
-    workers = min(workers or data.workers or default_workers(), len(tasks))
 
+
+def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: list[Task], workers: int,
+           total_entries: int, still_open: dict[str, InputTree], output: Path, progress: bool) -> ConvertResult:
+    """Runs the tasks and writes their blocks to ``output`` (the second half of ``convert``)."""
+    data = config.data
     stats = new_stats(data)
     n_clipped = 0
     selected = [0] * len(files)
@@ -416,7 +445,7 @@ def convert(config: JobConfig, inputs: str | list[str], output: str | Path, prog
 
     def merged() -> Iterator[Block]:
         nonlocal n_clipped
-        for block in run_tasks(config, tasks, workers, total_entries):
+        for block in run_tasks(config, tasks, workers, total_entries, still_open):
             for key, group in block.stats.items():
                 stats[key].merge(group)
             n_clipped += block.clipped

@@ -239,6 +239,37 @@ def test_worker_processes_give_the_same_file(tmp_path):
             assert s["mean"] == pytest.approx(two.stats[group][name]["mean"], rel=1e-9)
 
 
+def test_each_input_is_opened_once_and_closed_when_the_next_begins(tmp_path, monkeypatch):
+    """In-process conversion reads the files its check pass opened (a second open is a round trip
+    for root://) and holds one file open at a time while reading."""
+    import payload.convert as conv
+
+    files = [write_jagged_root(tmp_path / f"f{i}.root", make_events(40 + i, seed=i)) for i in range(3)]
+    opened = []
+
+    def counting_open(location, tree):
+        opened.append(conv_open(location, tree))
+        return opened[-1]
+
+    conv_open = conv.open_tree
+    monkeypatch.setattr(conv, "open_tree", counting_open)
+    first_block_of = {}
+    real_build = conv._Worker.build
+
+    def build(self, task, start, stop, arrays):
+        # When a file's first chunk is built, every earlier file is closed already.
+        first_block_of.setdefault(task.file_index, [t.file.closed for t in opened[:task.file_index]])
+        return real_build(self, task, start, stop, arrays)
+
+    monkeypatch.setattr(conv._Worker, "build", build)
+    result = convert(parse_config(JAGGED_CONFIG), ",".join(map(str, files)), tmp_path / "out.h5", progress=False,
+                     workers=1)
+    assert result.events == 40 + 41 + 42
+    assert [t.location for t in opened] == [str(f) for f in files]
+    assert first_block_of == {0: [], 1: [True], 2: [True, True]}
+    assert all(t.file.closed for t in opened)
+
+
 def test_progress_on_a_terminal(tmp_path, jagged_file):
     """On a TTY the progress line is redrawn in place and shows the rate."""
     import os
