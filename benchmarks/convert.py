@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -49,11 +50,14 @@ def child(mode: str, path: str, out: str) -> None:
 
 
 def measure(path: Path, out: Path, repeat: int, env: dict[str, str]) -> dict[str, dict]:
-    """Best of ``repeat`` fresh processes per mode (disk write-back and page-cache noise only ever
-    slow a run), raw read and conversion taking turns so that a slow spell hits both alike."""
+    """Best of ``repeat`` fresh processes per mode (page-cache noise only ever slows a run), raw
+    read and conversion taking turns so that a slow spell hits both alike."""
     runs: dict[str, list[dict]] = {"raw": [], "convert": []}
     for _ in range(repeat):
         for mode in runs:
+            # The last conversion's output is still being written back to disk by the kernel, on
+            # these same cores: each run starts once that is done, so it pays for its own writes only.
+            os.sync()
             proc = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(out)],
                                   capture_output=True, text=True, check=True, cwd=REPO, env=env)
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
