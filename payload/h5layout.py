@@ -94,11 +94,17 @@ class Chunk:
         return len(self.weights)
 
 
-def _compression(name: str) -> dict[str, Any]:
+def _shuffle(dtype: Any) -> int:
+    """Blosc's shuffle for a dataset: integers (entry numbers, counts, file indices) compress ~45x
+    better and 3-5x faster byte-shuffled; floats, mostly padding zeros or noise-like, are fastest unshuffled."""
+    return blosc.SHUFFLE if np.issubdtype(dtype, np.integer) else blosc.NOSHUFFLE
+
+
+def _compression(name: str, dtype: Any) -> dict[str, Any]:
     # Padded objects are mostly zeros.  Blosc-LZ4 (no shuffle) shrinks them ~4x at ~3 GB/s, which
     # beats writing them raw (disk-bound) and lzf/gzip (CPU-bound) by 4-10x; see benchmarks/convert.py.
     if name == "blosc-lz4":
-        return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=hdf5plugin.Blosc.NOSHUFFLE))
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=_shuffle(dtype)))
     if name == "none":
         return {}
     return {"compression": name}
@@ -107,7 +113,7 @@ def _compression(name: str) -> dict[str, Any]:
 def _blosc_lz4(chunk: np.ndarray) -> bytes:
     """One chunk compressed exactly as the HDF5 Blosc filter stores it, without holding the GIL."""
     return blosc.compress_ptr(chunk.__array_interface__["data"][0], chunk.size, typesize=chunk.dtype.itemsize,
-                              clevel=1, shuffle=blosc.NOSHUFFLE, cname="lz4")
+                              clevel=1, shuffle=_shuffle(chunk.dtype), cname="lz4")
 
 
 def _chunk_rows(row_bytes: int) -> int:
@@ -180,7 +186,6 @@ class EventFileWriter:
                  event_names: list[str], spectator_names: list[str], compression: str = "blosc-lz4"):
         self.file = h5py.File(path, "w")
         self.size = 0
-        comp = _compression(compression)
         compress = _blosc_lz4 if compression == "blosc-lz4" else None
         m, f = max_objects, len(object_names)
         rows = _chunk_rows(m * f * 4)
@@ -199,7 +204,8 @@ class EventFileWriter:
                 self._empty.append(name)
             else:
                 ds = self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                              chunks=(rows if name == "objects" else small_rows, *shape), **comp)
+                                              chunks=(rows if name == "objects" else small_rows, *shape),
+                                              **_compression(compression, dtype))
                 self._appenders[name] = _Appender(ds, compress)
             if names is not None:
                 ds.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
