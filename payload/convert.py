@@ -61,7 +61,7 @@ class Block:
     start: int
     stop: int
     n_objects: np.ndarray   # (n,) int16, real objects per event after clipping
-    slots: np.ndarray       # (k,) int64, flat slot event * M + position of each kept object
+    slots: np.ndarray       # (k,) int32 (int64 for huge chunks), flat slot event * M + position of each kept object
     rows: np.ndarray        # (k, F) float32, the kept objects
     events: np.ndarray      # (n, E) float32
     spectators: np.ndarray  # (n, S) float32
@@ -197,7 +197,9 @@ class ChunkBuilder:
             return out
 
         counts = np.sum(counts_list, axis=0) if n else np.zeros(0, dtype=np.int64)
-        event_of = np.concatenate([np.repeat(np.arange(n, dtype=np.int32), c) for c in counts_list])
+        # Indices of a chunk's objects and slots fit 32 bits (half the memory of every index array).
+        index = np.int32 if max(sum(totals), n * m) < 2**31 else np.int64
+        event_of = np.concatenate([np.repeat(np.arange(n, dtype=index), c) for c in counts_list])
 
         # Group objects by event, highest sort key first, with one stable sort on a 64-bit key
         # (event number high, inverted float bits low): 6x faster than np.lexsort, and exact.
@@ -209,8 +211,9 @@ class ChunkBuilder:
         order = np.argsort(key, kind="stable")
         del key
         event_of = event_of[order]
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n else np.zeros(0, dtype=np.int64)
-        position = np.arange(len(event_of), dtype=np.int64) - starts[event_of]
+        starts = np.zeros(n, dtype=index)
+        np.cumsum(counts[:-1], out=starts[1:])
+        position = np.arange(len(event_of), dtype=index) - starts[event_of]
         kept = position < m
         clipped = int(len(kept) - np.count_nonzero(kept))
         if clipped:
@@ -246,7 +249,7 @@ class ChunkBuilder:
         stats["events"].update(events, sample)
         stats["spectators"].update(spectators, sample)
         stats["weights"].update(weights[:, None], sample)
-        slots = event_of.astype(np.int64) * m + position
+        slots = event_of * index(m) + position
         return Block(file_index, start, stop, n_objects, slots, rows, events, spectators, weights, entry, clipped, stats)
 
 
