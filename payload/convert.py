@@ -363,7 +363,7 @@ def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries:
               trees: dict[str, InputTree] | None = None) -> Iterator[Block]:
     """Blocks of all tasks, in task order: in this process (reading a chunk ahead in a thread,
     decompressing on every core) for one worker, else from a process pool with at most one task
-    per worker (plus one) in flight.  Open ``trees`` are read (and closed) in this process only."""
+    per worker (plus one) in flight.  Open ``trees`` are read in this process, closed before a pool starts."""
     if workers <= 1 or len(tasks) <= 1:
         worker = _Worker(config_to_dict(config), total_entries, decompress_threads=job_cores(), trees=trees)
         try:
@@ -372,6 +372,8 @@ def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries:
             worker.close()
         return
 
+    for tree in (trees or {}).values():  # pool workers open their own files
+        tree.close()
     # fork starts workers in milliseconds with the modules already imported; elsewhere spawn.
     method = "fork" if sys.platform == "linux" else "spawn"
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
@@ -424,10 +426,6 @@ def convert(config: JobConfig, inputs: str | list[str], output: str | Path, prog
         if total_entries == 0:
             raise EmptyInputError(f"input {', '.join(files)}: tree {data.tree!r} has no entries; check the dataset")
         workers = min(workers or data.workers or default_workers(), len(tasks))
-        if workers > 1 and len(tasks) > 1:  # pool workers open their own files
-            for tree in still_open.values():
-                tree.close()
-            still_open = {}
         return _write(config, files, trees, tasks, workers, total_entries, still_open, output, progress)
     finally:
         for tree in trees:
