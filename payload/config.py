@@ -140,7 +140,13 @@ class ScalingConfig(_Strict):
     """
 
     method: Literal["minmax", "standard", "fixed", "none"] = "minmax"
+    #: ``log``/``log10`` of x > 0 (values below the fitted floor, the lower range quantile of the
+    #: positive values, are raised to it); zeros and negatives (MET = 0) map to a fitted value a tenth
+    #: of the positive values' range below them, so they stay apart without squeezing the real values.
     transforms: dict[str, Literal["log", "log10", "log1p", "none"]] = Field(default_factory=dict)
+    #: minmax maps these quantiles of the training split's real values (after the transform) to 0 and
+    #: 1, so a few extreme values cannot squeeze the rest; [0, 1] is the exact min and max (seed 000).
+    range_quantiles: tuple[Annotated[float, Field(ge=0, lt=0.5)], Annotated[float, Field(gt=0.5, le=1)]] = (0.001, 0.999)
     fixed: dict[str, tuple[float, Annotated[float, Field(gt=0)]]] = Field(default_factory=dict)
     #: Drop events with any real object whose feature exceeds this value (seed 000: pt > 3000 GeV).
     outliers: dict[str, float] = Field(default_factory=dict)
@@ -194,6 +200,10 @@ class ModelConfig(_Strict):
     embeddings: dict[str, Embedding] = Field(default_factory=dict)
     #: Members trained in one job (different seeds) and averaged into one model (seed 002).
     ensemble: Annotated[int, Field(ge=1, le=100)] = 1
+    #: ``folds``: member k also leaves part k of the training split out, and each training event is
+    #: scored (weighted) only by the member that did not train on it; validation and test events by
+    #: the average of all (cross-fitting: less variance in NN weights, no event judged in-sample).
+    ensemble_split: Literal["seeds", "folds"] = "seeds"
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
     graph: GraphConfig = Field(default_factory=GraphConfig)
 
@@ -239,8 +249,25 @@ class SpeedupConfig(_Strict):
 class EvaluationConfig(_Strict):
     #: NN weights p/(1-p) are clipped to [1/max, max] and normalised to the primary's sum of weights.
     max_weight: Annotated[float, Field(gt=1)] = 20.0
+    #: Bins of the object-level closure histograms (all objects of a collection, axis from the data).
     bins: Annotated[int, Field(ge=5, le=1000)] = 40
-    #: Train a fresh classifier on reweighted primary vs secondary (its AUC should fall to 0.5).
+    #: Equal-population bins of the event-level closure tables (p-values from chi2 with ndf = bins - 1).
+    closure_bins: Annotated[int, Field(ge=2, le=1000)] = 20
+    #: Test events per sample kept for the event-level tables, the independent test and its plots
+    #: (a hash-drawn sample beyond this: memory stays bounded whatever the dataset size).
+    closure_events: Annotated[int, Field(ge=100)] = 200_000
+    #: Gradient-boosted classifier on high-level features, k-fold cross-validated, separating
+    #: reweighted primary from secondary test events (shares nothing with the network).
+    independent_test: bool = True
+    independent_folds: Annotated[int, Field(ge=2, le=20)] = 5
+    #: Label permutations for the independent test's null distribution (0 = analytic null only).
+    permutations: Annotated[int, Field(ge=0, le=100)] = 5
+    #: The field's standard reweighter trained beside the network and compared with it (reweight only).
+    baseline: Literal["gbreweighter", "none"] = "gbreweighter"
+    baseline_events: Annotated[int, Field(ge=100)] = 200_000  # training events per sample
+    baseline_trees: Annotated[int, Field(ge=1, le=10_000)] = 50
+    #: Train a fresh Deep Sets classifier on reweighted primary vs secondary (a second opinion: it
+    #: shares the network's inputs and scaling, so it can share its blind spots).
     closure_classifier: bool = True
     closure_epochs: Annotated[int, Field(ge=1)] = 5
     #: Test-time augmentation: average over this many phi rotations (times the configured flips); 0 = off.
@@ -275,6 +302,8 @@ class JobConfig(_Strict):
             raise ValueError("model.type dense needs data.event_features or model.flatten_objects")
         if (self.task == "autoencode") != (model.type == "autoencoder"):
             raise ValueError("task autoencode and model.type autoencoder go together")
+        if model.ensemble_split == "folds" and model.ensemble < 2:
+            raise ValueError("model.ensemble_split folds needs model.ensemble of at least 2 (the number of parts)")
         if model.type == "autoencoder" and (model.dense_connections or model.embeddings or model.ensemble > 1):
             raise ValueError("model.dense_connections, model.embeddings and model.ensemble are for classifiers, "
                              "not the autoencoder (a concatenating connection would bypass the bottleneck)")

@@ -17,7 +17,7 @@ import numpy as np
 from payload.config import JobConfig
 from payload.h5layout import json_attr, names, object_mask, open_event_file, read_rows
 from payload.scaling import Scaler, outlier_mask
-from payload.splits import assign, file_key
+from payload.splits import TEST, TRAIN, assign, base_name, file_key, part
 
 
 @dataclass
@@ -56,7 +56,10 @@ def concat(blocks: list[Block]) -> Block:
 class EventSource:
     """One event file, read block by block, filtered to some splits and scaled."""
 
-    def __init__(self, path: str | Path, config: JobConfig, scaler: Scaler | None):
+    def __init__(self, path: str | Path, config: JobConfig, scaler: Scaler | None,
+                 trained_on: set[str] | None = None):
+        """``trained_on``: base names of the files a model was trained on, when applying it; events of
+        any other file are all test events (the model never saw them)."""
         self.path = Path(path)
         self.config = config
         self.scaler = scaler
@@ -69,6 +72,8 @@ class EventSource:
             self.source_files = json_attr(f, "source_files")
             self.stats = json_attr(f, "stats")
         self.file_keys = np.array([file_key(s) for s in self.source_files], dtype=np.int64)
+        self.unseen = np.array([trained_on is not None and base_name(s) not in trained_on for s in self.source_files],
+                               dtype=bool)
         self.use_events = bool(self.event_names)
         # Observables of the decorrelation penalty: (spectator or event, column) each.
         wanted = config.training.decorrelation.features if config.training.decorrelation else []
@@ -91,9 +96,10 @@ class EventSource:
         return [(a, min(a + step, self.size)) for a in range(0, self.size, step)]
 
     def read(self, start: int, stop: int, splits: tuple[int, ...] | None, drop_outliers: bool = True,
-             half: int | None = None) -> Block:
+             half: int | None = None, leave_out: tuple[int, int] | None = None) -> Block:
         """Events of rows [start, stop) in ``splits`` (all when None); ``half`` (0 or 1) further keeps
-        one hash-defined half of them, for checks trained and tested on disjoint halves."""
+        one hash-defined half of them, for checks trained and tested on disjoint halves;
+        ``leave_out`` (parts, part) drops the training events of one part (a cross-fit member)."""
         f = self._h5()
         objects = read_rows(f["objects"], start, stop)
         n_objects = read_rows(f["n_objects"], start, stop)
@@ -102,10 +108,13 @@ class EventSource:
         file_index = read_rows(f["file_index"], start, stop)
         sc = self.config.split
         split = assign(entry, self.file_keys[file_index], sc.seed, sc.train, sc.validation, sc.folds, sc.fold)
+        split[self.unseen[file_index]] = TEST
         keep = np.ones(len(entry), dtype=bool) if splits is None else np.isin(split, splits)
         if half is not None:
             halves = assign(entry, self.file_keys[file_index], sc.seed + 1, 0.5, 0.0)
             keep &= (halves == 0) == (half == 0)
+        if leave_out is not None:
+            keep &= ~((split == TRAIN) & (part(entry, self.file_keys[file_index], sc.seed, leave_out[0]) == leave_out[1]))
         inlier = outlier_mask(objects, n_objects, self.object_names, self.config.scaling.outliers)
         if drop_outliers:
             keep &= inlier
@@ -170,8 +179,9 @@ class _ShuffledRows:
     batches are slices of the shuffled buffer: one copy per event per pass."""
 
     def __init__(self, source: EventSource, splits: tuple[int, ...], rng: np.random.Generator, buffer_blocks: int,
-                 half: int | None = None):
+                 half: int | None = None, leave_out: tuple[int, int] | None = None):
         self.source, self.splits, self.rng, self.buffer_blocks, self.half = source, splits, rng, buffer_blocks, half
+        self.leave_out = leave_out
         self._pending: Rows | None = None
         self._size = self._offset = 0
         self._blocks: Iterator[Block] = iter(())
@@ -196,7 +206,8 @@ class _ShuffledRows:
                 return {k: v[order] for k, v in buf.items()}
             ranges = self.source.block_ranges()
             order = self.rng.permutation(len(ranges))
-            self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half) for i in order)
+            self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half, leave_out=self.leave_out)
+                            for i in order)
         raise RuntimeError(f"{self.source.path}: no events in the requested split")
 
     def take(self, n: int, remaining: int | None = None) -> Rows:
@@ -227,7 +238,7 @@ class TrainingStream:
     def __init__(self, sources: list[tuple[EventSource, int]], counts: list[int], sumw: list[float],
                  config: JobConfig, splits: tuple[int, ...], seed: int, shuffle: bool = True,
                  extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
-                 half: int | None = None, augment: bool = False):
+                 half: int | None = None, augment: bool = False, leave_out: tuple[int, int] | None = None):
         total = sum(counts)
         bs = config.training.batch_size
         self.steps = max(1, int(np.ceil(total / bs)))
@@ -240,8 +251,8 @@ class TrainingStream:
                         for s in sumw]
         rng = np.random.default_rng(seed)
         buffer_blocks = config.training.shuffle_blocks if shuffle else 1
-        self.rows = [_ShuffledRows(src, splits, np.random.default_rng(rng.integers(1 << 62)), buffer_blocks, half)
-                     for src, _ in sources]
+        self.rows = [_ShuffledRows(src, splits, np.random.default_rng(rng.integers(1 << 62)), buffer_blocks, half,
+                                   leave_out) for src, _ in sources]
         self.labels = [label for _, label in sources]
         self.extra_weight = extra_weight
         self.rng = np.random.default_rng(rng.integers(1 << 62))

@@ -7,7 +7,8 @@ dict sample -> list), ``entry`` (tree entry), ``split`` (0 train, 1 validation, 
 ``outlier`` (dropped from training by the outlier cuts), ``label``, ``score`` (the network output),
 ``weight`` (event weight) and ``nn_weight``: for ``reweight``, p/(1-p) for primary events, clipped
 to [1/max_weight, max_weight] and normalised so the primary's weighted sum is unchanged; 1 for
-secondary and outlier events.
+secondary and outlier events.  With the baseline on, ``baseline_weight``: the GBReweighter's
+weight, normalised the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from payload.atomic import atomic_path
 from payload.config import JobConfig
 from payload.dataset import Block, EventSource
 from payload.h5layout import object_mask
-from payload.metrics import BinaryScores, WeightedHist, chi2_ndf, distance_correlation, ks_distance
+from payload.metrics import BinaryScores, WeightedHist, compare, distance_correlation
 from payload.models import input_names
 from payload.progress import log
 from payload.splits import TEST
@@ -60,6 +61,8 @@ def make_predictor(config: JobConfig, model, scaler) -> Callable[[dict[str, np.n
 
 #: Test events kept for the distance correlation of the score with each observable (O(n^2) memory).
 DCORR_EVENTS = 4000
+#: Hash seed offset that draws the closure sample's test events (apart from the split's own hash).
+_CLOSURE_DRAW = 5
 
 
 def odds(scores: np.ndarray) -> np.ndarray:
@@ -72,47 +75,77 @@ def nn_weight(scores: np.ndarray, max_weight: float) -> np.ndarray:
     return np.clip(odds(scores), 1.0 / max_weight, max_weight)
 
 
+class Scorer:
+    """The network's score for every event of a block.  With cross-fitted members (``model.ensemble``
+    with ``ensemble_split: folds``), a training-split event is scored by the one member that left its
+    part out, every other event by the average of all members, so no event is weighted by a model
+    that trained on it."""
+
+    def __init__(self, config: JobConfig, model, scaler, members: list | None = None):
+        self.config = config
+        self.model = make_predictor(config, model, scaler)
+        self.members = [make_predictor(config, m, scaler) for m in members] if members else None
+
+    def __call__(self, block: Block, source: EventSource) -> np.ndarray:
+        if not self.members:
+            return self.model(block.inputs)
+        from payload.splits import TRAIN, part
+
+        each = np.stack([m(block.inputs) for m in self.members])
+        out = each.mean(axis=0)
+        k = len(self.members)
+        owner = part(block.entry, source.file_keys[block.file_index], self.config.split.seed, k)
+        train = block.split == TRAIN
+        out[train] = each[owner[train], np.flatnonzero(train)]
+        return out
+
+
 @dataclass
 class Variable:
+    """An object-level closure variable: one feature of all real objects of a collection (``type``
+    code ``code``; every object when None), streamed over every test event."""
+
     name: str
-    kind: str  # "spectator", "event", "object" or "count"
     index: int
+    code: int | None
+    edges: np.ndarray
     hists: dict[str, WeightedHist] = field(default_factory=dict)
 
-    def values(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
+    def values(self, block: Block, type_index: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Values and per-value event index (objects repeat their event's weight)."""
-        n = len(block)
-        if self.kind == "spectator":
-            return block.spectators[:, self.index], np.arange(n)
-        if self.kind == "event":
-            return block.events[:, self.index], np.arange(n)
-        if self.kind == "count":
-            return block.n_objects.astype(np.float64), np.arange(n)
         real = object_mask(block.n_objects, block.raw_objects.shape[1])
+        if self.code is not None:
+            real &= np.rint(block.raw_objects[:, :, type_index]) == self.code
         return block.raw_objects[:, :, self.index][real], np.nonzero(real)[0]
 
 
-def _edges(stats: dict[str, Any], bins: int) -> np.ndarray:
-    lo, hi = stats["quantiles"]["0.001"], stats["quantiles"]["0.999"]
-    if not hi > lo:
-        lo, hi = stats["min"] - 0.5, stats["max"] + 0.5
-    return np.linspace(lo, hi, bins + 1)
+def object_variables(config: JobConfig, sources: list[tuple[EventSource, int]], bins: int) -> list[Variable]:
+    """Per collection and object feature, with axis ranges from the data (the 0.1 % and 99.9 %
+    quantiles of the first test events of both samples); constant features are left out."""
+    from payload.config import TYPE_FEATURE
 
-
-def closure_variables(source: EventSource, bins: int) -> list[Variable]:
-    stats = source.stats
-    out = [Variable(n, "spectator", i) for i, n in enumerate(source.spectator_names)]
-    out += [Variable(n, "event", i) for i, n in enumerate(source.event_names)]
-    out += [Variable(n, "object", i) for i, n in enumerate(source.object_names)]
-    out.append(Variable("n_objects", "count", 0))
-    for v in out:
-        if v.kind == "count":
-            edges = np.arange(source.max_objects + 2) - 0.5
-        else:
-            group = {"spectator": "spectators", "event": "events", "object": "objects"}[v.kind]
-            s = stats[group][v.name]
-            edges = _edges(s, bins) if s.get("count") else np.linspace(0, 1, bins + 1)
-        v.hists = {k: WeightedHist(edges) for k in ("primary", "reweighted", "secondary")}
+    first = sources[0][0]
+    names = first.object_names
+    type_index = names.index(TYPE_FEATURE) if TYPE_FEATURE in names else None
+    groups = ([(c.name, c.type_code) for c in config.data.collections]
+              if type_index is not None and len(config.data.collections) > 1 else [("objects", None)])
+    skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | set(config.model.embeddings)
+    blocks = [source.read(*r, (TEST,)) for source, _ in sources for r in source.block_ranges()[:2]]
+    out = []
+    for group, code in groups:
+        for j, feature in enumerate(names):
+            if feature in skip:
+                continue
+            probe = Variable(f"{group}_{feature}", j, code, np.zeros(2))
+            values = np.concatenate([probe.values(b, type_index)[0] for b in blocks]) if blocks else np.zeros(0)
+            values = values[np.isfinite(values)]
+            if values.size < 2 or values.min() == values.max():
+                continue
+            lo, hi = np.quantile(values, [0.001, 0.999])
+            if not hi > lo:
+                lo, hi = values.min(), values.max()
+            probe.edges = np.linspace(lo, hi, bins + 1)
+            out.append(probe)
     return out
 
 
@@ -136,14 +169,14 @@ class PredictionWriter:
             ds[self.size:] = columns[name]
         self.size += n
 
-    def scale_nn_weights(self, factor: float, sample: int = 0, step: int = 1 << 20) -> None:
-        """Normalise the primary's NN weights in place, streaming."""
+    def scale_column(self, name: str, factor: float, sample: int = 0, step: int = 1 << 20) -> None:
+        """Normalise the primary's weights in column ``name`` in place (outliers keep 1), streaming."""
         for a in range(0, self.size, step):
             s = self.file["sample"][a:a + step]
-            w = self.file["nn_weight"][a:a + step]
+            w = self.file[name][a:a + step]
             move = (s == sample) & ~self.file["outlier"][a:a + step]
             w[move] *= factor
-            self.file["nn_weight"][a:a + step] = w
+            self.file[name][a:a + step] = w
 
 
 @dataclass
@@ -151,67 +184,119 @@ class Evaluation:
     metrics: dict[str, Any]
     scores: BinaryScores
     variables: list[Variable]
-    weight_hist: WeightedHist | None
+    weight_hists: dict[str, tuple[WeightedHist, float]] = field(default_factory=dict)  # weighting: (hist, factor)
+    event_hists: dict[str, dict[str, WeightedHist]] = field(default_factory=dict)
 
 
-def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], predictions: Path) -> Evaluation:
+class _Weighting:
+    """Running sums of one weighting of the primary (NN or baseline): its normalisation and clipping."""
+
+    def __init__(self, max_weight: float | None):
+        self.max_weight = max_weight
+        self.sum_w = self.sum_wf = 0.0
+        self.clipped = self.counted = 0
+        edges = np.geomspace(1.0 / max_weight, max_weight, 61) if max_weight else np.geomspace(1e-2, 1e2, 61)
+        self.hist = WeightedHist(edges)
+
+    def factors(self, ratio: np.ndarray, outlier: np.ndarray, w: np.ndarray) -> np.ndarray:
+        f = ratio
+        if self.max_weight:
+            f = np.clip(ratio, 1.0 / self.max_weight, self.max_weight)
+            self.clipped += int(((ratio > self.max_weight) | (ratio < 1 / self.max_weight))[~outlier].sum())
+        f = np.where(outlier, 1.0, f)
+        self.counted += int((~outlier).sum())
+        self.sum_w += float(w[~outlier].sum())
+        self.sum_wf += float((w * f)[~outlier].sum())
+        return f
+
+    @property
+    def normalisation(self) -> float:
+        return self.sum_w / self.sum_wf if self.sum_wf > 0 else 1.0
+
+
+def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], predictions: Path,
+             baseline=None, members: list | None = None) -> Evaluation:
     """Predict every event of every source, write ``predictions`` (atomically) and compute metrics.
 
-    ``sources`` are (source, label) with the primary first; weights are reported for it.
+    ``sources`` are (source, label) with the primary first; weights are reported for it.  For a
+    labelled reweighting, the closure of the NN weights (and of the ``baseline``'s, a fitted
+    ``payload.baseline.Baseline``) is measured on the test events: object-level histograms streamed
+    over all of them, event-level tables and the independent test on a bounded sample.
     """
+    from payload.closure import ClosureSample
+    from payload.highlevel import HighLevel
+    from payload.splits import uniform
+
     reweight = config.task == "reweight"
+    ev = config.evaluation
     # Labels are known only when both samples are given; one sample gets predictions and weights alone.
     labelled = len(sources) == 2
-    max_w = config.evaluation.max_weight
     scores = BinaryScores()
-    variables = closure_variables(sources[0][0], config.evaluation.bins) if reweight and labelled else []
-    weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
-    sum_w = sum_wnn = 0.0
-    clipped = counted = 0
     first = sources[0][0]
-    predictor = make_predictor(config, model, first.scaler)
+    check = reweight and labelled
+    variables = object_variables(config, sources, ev.bins) if check else []
+    high_level = HighLevel(config, first.object_names, first.event_names, first.spectator_names)
+    sample = ClosureSample(high_level.names, high_level.integer)
+    # Expected test events per sample, which sets the rate that keeps about closure_events of them.
+    expected = [s.size * (1.0 if s.unseen.all() else config.split.test) for s, _ in sources]
+    weightings = {"nn": _Weighting(ev.max_weight)} if reweight else {}
+    if reweight and baseline is not None:
+        weightings["baseline"] = _Weighting(None)
+    scorer = Scorer(config, model, first.scaler, members)
     observables = first.spectator_names + first.event_names
     # Rows (score, observables...) of test events, the same number from each sample, for distance correlations.
     kept: list[list[np.ndarray]] = [[] for _ in sources]
+    type_index = first.object_names.index("type") if "type" in first.object_names else None
+    extra = {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
     with atomic_path(predictions) as tmp:
-        writer = PredictionWriter(tmp)
+        writer = PredictionWriter(tmp, extra)
         try:
-            for sample, (source, label) in enumerate(sources):
+            for index, (source, label) in enumerate(sources):
                 for block in source.iterate(splits=None, drop_outliers=False):
-                    p = predictor(block.inputs)
+                    p = scorer(block, source)
                     outlier = block.outlier
                     w = block.weights.astype(np.float64)
-                    nnw = np.ones(len(block))
-                    if reweight and sample == 0:
-                        ratio = odds(p)
-                        nnw = np.where(outlier, 1.0, np.clip(ratio, 1.0 / max_w, max_w))
-                        clipped += int(((ratio > max_w) | (ratio < 1 / max_w))[~outlier].sum())
-                        counted += int((~outlier).sum())
-                        sum_w += float(w[~outlier].sum())
-                        sum_wnn += float((w * nnw)[~outlier].sum())
-                    writer.append({"sample": np.full(len(block), sample), "file_index": block.file_index,
-                                   "entry": block.entry, "split": block.split, "outlier": outlier,
-                                   "label": np.full(len(block), label), "score": p, "weight": w, "nn_weight": nnw})
+                    factors = {k: np.ones(len(block)) for k in weightings}
+                    features = high_level.compute(block) if check or "baseline" in weightings else None
+                    if index == 0:
+                        if "nn" in weightings:
+                            factors["nn"] = weightings["nn"].factors(odds(p), outlier, w)
+                        if "baseline" in weightings:
+                            factors["baseline"] = weightings["baseline"].factors(baseline.factors(features), outlier, w)
+                    columns = {"sample": np.full(len(block), index), "file_index": block.file_index,
+                               "entry": block.entry, "split": block.split, "outlier": outlier,
+                               "label": np.full(len(block), label), "score": p, "weight": w,
+                               "nn_weight": factors.get("nn", np.ones(len(block)))}
+                    if extra:
+                        columns["baseline_weight"] = factors["baseline"]
+                    writer.append(columns)
                     test = (block.split == TEST) & ~outlier
                     if not labelled or not test.any():
                         continue
                     scores.fill(p[test], np.full(int(test.sum()), label), w[test])
-                    if config.task == "classify" and sum(map(len, kept[sample])) < DCORR_EVENTS // len(sources):
-                        kept[sample].append(np.column_stack([p, block.spectators, block.events])[test])
-                    if reweight:
-                        sub = block.take(np.flatnonzero(test))
-                        if sample == 0:
-                            weight_hist.fill(nnw[test], w[test])
-                        for v in variables:
-                            values, event = v.values(sub)
-                            if sample == 0:
-                                v.hists["primary"].fill(values, w[test][event])
-                                v.hists["reweighted"].fill(values, (w * nnw)[test][event])
-                            else:
-                                v.hists["secondary"].fill(values, w[test][event])
-            factor = sum_w / sum_wnn if reweight and sum_wnn > 0 else 1.0
-            if reweight:
-                writer.scale_nn_weights(factor)
+                    if config.task == "classify" and sum(map(len, kept[index])) < DCORR_EVENTS // len(sources):
+                        kept[index].append(np.column_stack([p, block.spectators, block.events])[test])
+                    if not check:
+                        continue
+                    rate = min(1.0, ev.closure_events / max(expected[index], 1))
+                    u = uniform(block.entry, source.file_keys[block.file_index], config.split.seed + _CLOSURE_DRAW)
+                    drawn = test & (u < rate)
+                    sample.add(index, features[drawn], w[drawn], {k: f[drawn] for k, f in factors.items()} if index == 0 else {})
+                    sub = block.take(np.flatnonzero(test))
+                    for key, weighting in weightings.items():
+                        if index == 0:
+                            weighting.hist.fill(factors[key][test], w[test])
+                    for v in variables:
+                        values, event = v.values(sub, type_index)
+                        if index == 0:
+                            v.hists.setdefault("unweighted", WeightedHist(v.edges)).fill(values, w[test][event])
+                            for key in weightings:
+                                v.hists.setdefault(key, WeightedHist(v.edges)).fill(
+                                    values, (w * factors[key])[test][event])
+                        else:
+                            v.hists.setdefault("secondary", WeightedHist(v.edges)).fill(values, w[test][event])
+            for key, weighting in weightings.items():
+                writer.scale_column("nn_weight" if key == "nn" else "baseline_weight", weighting.normalisation)
             writer.file.attrs["source_files"] = json.dumps({str(i): s.source_files for i, (s, _) in enumerate(sources)})
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = __doc__
@@ -220,9 +305,14 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
             writer.file.close()
 
     metrics: dict[str, Any] = {"events": size}
+    unseen = {s.path.stem: int(s.unseen.sum()) for s, _ in sources}
+    metrics["scored_on"] = ("every event of files the model never trained on" if all(s.unseen.all() for s, _ in sources)
+                            else "the test split" if not any(s.unseen.any() for s, _ in sources)
+                            else f"every event of unseen files {unseen}, the test split of training files")
     if labelled:
         metrics.update(test=scores.summary(), calibration=scores.calibration())
-        log.info("test AUC %.4f over %d events", metrics["test"]["auc"], metrics["test"]["events"])
+        log.info("test AUC %.4f over %d events (%s)", metrics["test"]["auc"], metrics["test"]["events"],
+                 metrics["scored_on"])
     if labelled and config.task == "classify":
         metrics["ams"] = scores.ams(config.evaluation.ams_b_r, 1.0 / config.split.test)
         if config.evaluation.speedup:
@@ -231,21 +321,74 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
             rows = np.concatenate([np.concatenate(k)[:DCORR_EVENTS // len(sources)] for k in kept if k])
             metrics["distance_correlation"] = {name: distance_correlation(rows[:, 0], rows[:, 1 + i])
                                                for i, name in enumerate(observables)}
-    if reweight:
-        metrics["nn_weights"] = {"normalisation": factor, "clipped_fraction": clipped / max(counted, 1),
-                                 "max_weight": max_w}
-    if reweight and labelled:
-        for v in variables:
-            v.hists["reweighted"] = v.hists["reweighted"].scaled(factor)
-        metrics["closure"] = {
-            v.name: {
-                "chi2_ndf_before": chi2_ndf(v.hists["primary"], v.hists["secondary"]),
-                "chi2_ndf_after": chi2_ndf(v.hists["reweighted"], v.hists["secondary"]),
-                "ks_before": ks_distance(v.hists["primary"], v.hists["secondary"]),
-                "ks_after": ks_distance(v.hists["reweighted"], v.hists["secondary"]),
-            } for v in variables
-        }
-    return Evaluation(metrics, scores, variables, weight_hist)
+    if "nn" in weightings:
+        nn = weightings["nn"]
+        metrics["nn_weights"] = {"normalisation": nn.normalisation, "clipped_fraction": nn.clipped / max(nn.counted, 1),
+                                 "max_weight": ev.max_weight}
+    evaluation = Evaluation(metrics, scores, variables,
+                            {k: (wt.hist, wt.normalisation) for k, wt in weightings.items()})
+    if check:
+        _closure(config, evaluation, sample, weightings, baseline)
+    return evaluation
+
+
+def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict[str, _Weighting], baseline) -> None:
+    """Closure metrics of every weighting on the test events (see ``payload.closure``), in metrics."""
+    from payload.closure import event_level, independent_test, verdict, weight_diagnostics
+
+    ev = config.evaluation
+    metrics = evaluation.metrics
+    for key, weighting in weightings.items():
+        sample.normalise(key, weighting.normalisation)
+        for v in evaluation.variables:
+            if key in v.hists:
+                v.hists[key] = v.hists[key].scaled(weighting.normalisation)
+    x0, w0, factors = sample.arrays(0)
+    for key in weightings:
+        diagnostics = weight_diagnostics(w0, factors[key]) if key in factors else {}
+        target = metrics.setdefault("nn_weights" if key == "nn" else "baseline", {})
+        target.update({f"test_{k}": v for k, v in diagnostics.items()})
+    if baseline is not None:
+        metrics["baseline"].update({"method": "hep_ml GBReweighter", "trained_on": list(baseline.trained_on),
+                                    "normalisation": weightings["baseline"].normalisation,
+                                    "features": baseline.high_level.names})
+    tables = event_level(sample, ev.closure_bins)
+    evaluation.event_hists = tables.pop("hists")
+    closure: dict[str, Any] = {"events": {"primary": len(w0), "secondary": len(sample.arrays(1)[1]),
+                                          "cap_per_sample": ev.closure_events},
+                               "event_level": tables["variables"], "event_level_total": tables["total"]}
+    closure["object_level"] = {v.name: {k: compare(h, v.hists["secondary"]) for k, h in v.hists.items()
+                                        if k != "secondary"}
+                               for v in evaluation.variables if "secondary" in v.hists}
+    test: dict[str, Any] = {}
+    if ev.independent_test:
+        log.info("independent closure test: k-fold gradient-boosted classifier on %d + %d test events",
+                 closure["events"]["primary"], closure["events"]["secondary"])
+        test = independent_test(sample, ev.independent_folds, ev.permutations, config.training.seed)
+        closure["independent_test"] = test
+    messages = verdict(tables, test, "nn", "baseline" if baseline is not None else None)
+    total = tables["total"]
+    nn_result = test.get("results", {}).get("nn")
+    closure["verdict"] = {
+        "closed": not messages or all(m.startswith("the standard reweighter") for m in messages),
+        "beats_baseline": (total["nn"]["chi2_ndf"] <= total["baseline"]["chi2_ndf"]) if "baseline" in total else None,
+        "messages": messages,
+    }
+    for line in _summary_lines(total, nn_result, test.get("results", {})):
+        log.info("%s", line)
+    for m in messages:
+        log.warning("closure: %s", m)
+    metrics["closure"] = closure
+
+
+def _summary_lines(total: dict[str, Any], nn_result, results: dict[str, Any]) -> list[str]:
+    names = [k for k in ("unweighted", "nn", "baseline") if k in total]
+    lines = ["closure on test events (event-level, total chi2/ndf): " +
+             ", ".join(f"{k} {total[k]['chi2_ndf']:.2f}" for k in names) + f" (ndf {total[names[0]]['ndf']})"]
+    if results:
+        lines.append("independent classifier AUC (0.5 = closed): " +
+                     ", ".join(f"{k} {r['auc']:.4f} (p {r['p']:.2g})" for k, r in results.items()))
+    return lines
 
 
 def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource, int]], tallies,

@@ -48,11 +48,14 @@ def labels(config: JobConfig) -> tuple[int, int]:
     return (0, 1) if config.task == "reweight" else (1, 0)
 
 
-def labelled_sources(config: JobConfig, files: dict[str, Path], scaler) -> list[tuple[Any, int]]:
-    """(EventSource, label) for each converted sample, primary first."""
+def labelled_sources(config: JobConfig, files: dict[str, Path], scaler,
+                     trained_on: dict[str, list[str]] | None = None) -> list[tuple[Any, int]]:
+    """(EventSource, label) for each converted sample, primary first.  ``trained_on``: the base names
+    of the files a model was trained on, per sample, when applying it (other files are all test)."""
     from payload.dataset import EventSource
 
-    return [(EventSource(files[name], config, scaler), label)
+    seen = None if trained_on is None else {n for names in trained_on.values() for n in names}
+    return [(EventSource(files[name], config, scaler, seen), label)
             for name, label in zip(("primary", "secondary"), labels(config)) if name in files]
 
 
@@ -172,6 +175,17 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
         raise
 
 
+def _trained_files(bundle: Path) -> dict[str, list[str]] | None:
+    """Base names of the files a bundle's model was trained on (None for bundles that predate the record,
+    which are then scored on the test split as before)."""
+    import json
+
+    try:
+        return json.loads((bundle / "metrics.json").read_text())["training"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str,
                         bundle: Path | None) -> dict[str, Any]:
     import keras
@@ -181,27 +195,36 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     from payload.models import load_model
     from payload.reconstruct import evaluate_autoencoder
     from payload.scaling import Scaler
+    from payload.splits import TRAIN, base_name
     from payload.train import prepare
 
     autoencode = config.task == "autoencode"
-    raw = [source for source, _ in labelled_sources(config, converted, None)]
+    trained_on = _trained_files(bundle) if mode == "evaluate" else None
+    raw = [source for source, _ in labelled_sources(config, converted, None, trained_on)]
     # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
-    trained_on = raw[:1] if autoencode else raw
+    trained = raw[:1] if autoencode else raw
     with timer.stage("prepare"):
-        fitted, tallies = prepare(config, trained_on) if len(trained_on) == 2 or autoencode else (None, None)
+        fitted, tallies = prepare(config, trained, fit=mode == "train") if len(trained) == 2 or autoencode \
+            else (None, None)
+    metrics: dict[str, Any] = {"task": config.task, "mode": mode, "warnings": []}
     if mode == "train":
         scaler = fitted
         with atomic_path(output / "scaler.json") as tmp:
             scaler.save(tmp)
+        for warning in scaler.warnings:
+            log.warning("%s", warning)
+        metrics["warnings"] += scaler.warnings
     else:
         scaler = Scaler.load(bundle / "scaler.json")
         shutil.copyfile(bundle / "scaler.json", output / "scaler.json")
-    sources = labelled_sources(config, converted, scaler)
+    sources = labelled_sources(config, converted, scaler, trained_on)
 
-    metrics: dict[str, Any] = {"task": config.task, "mode": mode}
+    members = None
     if mode == "train":
         with timer.stage("train"):
-            model, metrics["training"] = _train_members(config, sources[:len(trained_on)], tallies, output)
+            model, metrics["training"], members = _train_members(config, sources[:len(trained)], tallies, output)
+        metrics["training"]["files"] = {name: [base_name(f) for f in source.source_files]
+                                        for name, source in zip(("primary", "secondary"), raw)}
         with atomic_path(output / "model.keras") as tmp:
             model.save(tmp)
         if keras.backend.backend() == "tensorflow":
@@ -223,10 +246,27 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             plots.correlation(matrix, names, plot_dir / "residual_correlation.png")
         _close(sources, raw)
         return metrics
+    baseline = None
+    if config.task == "reweight" and len(sources) == 2 and config.evaluation.baseline == "gbreweighter":
+        from payload.baseline import Baseline
+        from payload.highlevel import HighLevel
+
+        first = sources[0][0]
+        expected = [t.counts.get(TRAIN, 0) for t in tallies]
+        if all(expected):
+            with timer.stage("baseline"):
+                baseline = Baseline(config, HighLevel(config, first.object_names, first.event_names,
+                                                      first.spectator_names))
+                baseline.fit([s for s, _ in sources], expected)
+        else:  # applying a model to files it never saw: they hold no training events to fit the baseline on
+            metrics["baseline"] = {"skipped": "no training-split events among these inputs (files the model never "
+                                              "saw are all test events); the training job's outputs compare it"}
     with timer.stage("evaluate"):
-        evaluation = evaluate(config, model, sources, output / "predictions.h5")
+        evaluation = evaluate(config, model, sources, output / "predictions.h5", baseline, members)
     metrics.update(evaluation.metrics)
-    if len(sources) == 2 and config.task == "reweight" and config.evaluation.closure_classifier and tallies:
+    if "closure" in metrics:
+        metrics["warnings"] += [f"closure: {m}" for m in metrics["closure"]["verdict"]["messages"]]
+    if len(sources) == 2 and config.task == "reweight" and config.evaluation.closure_classifier:
         with timer.stage("closure_classifier"):
             factor = evaluation.metrics["nn_weights"]["normalisation"]
             metrics["closure_classifier_auc"] = closure_classifier(config, model, sources, tallies, factor)
@@ -237,8 +277,9 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             plots.roc(evaluation, plot_dir / "roc.png")
             plots.calibration(evaluation, plot_dir / "calibration.png")
         plots.history(output / "history.csv", plot_dir / "loss.png")
-        if evaluation.variables:
-            plots.weights(evaluation.weight_hist, plot_dir / "nn_weights.png")
+        if evaluation.weight_hists:
+            plots.weights(evaluation.weight_hists, plot_dir / "nn_weights.png")
+        if "closure" in metrics:
             plots.closure(evaluation, plot_dir)
     _close(sources, raw)
     return metrics
@@ -249,9 +290,11 @@ def _close(sources, raw) -> None:
         source.close()
 
 
-def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[Any, dict[str, Any]]:
+def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[Any, dict[str, Any], list | None]:
     """Train the model, or ``model.ensemble`` members with seeds seed, seed+1, ... each in
-    OUTPUT/members/NN (resumable one by one) averaged into one model.  Returns (model, metrics)."""
+    OUTPUT/members/NN (resumable one by one) averaged into one model.  With ``ensemble_split: folds``
+    member k also leaves part k of the training split out.  Returns (model, metrics, the members
+    when cross-fitted, for out-of-fold scoring)."""
     from payload.models import inference_model
     from payload.models.ensemble import average
     from payload.train import train
@@ -264,15 +307,17 @@ def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[A
     n = config.model.ensemble
     if n == 1:
         result = train(config, sources, tallies, output)
-        return inference_model(result.model), summary(result)
+        return inference_model(result.model), summary(result), None
+    folds = config.model.ensemble_split == "folds"
     members, results = [], []
     for k in range(n):
         member = config.model_copy(deep=True)
         member.training.seed = config.training.seed + k
         directory = output / "members" / f"{k:02d}"
-        log.info("ensemble member %d of %d", k + 1, n)
-        results.append(train(member, sources, tallies, directory))
+        log.info("ensemble member %d of %d%s", k + 1, n, f" (training part {k + 1} left out)" if folds else "")
+        results.append(train(member, sources, tallies, directory, leave_out=(n, k) if folds else None))
         members.append(inference_model(results[-1].model))
     shutil.copyfile(output / "members" / "00" / "history.csv", output / "history.csv")
     best = min(results, key=lambda r: r.best_loss)
-    return average(members), {**summary(best), "members": [summary(r) for r in results]}
+    info = {**summary(best), "members": [summary(r) for r in results], "ensemble_split": config.model.ensemble_split}
+    return average(members), info, members if folds else None

@@ -327,9 +327,9 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
             summary["predictions"] = merged["metrics"]
             (tmp / "plots").mkdir()
             if merged["scores"] is not None:
-                plots.roc(Evaluation(merged["metrics"], merged["scores"], [], None), tmp / "plots" / "roc.png")
+                plots.roc(Evaluation(merged["metrics"], merged["scores"], []), tmp / "plots" / "roc.png")
             if merged["weight_hist"] is not None and merged["weight_hist"].sumw.sum() > 0:
-                plots.weights(merged["weight_hist"], tmp / "plots" / "nn_weights.png")
+                plots.weights({"nn": (merged["weight_hist"], 1.0)}, tmp / "plots" / "nn_weights.png")
         shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
     log.info("merged %d of %d job outputs into %s", len(jobs), summary["inputs"], output)

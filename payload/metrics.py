@@ -25,40 +25,68 @@ HEADLINE: dict[str, tuple[str, Any]] = {
 
 
 class WeightedHist:
+    """A weighted 1-d histogram with variances (boost-histogram's Weight storage).
+
+    Values outside the edges (and NaN) count in the first or last bin, so no weight is lost from
+    normalisations."""
+
     def __init__(self, edges: np.ndarray):
-        self.edges = np.asarray(edges, dtype=np.float64)
-        self.sumw = np.zeros(len(self.edges) - 1)
-        self.sumw2 = np.zeros(len(self.edges) - 1)
+        import boost_histogram as bh
 
-    def fill(self, values: np.ndarray, weights: np.ndarray) -> None:
-        # Values outside the range go to the edge bins, so no weight is lost from normalisations.
-        idx = np.clip(np.searchsorted(self.edges, values, side="right") - 1, 0, len(self.sumw) - 1)
-        self.sumw += np.bincount(idx, weights=weights, minlength=len(self.sumw))
-        self.sumw2 += np.bincount(idx, weights=weights * weights, minlength=len(self.sumw))
+        edges = np.asarray(edges, dtype=np.float64)
+        steps = np.diff(edges)
+        uniform = np.allclose(steps, steps[0], rtol=1e-9, atol=0)
+        axis = bh.axis.Regular(len(steps), edges[0], edges[-1]) if uniform else bh.axis.Variable(edges)
+        self.hist = bh.Histogram(axis, storage=bh.storage.Weight())
 
-    def scaled(self, factor: float) -> WeightedHist:
-        out = WeightedHist(self.edges)
-        out.sumw, out.sumw2 = self.sumw * factor, self.sumw2 * factor * factor
+    @property
+    def edges(self) -> np.ndarray:
+        return self.hist.axes[0].edges
+
+    def _folded(self, field: str) -> np.ndarray:
+        flow = np.asarray(getattr(self.hist.view(flow=True), field), dtype=np.float64)
+        out = flow[1:-1].copy()
+        out[0] += flow[0]
+        out[-1] += flow[-1]
         return out
 
+    @property
+    def sumw(self) -> np.ndarray:
+        return self._folded("value")
 
-def chi2_ndf(a: WeightedHist, b: WeightedHist) -> float:
-    """Shape comparison of two weighted histograms (each normalised to unit area)."""
+    @property
+    def sumw2(self) -> np.ndarray:
+        return self._folded("variance")
+
+    def fill(self, values: np.ndarray, weights: np.ndarray) -> None:
+        self.hist.fill(np.asarray(values, dtype=np.float64), weight=np.asarray(weights, dtype=np.float64))
+
+    def scaled(self, factor: float) -> WeightedHist:
+        out = WeightedHist.__new__(WeightedHist)
+        out.hist = self.hist * factor  # values x factor, variances x factor^2
+        return out
+
+    def add(self, other: WeightedHist) -> None:
+        self.hist += other.hist
+
+
+def compare(a: WeightedHist, b: WeightedHist) -> dict[str, float]:
+    """Shape comparison of two weighted histograms, each normalised to unit area: chi2 = sum over bins
+    of (a_i - b_i)^2 / (var a_i + var b_i) with the weighted variances, ndf = filled bins - 1 (the
+    normalisation), its p-value, chi2/ndf, and the binned Kolmogorov-Smirnov distance."""
+    from scipy.stats import chi2 as chi2_dist
+
     na, nb = a.sumw.sum(), b.sumw.sum()
     if na <= 0 or nb <= 0:
-        return float("nan")
+        nan = float("nan")
+        return {"chi2": nan, "ndf": 0, "chi2_ndf": nan, "p": nan, "ks": nan}
     pa, pb = a.sumw / na, b.sumw / nb
     var = a.sumw2 / na**2 + b.sumw2 / nb**2
     ok = var > 0
-    return float(((pa[ok] - pb[ok]) ** 2 / var[ok]).sum() / max(ok.sum(), 1))
-
-
-def ks_distance(a: WeightedHist, b: WeightedHist) -> float:
-    """Largest distance between the two weighted, normalised cumulative distributions (binned)."""
-    na, nb = a.sumw.sum(), b.sumw.sum()
-    if na <= 0 or nb <= 0:
-        return float("nan")
-    return float(np.abs(np.cumsum(a.sumw) / na - np.cumsum(b.sumw) / nb).max())
+    chi2 = float(((pa[ok] - pb[ok]) ** 2 / var[ok]).sum())
+    ndf = max(int(ok.sum()) - 1, 1)
+    return {"chi2": chi2, "ndf": ndf, "chi2_ndf": chi2 / ndf, "p": float(chi2_dist.sf(chi2, ndf)),
+            "ks": float(np.abs(np.cumsum(a.sumw) / na - np.cumsum(b.sumw) / nb).max())}
 
 
 class BinaryScores:

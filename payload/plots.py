@@ -60,33 +60,113 @@ def calibration(evaluation: Evaluation, path: Path) -> Path:
     return _save(fig, path)
 
 
-def weights(hist: WeightedHist, path: Path) -> Path:
+def weights(hists: dict[str, tuple[WeightedHist, float]], path: Path) -> Path:
+    """The weight distribution after normalisation, per weighting ({name: (histogram of the factors
+    before normalisation, normalisation)})."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.stairs(hist.sumw, hist.edges)
-    ax.set(xscale="log", xlabel="NN weight p/(1-p)", ylabel="weighted events", title="NN weights (primary, test)")
+    for name, (hist, factor) in hists.items():
+        ax.stairs(hist.sumw, hist.edges * factor, label=LABELS.get(name, name), **STYLE.get(name, {}))
+    ax.set(xscale="log", xlabel="weight (normalised)", ylabel="weighted events", title="per-event weights (primary, test)")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def closure(evaluation: Evaluation, directory: Path, labels: tuple[str, str] = ("primary", "secondary")) -> list[Path]:
-    paths = []
-    for v in evaluation.variables:
-        h = {k: hist.sumw / max(hist.sumw.sum(), 1e-300) for k, hist in v.hists.items()}
-        edges = v.hists["primary"].edges
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        top.stairs(h["primary"], edges, label=labels[0])
-        top.stairs(h["reweighted"], edges, label=f"{labels[0]} reweighted")
-        top.stairs(h["secondary"], edges, label=labels[1], ls="--")
-        c = evaluation.metrics["closure"][v.name]
-        top.set(ylabel="normalised", title=f"{v.name}: chi2/ndf {c['chi2_ndf_before']:.2f} -> {c['chi2_ndf_after']:.2f}")
-        top.legend(fontsize=8)
+#: How each weighting is drawn and named in closure plots.
+LABELS = {"unweighted": "primary", "nn": "primary x NN", "baseline": "primary x GBReweighter", "secondary": "secondary"}
+STYLE = {"unweighted": {"color": "tab:blue"}, "nn": {"color": "tab:red"},
+         "baseline": {"color": "tab:green", "ls": "--"}, "secondary": {"color": "black"}}
+
+
+def _closure_plot(name: str, hists: dict[str, WeightedHist], comparisons: dict[str, dict], path: Path,
+                  kind: str) -> Path:
+    """Normalised distributions (secondary as points with errors), and below, each weighting over the
+    secondary with the secondary's statistical uncertainty as a grey band and the weighting's own as
+    error bars; chi2/ndf and p per weighting in the legend."""
+    import mplhep
+
+    edges = hists["secondary"].edges
+    widths = np.diff(edges)
+    density, errors = {}, {}
+    for key, h in hists.items():
+        total = max(h.sumw.sum(), 1e-300)
+        density[key] = h.sumw / total / widths
+        errors[key] = np.sqrt(np.maximum(h.sumw2, 0)) / total / widths
+    with plt.style.context([mplhep.style.ROOT, {"font.size": 11, "axes.labelsize": 13, "xtick.labelsize": 11,
+                                                 "ytick.labelsize": 11, "legend.fontsize": 9,
+                                                 "xtick.minor.visible": False, "ytick.minor.visible": False}]):
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+        for key in ("unweighted", "nn", "baseline"):
+            if key in density:
+                c = comparisons.get(key, {})
+                label = LABELS[key] + (f"  chi2/ndf {c['chi2_ndf']:.2f}, p {c['p']:.2g}" if c else "")
+                mplhep.histplot(density[key], edges, ax=top, label=label, **STYLE[key])
+        mplhep.histplot(density["secondary"], edges, yerr=errors["secondary"], ax=top, histtype="errorbar",
+                        label=LABELS["secondary"], color="black", markersize=4)
+        top.set_ylabel("normalised density")
+        top.set_title(f"{name} ({kind}, test events)", fontsize=12)
+        top.legend(fontsize=9)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for key in ("primary", "reweighted"):
-                bottom.stairs(np.where(h["secondary"] > 0, h[key] / h["secondary"], np.nan), edges, label=key)
-        bottom.axhline(1, c="grey", ls=":")
-        bottom.set(ylim=(0.8, 1.2), xlabel=v.name, ylabel=f"/ {labels[1]}")
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", v.name)
-        paths.append(_save(fig, directory / f"closure_{safe}.png"))
+            ref = density["secondary"]
+            band = np.where(ref > 0, errors["secondary"] / ref, np.nan)
+            bottom.stairs(1 + band, edges, baseline=1 - band, fill=True, color="0.85", label="secondary stat.")
+            spread = [np.nanmax(np.abs(band))]
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            for key in ("unweighted", "nn", "baseline"):
+                if key in density:
+                    ratio = np.where(ref > 0, density[key] / ref, np.nan)
+                    bottom.stairs(ratio, edges, **STYLE[key])
+                    if key == "nn":
+                        bottom.errorbar(centres, ratio, yerr=np.where(ref > 0, errors[key] / ref, np.nan), fmt="none",
+                                        color=STYLE[key]["color"], lw=1)
+                    spread.append(np.nanmax(np.abs(ratio - 1)))
+        reach = float(np.clip(1.2 * np.nanmax(spread), 0.02, 0.5)) if np.isfinite(np.nanmax(spread)) else 0.2
+        bottom.axhline(1, color="grey", ls=":")
+        bottom.set(ylim=(1 - reach, 1 + reach), xlabel=name, ylabel="/ secondary")
+        if len(edges) > 3 and kind == "event level":  # equal-population bins: the last one reaches the maximum
+            bottom.set_xlim(edges[0], min(edges[-1], edges[-2] + 2 * (edges[-2] - edges[-3])))
+        return _save(fig, path)
+
+
+def closure(evaluation: Evaluation, directory: Path) -> list[Path]:
+    """One closure plot per event-level variable and per object-level variable, and a summary of
+    chi2/ndf per variable and weighting."""
+    closure_metrics = evaluation.metrics["closure"]
+    paths = []
+    for name, hists in evaluation.event_hists.items():
+        paths.append(_closure_plot(name, hists, closure_metrics["event_level"].get(name, {}),
+                                   directory / f"closure_{_safe(name)}.png", "event level"))
+    for v in evaluation.variables:
+        if "secondary" in v.hists:
+            paths.append(_closure_plot(v.name, v.hists, closure_metrics["object_level"].get(v.name, {}),
+                                       directory / f"closure_objects_{_safe(v.name)}.png", "all objects"))
+    paths.append(closure_summary(closure_metrics, directory / "closure_summary.png"))
     return paths
+
+
+def closure_summary(closure_metrics: dict, path: Path) -> Path:
+    """chi2/ndf of every variable per weighting, with where p = 0.01 lies: what to look at first."""
+    from scipy.stats import chi2 as chi2_dist
+
+    rows = [(n, c) for n, c in closure_metrics["event_level"].items()] + \
+        [(f"{n} (objects)", c) for n, c in closure_metrics["object_level"].items()]
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    for offset, key in zip((-0.2, 0.0, 0.2), ("unweighted", "nn", "baseline")):
+        values = [c.get(key, {}).get("chi2_ndf", np.nan) for _, c in rows]
+        if np.isfinite(values).any():
+            ax.scatter(values, y + offset, s=14, label=LABELS[key], color=STYLE[key]["color"])
+    ndf = [next(iter(c.values()))["ndf"] for _, c in rows]
+    ax.scatter([chi2_dist.isf(0.01, n) / n for n in ndf], y, marker="|", s=120, color="grey", label="p = 0.01")
+    ax.set_yticks(y, [n for n, _ in rows], fontsize=7)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set(xlabel="chi2 / ndf against the secondary (test events)", title="closure per variable")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def bar(labels: list[str], values: list[float], metric: str, path: Path) -> Path:

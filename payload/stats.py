@@ -19,10 +19,10 @@ QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
 CAPACITY = 100_000
 
 
-def _quantiles(sample: np.ndarray) -> np.ndarray:
-    """``np.quantile(sample, QUANTILES)`` (linear interpolation) from one sort: ~4x faster."""
+def _quantiles(sample: np.ndarray, qs=QUANTILES) -> np.ndarray:
+    """``np.quantile(sample, qs)`` (linear interpolation) from one sort: ~4x faster."""
     ordered = np.sort(sample).astype(np.float64)
-    position = (ordered.size - 1) * np.asarray(QUANTILES)
+    position = (ordered.size - 1) * np.asarray(qs)
     lo = np.floor(position).astype(np.int64)
     hi = np.minimum(lo + 1, ordered.size - 1)
     return ordered[lo] + (position - lo) * (ordered[hi] - ordered[lo])
@@ -97,6 +97,8 @@ class FeatureStats:
         return ([(self._represented, self.sample)] if self.sample.size else []) + self._pending
 
     def _thin(self) -> None:
+        if not self._pending:
+            return
         parts = self._parts()
         self._pending, self._pending_size = [], 0
         self._represented = sum(count for count, _ in parts)
@@ -110,6 +112,11 @@ class FeatureStats:
         shares = self._rng.multinomial(min(size, self.capacity), [count / self._represented for count, _ in parts])
         self.sample = np.concatenate([sample[self._rng.integers(0, sample.size, k)]
                                       for (_, sample), k in zip(parts, shares) if k])
+
+    def values(self) -> np.ndarray:
+        """The quantile sample: every value while ``exact``, else a uniform sample of them."""
+        self._thin()
+        return self.sample
 
     def to_dict(self) -> dict[str, Any]:
         if self.count == 0:

@@ -39,9 +39,10 @@ class Tally:
     sumw: dict[int, float] = field(default_factory=dict)
 
 
-def prepare(config: JobConfig, sources: list[EventSource]) -> tuple[Scaler, list[Tally]]:
-    """One pass over both samples: fit the scaler on their training split, count every split."""
-    fitter = ScalerFitter(config.scaling, sources[0].object_names, sources[0].event_names)
+def prepare(config: JobConfig, sources: list[EventSource], fit: bool = True) -> tuple[Scaler | None, list[Tally]]:
+    """One pass over both samples: fit the scaler on their training split (unless ``fit`` is off:
+    applying a trained model), count every split."""
+    fitter = ScalerFitter(config.scaling, sources[0].object_names, sources[0].event_names) if fit else None
     tallies = []
     for source in sources:
         tally = Tally()
@@ -52,12 +53,12 @@ def prepare(config: JobConfig, sources: list[EventSource]) -> tuple[Scaler, list
                 tally.counts[int(code)] = tally.counts.get(int(code), 0) + int(sel.sum())
                 tally.sumw[int(code)] = tally.sumw.get(int(code), 0.0) + float(w[sel].sum())
             train = block.split == TRAIN
-            if train.any():
+            if fitter is not None and train.any():
                 fitter.update(block.raw_objects[train], block.n_objects[train], block.events[train])
-        if not tally.counts.get(TRAIN):
+        if fitter is not None and not tally.counts.get(TRAIN):
             raise EmptyInputError(f"event file {source.path}: no events in the training split")
         tallies.append(tally)
-    return fitter.result(), tallies
+    return (fitter.result() if fitter is not None else None), tallies
 
 
 def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None,
@@ -154,20 +155,25 @@ class TrainResult:
 def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally],
                         splits: tuple[int, ...], seed: int, shuffle: bool,
                         extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
-                        half: int | None = None, augment: bool = False) -> Callable[[int], TrainingStream]:
+                        half: int | None = None, augment: bool = False,
+                        leave_out: tuple[int, int] | None = None) -> Callable[[int], TrainingStream]:
     share = 1.0 if half is None else 0.5
+    if leave_out is not None and TRAIN in splits:
+        share *= 1.0 - 1.0 / leave_out[0]
     counts = [max(1, int(share * sum(t.counts.get(s, 0) for s in splits))) for t in tallies]
     sumw = [share * sum(t.sumw.get(s, 0.0) for s in splits) for t in tallies]
 
     def make(epoch: int) -> TrainingStream:
         return TrainingStream(sources, counts, sumw, config, splits, seed=seed * 1000 + epoch, shuffle=shuffle,
-                              extra_weight=extra_weight, half=half, augment=augment)
+                              extra_weight=extra_weight, half=half, augment=augment, leave_out=leave_out)
 
     return make
 
 
 def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally], output: Path,
-          resume: bool = True) -> TrainResult:
+          resume: bool = True, leave_out: tuple[int, int] | None = None) -> TrainResult:
+    """Train the configured model (``leave_out``: (parts, part) of the training split left out, for a
+    cross-fitted ensemble member)."""
     from payload.models import build_model_for, load_model
 
     checkpoints = output / "checkpoints"
@@ -178,7 +184,8 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     keras.utils.set_random_seed(seed)
     configure_precision(config)
 
-    train_streams = make_stream_factory(config, sources, tallies, (TRAIN,), seed, shuffle=True, augment=True)
+    train_streams = make_stream_factory(config, sources, tallies, (TRAIN,), seed, shuffle=True, augment=True,
+                                        leave_out=leave_out)
     steps = train_streams(0).steps
     has_validation = all(t.counts.get(VALIDATION, 0) for t in tallies)
     val_streams = (make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)

@@ -82,12 +82,57 @@ def test_predictions_join_back_to_root(trained):
 def test_reweighting_moves_primary_towards_secondary(trained):
     m = trained.metrics
     closure = m["closure"]
-    # The toy B has harder jets and more of them: the reweighted A must close the gap.
-    for name in ("mjj", "ptV", "n_objects", "pt"):
-        assert closure[name]["chi2_ndf_after"] < closure[name]["chi2_ndf_before"], (name, closure[name])
-        assert closure[name]["ks_after"] < closure[name]["ks_before"], (name, closure[name])
+    # The toy B has harder jets and more of them: the reweighted A must close the gap, on the event-level
+    # variables (p-values from chi2 with ndf = bins - 1) and on every object of each collection.
+    for name in ("mjj", "n_jets", "jets1_pt", "sum_pt"):
+        c = closure["event_level"][name]
+        assert c["nn"]["chi2"] < c["unweighted"]["chi2"], (name, c)
+        assert c["unweighted"]["p"] < 0.01 and c["nn"]["ndf"] == c["unweighted"]["ndf"] >= 5
+    for name in ("jets_pt", "jets_m"):
+        c = closure["object_level"][name]
+        assert c["nn"]["ks"] < c["unweighted"]["ks"], (name, c)
+    assert closure["event_level_total"]["nn"]["chi2_ndf"] < closure["event_level_total"]["unweighted"]["chi2_ndf"]
+    # The independent classifier (no model or scaling shared with the network) sees the raw difference.
+    test = closure["independent_test"]
+    assert test["results"]["unweighted"]["significant"]
+    assert test["results"]["nn"]["auc"] < test["results"]["unweighted"]["auc"]
+    assert len(test["permutation_null"]["aucs"]) == 5
+    # The baseline is trained and compared on the same test events.
+    assert set(closure["event_level"]["mjj"]) == {"unweighted", "nn", "baseline"}
+    assert m["baseline"]["method"] == "hep_ml GBReweighter" and min(m["baseline"]["trained_on"]) > 1000
+    assert 0 < m["nn_weights"]["test_ess_fraction"] <= 1 and m["nn_weights"]["test_max"] >= 1
     assert m["test"]["auc"] > 0.55
     assert abs(m["closure_classifier_auc"] - 0.5) < abs(m["test"]["auc"] - 0.5)
+    assert isinstance(closure["verdict"]["messages"], list) and closure["verdict"]["beats_baseline"] in (True, False)
+    with h5py.File(trained.output / "predictions.h5") as f:
+        primary = f["sample"][:] == 0
+        bw = f["baseline_weight"][:]
+        assert np.sum((f["weight"][:] * bw)[primary]) == pytest.approx(np.sum(f["weight"][:][primary]), rel=1e-4)
+    for name in ("closure_summary.png", "closure_mjj.png", "closure_objects_jets_m.png", "closure_n_leptons.png"):
+        assert (trained.output / "plots" / name).stat().st_size > 1000, name
+
+
+def test_evaluate_on_files_the_model_never_saw_scores_every_event(trained, tmp_path):
+    """Copies under new names stand for held-out files: every event is a test event (on the training
+    files it is the test split only), and the output says which."""
+    import shutil
+
+    a, b = tmp_path / "heldout_A.root", tmp_path / "heldout_B.root"
+    shutil.copyfile(SAMPLE_A, a)
+    shutil.copyfile(SAMPLE_B, b)
+    out = tmp_path / "heldout"
+    result = run_job(None, str(a), str(b), out, mode="evaluate", model=trained.output, progress=False)
+    m = result.metrics
+    with uproot.open(a) as fa, uproot.open(b) as fb:
+        total = fa["nominal"].num_entries + fb["nominal"].num_entries
+    assert m["test"]["events"] == total
+    assert m["scored_on"] == "every event of files the model never trained on"
+    assert m["closure"]["events"]["primary"] + m["closure"]["events"]["secondary"] == total
+    with h5py.File(out / "predictions.h5") as f:
+        assert (f["split"][:] == 2).all()
+    assert trained.metrics["test"]["events"] < 0.5 * total  # on the training files: the test split
+    assert trained.metrics["scored_on"] == "the test split"
+    assert "skipped" in m["baseline"]  # no training events among held-out files to fit it on
 
 
 def test_evaluate_mode_reproduces_predictions(trained, tmp_path):

@@ -40,23 +40,30 @@ class MaskedPool(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="payload")
 class FeatureScaling(keras.layers.Layer):
     """A ``scaler.json`` column scaling inside the model: x' = (T(x) - offset) / scale per feature,
-    T = none, log or log1p (as ``payload.scaling``), with padded objects set back to 0 when a mask
-    is given.  Lets an ensemble of members with different scalers take one (raw) input."""
+    T as in ``payload.scaling`` (log transforms with their fitted floor and value for x <= 0), with
+    padded objects set back to 0 when a mask is given.  Lets an ensemble of members with different
+    scalers take one (raw) input."""
 
-    def __init__(self, transforms: list[str], offset: list[float], scale: list[float], **kwargs):
+    def __init__(self, transforms: list[str], offset: list[float], scale: list[float],
+                 floor: list[float] | None = None, zero: list[float] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.transforms, self.offset, self.scale = list(transforms), list(offset), list(scale)
+        n = len(self.transforms)
+        # Models saved before floors were fitted used log(max(x, 1e-6)).
+        self.floor = list(floor) if floor is not None else [1e-6] * n
+        self.zero = list(zero) if zero is not None else [
+            math.log(1e-6) if t == "log" else math.log10(1e-6) if t == "log10" else 0.0 for t in self.transforms]
 
     def call(self, inputs):
         x, mask = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
-        tiny = ops.cast(1e-6, x.dtype)
         columns = []
         for j, t in enumerate(self.transforms):
             c = x[..., j]
-            if t == "log":
-                c = ops.log(ops.maximum(c, tiny))
-            elif t == "log10":
-                c = ops.log(ops.maximum(c, tiny)) / math.log(10.0)
+            if t in ("log", "log10"):
+                logged = ops.log(ops.maximum(c, ops.cast(self.floor[j], x.dtype)))
+                if t == "log10":
+                    logged = logged / math.log(10.0)
+                c = ops.where(c > 0, logged, ops.cast(self.zero[j], x.dtype))
             elif t == "log1p":
                 c = ops.log1p(ops.maximum(c, ops.cast(0.0, x.dtype)))
             columns.append((c - self.offset[j]) / self.scale[j])
@@ -70,7 +77,8 @@ class FeatureScaling(keras.layers.Layer):
         return tuple(first) if isinstance(first, (tuple, list)) else input_shape  # [x, mask] or x
 
     def get_config(self):
-        return {**super().get_config(), "transforms": self.transforms, "offset": self.offset, "scale": self.scale}
+        return {**super().get_config(), "transforms": self.transforms, "offset": self.offset, "scale": self.scale,
+                "floor": self.floor, "zero": self.zero}
 
 
 @keras.saving.register_keras_serializable(package="payload")

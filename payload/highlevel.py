@@ -1,0 +1,80 @@
+"""High-level event features built from a converted event file, for checks that share nothing with the
+network: the independent closure test, the GBReweighter baseline and the event-level closure tables.
+
+Per collection (objects of one ``type`` code, or all objects when there is no type feature): the
+multiplicity ``n_<c>``, the leading two objects' features ``<c>1_<f>``, ``<c>2_<f>`` (every object
+feature but the type, azimuthal angles and categorical codes; 0 where the object is absent) and the
+scalar sum of the ordering feature ``sum_<o>_<c>`` (HT for jets, MET for a one-object collection);
+then the total multiplicity and sum, the spectators and the event features.  Leading means first in
+the stored order, which is descending ``data.sort_by``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from payload.config import TYPE_FEATURE, JobConfig
+from payload.h5layout import object_mask
+
+LEADING = 2
+
+
+class HighLevel:
+    def __init__(self, config: JobConfig, object_names: list[str], event_names: list[str],
+                 spectator_names: list[str]):
+        self.object_names = object_names
+        order = config.data.sort_by or ("pt" if "pt" in object_names else None)
+        self.order = object_names.index(order) if order in object_names else None
+        skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | set(config.model.embeddings)
+        self.features = [(j, n) for j, n in enumerate(object_names) if n not in skip and "phi" not in n.lower()]
+        self.type_index = object_names.index(TYPE_FEATURE) if TYPE_FEATURE in object_names else None
+        collections = config.data.collections
+        self.groups = ([(c.name, c.type_code) for c in collections] if self.type_index is not None and len(collections) > 1
+                       else [("objects", None)])
+        names, integer = [], []
+        for group, _ in self.groups:
+            names.append(f"n_{group}")
+            integer.append(names[-1])
+            names += [f"{group}{k + 1}_{n}" for k in range(LEADING) for _, n in self.features]
+            if self.order is not None:
+                names.append(f"sum_{object_names[self.order]}_{group}")
+        if len(self.groups) > 1:
+            names.append("n_objects")
+            integer.append("n_objects")
+            if self.order is not None:
+                names.append(f"sum_{object_names[self.order]}")
+        self.names = names + list(spectator_names) + list(event_names)
+        #: Multiplicities: binned per integer in closure tables.
+        self.integer = set(integer)
+
+    def compute(self, block) -> np.ndarray:
+        """(events, len(names)) float32 for a ``payload.dataset.Block`` (its raw, unscaled arrays)."""
+        objects, n_objects = block.raw_objects, block.n_objects
+        n, m = len(n_objects), objects.shape[1]
+        real = object_mask(n_objects, m)
+        columns = []
+        rows = np.arange(n)
+        for _, code in self.groups:
+            sel = real if code is None else real & (np.rint(objects[:, :, self.type_index]) == code)
+            count = sel.sum(axis=1)
+            columns.append(count)
+            rank = np.cumsum(sel, axis=1)
+            for k in range(LEADING):
+                hit = sel & (rank == k + 1)
+                slot = hit.argmax(axis=1)
+                present = hit.any(axis=1)
+                for j, _ in self.features:
+                    columns.append(np.where(present, objects[rows, slot, j], 0.0))
+            if self.order is not None:
+                columns.append(np.where(sel, objects[:, :, self.order], 0.0).sum(axis=1))
+        if len(self.groups) > 1:
+            columns.append(real.sum(axis=1))
+            if self.order is not None:
+                columns.append(np.where(real, objects[:, :, self.order], 0.0).sum(axis=1))
+        out = np.empty((n, len(self.names)), dtype=np.float32)
+        k = len(columns)
+        for i, c in enumerate(columns):
+            out[:, i] = c
+        out[:, k:k + block.spectators.shape[1]] = block.spectators
+        out[:, k + block.spectators.shape[1]:] = block.events
+        return out
