@@ -197,6 +197,9 @@ class ModelConfig(_Strict):
     dense_connections: bool = False
     #: Dense network: the padded object array, flattened, is an input beside the event features.
     flatten_objects: bool = False
+    #: Feed the high-level features built from the objects (multiplicity, leading objects, scalar pT
+    #: sums per collection; ``payload.highlevel``) to the network as event features, beside the set.
+    high_level_inputs: bool = False
     embeddings: dict[str, Embedding] = Field(default_factory=dict)
     #: Members trained in one job (different seeds) and averaged into one model (seed 002).
     ensemble: Annotated[int, Field(ge=1, le=100)] = 1
@@ -302,6 +305,8 @@ class JobConfig(_Strict):
             raise ValueError("model.type dense needs data.event_features or model.flatten_objects")
         if (self.task == "autoencode") != (model.type == "autoencoder"):
             raise ValueError("task autoencode and model.type autoencoder go together")
+        if model.high_level_inputs and model.type == "autoencoder":
+            raise ValueError("model.high_level_inputs is for classifiers, not the autoencoder")
         if model.ensemble_split == "folds" and model.ensemble < 2:
             raise ValueError("model.ensemble_split folds needs model.ensemble of at least 2 (the number of parts)")
         if model.type == "autoencoder" and (model.dense_connections or model.embeddings or model.ensemble > 1):

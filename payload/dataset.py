@@ -74,7 +74,15 @@ class EventSource:
         self.file_keys = np.array([file_key(s) for s in self.source_files], dtype=np.int64)
         self.unseen = np.array([trained_on is not None and base_name(s) not in trained_on for s in self.source_files],
                                dtype=bool)
-        self.use_events = bool(self.event_names)
+        # Network event inputs: the file's event features, then (model.high_level_inputs) the
+        # high-level features built from the objects of each event.
+        self.high_level = None
+        if config.model.high_level_inputs:
+            from payload.highlevel import HighLevel
+
+            self.high_level = HighLevel(config, self.object_names, [], [])
+        self.network_event_names = self.event_names + (self.high_level.object_names_ if self.high_level else [])
+        self.use_events = bool(self.network_event_names)
         # Observables of the decorrelation penalty: (spectator or event, column) each.
         wanted = config.training.decorrelation.features if config.training.decorrelation else []
         self.decorrelate = [("spectator", self.spectator_names.index(n)) if n in self.spectator_names
@@ -126,12 +134,18 @@ class EventSource:
             inputs["objects"] = self.scaler.apply_objects(objects, n_objects)
             inputs["mask"] = object_mask(n_objects, objects.shape[1]).astype(np.float32)
             if self.use_events:
-                inputs["events"] = self.scaler.apply_events(events)
+                inputs["events"] = self.scaler.apply_events(self.network_events(objects, n_objects, events))
             if self.decorrelate:
                 inputs["decorrelate"] = np.stack([spectators[:, i] if kind == "spectator" else events[:, i]
                                                   for kind, i in self.decorrelate], axis=1).astype(np.float32)
         return Block(inputs, read_rows(f["weights"], start, stop)[index], start + index, objects, n_objects, events,
                      spectators, entry[index], file_index[index], split[index], ~inlier[index])
+
+    def network_events(self, objects: np.ndarray, n_objects: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """The raw (unscaled) event inputs of the network, named ``network_event_names``."""
+        if self.high_level is None:
+            return events
+        return np.concatenate([events, self.high_level.object_columns(objects, n_objects)], axis=1)
 
     def iterate(self, splits: tuple[int, ...] | None, drop_outliers: bool = True) -> Iterator[Block]:
         """Every selected event once, in file order."""

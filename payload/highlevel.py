@@ -31,50 +31,62 @@ class HighLevel:
         collections = config.data.collections
         self.groups = ([(c.name, c.type_code) for c in collections] if self.type_index is not None and len(collections) > 1
                        else [("objects", None)])
-        names, integer = [], []
+        names, integer, derived = [], [], {}
         for group, _ in self.groups:
             names.append(f"n_{group}")
             integer.append(names[-1])
-            names += [f"{group}{k + 1}_{n}" for k in range(LEADING) for _, n in self.features]
+            for k in range(LEADING):
+                for _, n in self.features:
+                    names.append(f"{group}{k + 1}_{n}")
+                    derived[names[-1]] = n
             if self.order is not None:
                 names.append(f"sum_{object_names[self.order]}_{group}")
+                derived[names[-1]] = object_names[self.order]
         if len(self.groups) > 1:
             names.append("n_objects")
             integer.append("n_objects")
             if self.order is not None:
                 names.append(f"sum_{object_names[self.order]}")
+                derived[names[-1]] = object_names[self.order]
+        #: The columns built from the objects, then the spectators and event features as they are.
+        self.object_names_ = names
         self.names = names + list(spectator_names) + list(event_names)
         #: Multiplicities: binned per integer in closure tables.
         self.integer = set(integer)
+        #: The object feature each built column is made of (leading pT and sums of pT: "pt"), for transforms.
+        self.derived = derived
 
-    def compute(self, block) -> np.ndarray:
-        """(events, len(names)) float32 for a ``payload.dataset.Block`` (its raw, unscaled arrays)."""
-        objects, n_objects = block.raw_objects, block.n_objects
+    def object_columns(self, objects: np.ndarray, n_objects: np.ndarray) -> np.ndarray:
+        """(events, len(object_names_)) float32 from raw (unscaled) padded objects."""
         n, m = len(n_objects), objects.shape[1]
         real = object_mask(n_objects, m)
-        columns = []
+        out = np.empty((n, len(self.object_names_)), dtype=np.float32)
         rows = np.arange(n)
+        i = 0
+
+        def put(column):
+            nonlocal i
+            out[:, i] = column
+            i += 1
+
         for _, code in self.groups:
             sel = real if code is None else real & (np.rint(objects[:, :, self.type_index]) == code)
-            count = sel.sum(axis=1)
-            columns.append(count)
+            put(sel.sum(axis=1))
             rank = np.cumsum(sel, axis=1)
             for k in range(LEADING):
                 hit = sel & (rank == k + 1)
-                slot = hit.argmax(axis=1)
-                present = hit.any(axis=1)
+                slot, present = hit.argmax(axis=1), hit.any(axis=1)
                 for j, _ in self.features:
-                    columns.append(np.where(present, objects[rows, slot, j], 0.0))
+                    put(np.where(present, objects[rows, slot, j], 0.0))
             if self.order is not None:
-                columns.append(np.where(sel, objects[:, :, self.order], 0.0).sum(axis=1))
+                put(np.where(sel, objects[:, :, self.order], 0.0).sum(axis=1))
         if len(self.groups) > 1:
-            columns.append(real.sum(axis=1))
+            put(real.sum(axis=1))
             if self.order is not None:
-                columns.append(np.where(real, objects[:, :, self.order], 0.0).sum(axis=1))
-        out = np.empty((n, len(self.names)), dtype=np.float32)
-        k = len(columns)
-        for i, c in enumerate(columns):
-            out[:, i] = c
-        out[:, k:k + block.spectators.shape[1]] = block.spectators
-        out[:, k + block.spectators.shape[1]:] = block.events
+                put(np.where(real, objects[:, :, self.order], 0.0).sum(axis=1))
         return out
+
+    def compute(self, block) -> np.ndarray:
+        """(events, len(names)) float32 for a ``payload.dataset.Block`` (its raw, unscaled arrays)."""
+        return np.concatenate([self.object_columns(block.raw_objects, block.n_objects),
+                               block.spectators.astype(np.float32), block.events.astype(np.float32)], axis=1)

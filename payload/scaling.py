@@ -173,11 +173,15 @@ class ScalerFitter:
     Transformed quantiles are transforms of raw quantiles (the transforms are monotonic), so one pass
     suffices even though a log transform's floor is itself fitted."""
 
-    def __init__(self, config: ScalingConfig, object_names: list[str], event_names: list[str]):
+    def __init__(self, config: ScalingConfig, object_names: list[str], event_names: list[str],
+                 aliases: dict[str, str] | None = None):
+        """``aliases``: event columns built from an object feature (the leading jet's pT from ``pt``)
+        take that feature's transform."""
         self.config = config
         self.object_names, self.event_names = object_names, event_names
+        aliases = aliases or {}
         self.obj_tf = [config.transforms.get(n, "none") for n in object_names]
-        self.evt_tf = [config.transforms.get(n, "none") for n in event_names]
+        self.evt_tf = [config.transforms.get(n, config.transforms.get(aliases.get(n, n), "none")) for n in event_names]
         self.obj_stats = [FeatureStats(SAMPLE, seed=j) for j in range(len(object_names))]
         self.evt_stats = [FeatureStats(SAMPLE, seed=100 + j) for j in range(len(event_names))]
 

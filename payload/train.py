@@ -42,7 +42,9 @@ class Tally:
 def prepare(config: JobConfig, sources: list[EventSource], fit: bool = True) -> tuple[Scaler | None, list[Tally]]:
     """One pass over both samples: fit the scaler on their training split (unless ``fit`` is off:
     applying a trained model), count every split."""
-    fitter = ScalerFitter(config.scaling, sources[0].object_names, sources[0].event_names) if fit else None
+    first = sources[0]
+    aliases = first.high_level.derived if first.high_level else {}
+    fitter = ScalerFitter(config.scaling, first.object_names, first.network_event_names, aliases) if fit else None
     tallies = []
     for source in sources:
         tally = Tally()
@@ -54,7 +56,8 @@ def prepare(config: JobConfig, sources: list[EventSource], fit: bool = True) -> 
                 tally.sumw[int(code)] = tally.sumw.get(int(code), 0.0) + float(w[sel].sum())
             train = block.split == TRAIN
             if fitter is not None and train.any():
-                fitter.update(block.raw_objects[train], block.n_objects[train], block.events[train])
+                events = source.network_events(block.raw_objects[train], block.n_objects[train], block.events[train])
+                fitter.update(block.raw_objects[train], block.n_objects[train], events)
         if fitter is not None and not tally.counts.get(TRAIN):
             raise EmptyInputError(f"event file {source.path}: no events in the training split")
         tallies.append(tally)

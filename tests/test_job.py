@@ -260,3 +260,45 @@ def test_evaluate_one_sample_gives_weights_without_metrics(trained, tmp_path):
         np.testing.assert_allclose(a["score"][:], b["score"][:][primary], rtol=1e-5, atol=1e-6)
         # Normalised over the same primary events, the weights are the training job's.
         np.testing.assert_allclose(a["nn_weight"][:], b["nn_weight"][:][primary], rtol=1e-4)
+
+
+def test_cross_fitted_members_weight_only_events_they_did_not_train_on(tmp_path):
+    """model.ensemble 2 with ensemble_split folds: each member leaves one part of the training split out;
+    a training event's NN weight comes from the member that left it out, every other event's from the
+    average of both (recomputed here from the members' own saved models)."""
+    from payload.dataset import EventSource
+    from payload.models import load_model
+    from payload.scaling import Scaler
+    from payload.splits import TRAIN, part
+
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update(epochs=1)
+    raw["model"].update(ensemble=2, ensemble_split="folds", high_level_inputs=True)
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
+    config = parse_config(raw)
+    out = tmp_path / "out"
+    result = run_job(config, SAMPLE_A, SAMPLE_B, out, progress=False)
+    assert result.metrics["training"]["ensemble_split"] == "folds"
+    members = [load_model(out / "members" / f"{k:02d}" / "checkpoints" / "best.keras") for k in range(2)]
+    scaler = Scaler.load(out / "scaler.json")
+    assert "jets1_pt" in scaler.events.names and scaler.events.transforms[scaler.events.names.index("jets1_pt")] == "log"
+    source = EventSource(out / "work" / "primary.h5", config, scaler)
+    block = next(source.iterate(splits=None, drop_outliers=False))
+    each = np.stack([np.asarray(m.predict_on_batch({k: block.inputs[k] for k in ("objects", "mask", "events")})).ravel()
+                     for m in members])
+    owner = part(block.entry, source.file_keys[block.file_index], config.split.seed, 2)
+    train = block.split == TRAIN
+    expected = each.mean(axis=0)
+    expected[train] = each[owner[train], np.flatnonzero(train)]
+    with h5py.File(out / "predictions.h5") as f:
+        score = f["score"][:len(block)]
+    np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(each[0], each[1], atol=1e-4)  # the members differ: the choice matters
+    # What member 0 trains on: the training split without part 0 (validation and test untouched).
+    kept = source.read(0, source.size, (TRAIN,), leave_out=(2, 0))
+    assert len(kept) and (part(kept.entry, source.file_keys[kept.file_index], config.split.seed, 2) == 1).all()
+    everything = source.read(0, source.size, (TRAIN,))
+    assert 0.4 < len(kept) / len(everything) < 0.6
+    steps = [m["steps_per_epoch"] for m in result.metrics["training"]["members"]]
+    assert steps[0] == steps[1] < 0.6 * np.ceil(2 * len(everything) / config.training.batch_size)
+    source.close()

@@ -25,7 +25,7 @@ def build_model(config: JobConfig, max_objects: int, object_names: list[str], ev
 
 def build_model_for(config: JobConfig, source):
     """The configured model sized for an event file (an ``EventSource``)."""
-    return build_model(config, source.max_objects, source.object_names, source.event_names)
+    return build_model(config, source.max_objects, source.object_names, source.network_event_names)
 
 
 def load_model(path):
