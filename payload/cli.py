@@ -81,6 +81,13 @@ def _summary(result) -> None:
         ae = m["autoencoder"]
         parts.append(f"test MSE {ae['test_mse']:.4g} (predicting the mean: {ae['baseline_mse']:.4g})")
     log.info("%s", ", ".join(parts))
+    verdict = m.get("closure", {}).get("verdict")
+    if verdict is not None:
+        state = "closed" if verdict["closed"] else "NOT closed"
+        beats = {True: ", at or below the GBReweighter baseline", False: ", worse than the GBReweighter baseline",
+                 None: ""}[verdict["beats_baseline"]]
+        log.info("reweighting %s on the test events%s%s", state, beats,
+                 f": {len(m['warnings'])} warning(s) above and in metrics.json" if m.get("warnings") else "")
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:

@@ -26,6 +26,14 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
             out[key] = metrics["training"][key]
     if "closure_classifier_auc" in metrics:
         out["closure_classifier_auc"] = metrics["closure_classifier_auc"]
+    closure = metrics.get("closure", {})
+    for key, value in closure.get("event_level_total", {}).items():
+        out[f"closure_chi2_ndf_{key}"] = value["chi2_ndf"]
+    for key, value in closure.get("independent_test", {}).get("results", {}).items():
+        out[f"independent_auc_{key}"] = value["auc"]
+    if "verdict" in closure:
+        out["closure_closed"] = closure["verdict"]["closed"]
+    out["warnings"] = len(metrics.get("warnings", []))
     return out
 
 

@@ -187,6 +187,9 @@ def test_resume_after_kill(tmp_path):
     assert report["status"] == "success" and report["exit_code"] == 0
     assert report["metrics"]["epochs_run"] == 6
     assert report["metrics"]["test_auc"] == pytest.approx(metrics["test"]["auc"])
+    total = metrics["closure"]["event_level_total"]
+    assert report["metrics"]["closure_chi2_ndf_nn"] == pytest.approx(total["nn"]["chi2_ndf"])
+    assert report["metrics"]["closure_closed"] == metrics["closure"]["verdict"]["closed"]
 
 
 def test_failed_job_leaves_error_json(tmp_path):
