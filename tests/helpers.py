@@ -32,9 +32,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, seconds: float) -> bool:
 
 
 def quick_job_config(path: Path) -> Path:
-    """The demo job, one epoch and no closure classifier: a whole `payload run` in seconds."""
+    """The demo job, one epoch, without the closure classifier, the independent test and the baseline
+    (tests of their own cover them): a whole `payload run` in seconds."""
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"]["epochs"] = 1
-    raw["evaluation"]["closure_classifier"] = False
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     path.write_text(yaml.safe_dump(raw))
     return path

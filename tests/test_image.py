@@ -149,7 +149,7 @@ def test_local_fan_out_runs_points_in_the_image(image, tmp_path):
 
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"]["epochs"] = 1
-    raw["evaluation"]["closure_classifier"] = False
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     configs = []
     for name, lr in (("p000", 0.001), ("p001", 0.004)):
         raw["training"]["learning_rate"] = lr

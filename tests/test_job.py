@@ -305,3 +305,20 @@ def test_cross_fitted_members_weight_only_events_they_did_not_train_on(tmp_path)
     steps = [m["steps_per_epoch"] for m in result.metrics["training"]["members"]]
     assert steps[0] == steps[1] < 0.6 * np.ceil(2 * len(everything) / config.training.batch_size)
     source.close()
+
+
+def test_closure_checks_work_from_a_bounded_sample(trained, tmp_path):
+    """evaluation.closure_events caps the test events per sample that the event-level tables and the
+    independent test hold (hash-drawn), whatever the number of events; predictions still cover all."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.output, bundle, ignore=shutil.ignore_patterns("work", "checkpoints", "saved_model"))
+    raw = yaml.safe_load((bundle / "config.yaml").read_text())
+    raw["evaluation"].update(closure_events=1000, permutations=0)
+    (bundle / "config.yaml").write_text(yaml.safe_dump(raw))
+    result = run_job(None, SAMPLE_A, SAMPLE_B, tmp_path / "out", mode="evaluate", model=bundle, progress=False)
+    kept = result.metrics["closure"]["events"]
+    assert 800 < kept["primary"] < 1200 and 800 < kept["secondary"] < 1200, kept
+    assert result.metrics["closure"]["independent_test"]["events"] == {k: kept[k] for k in ("primary", "secondary")}
+    assert result.metrics["test"]["events"] == trained.metrics["test"]["events"] > 3 * 1000

@@ -27,7 +27,7 @@ FOLDS = 3
 def fold_config(fold: int, lr: float = 0.003):
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"].update({"epochs": 1, "batch_size": 512, "learning_rate": lr})
-    raw["evaluation"]["closure_classifier"] = False
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     raw["split"].update({"folds": FOLDS, "fold": fold, "validation": 0.2})
     return parse_config(raw)
 
