@@ -234,6 +234,11 @@ class TrainingConfig(_Strict):
     shuffle_blocks: Annotated[int, Field(ge=1)] = 4
     seed: int = 1
     mixed_precision: Literal["auto", "on", "off"] = "auto"
+    #: Deep Sets: each training batch is cut to the largest real multiplicity it holds (rounded up to
+    #: a multiple of 8), so padding is neither copied nor computed; masked pooling makes the result
+    #: independent of it.  Evaluation cuts every block the same way for any model that takes a
+    #: variable number of objects.
+    trim_padding: bool = True
     #: Replicate the model over several devices (payload/distribute.py): auto = all GPUs when more than one.
     data_parallel: Literal["auto", "all", "off"] = "auto"
     #: Random symmetry transformations of the objects of every training batch (seed 002).

@@ -165,6 +165,31 @@ def training_weights(block: Block, config: JobConfig, class_factor: float) -> np
     return w * np.float32(class_factor)
 
 
+#: Trimmed object arrays keep a multiple of this many slots: few distinct shapes, so few retracings.
+TRIM_STEP = 8
+
+
+def trimmed_slots(mask: np.ndarray, slots: int) -> int:
+    """Object slots that hold every real object of ``mask`` (..., slots), rounded up to TRIM_STEP."""
+    real = int(mask.sum(axis=-1).max()) if mask.size else 0
+    return min(slots, max(TRIM_STEP, -(-real // TRIM_STEP) * TRIM_STEP))
+
+
+def trim(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs with the padded object slots beyond the last real object of any event cut away (views).
+    Real objects come first in every event, so nothing real is lost."""
+    if "mask" not in inputs:
+        return inputs
+    mask = inputs["mask"]
+    keep = trimmed_slots(mask, mask.shape[-1])
+    if keep == mask.shape[-1]:
+        return inputs
+    out = dict(inputs)
+    out["mask"] = mask[..., :keep]
+    out["objects"] = inputs["objects"][..., :keep, :]
+    return out
+
+
 def flat_inputs(inputs: dict[str, np.ndarray], level: str) -> np.ndarray:
     """What an autoencoder reconstructs: the objects (object level) or, per event, the padded objects
     flattened row-major followed by the event features (event level)."""
@@ -276,6 +301,7 @@ class TrainingStream:
 
             self.augmenter = Augmenter(config, sources[0][0].scaler)
         self.level = config.model.autoencoder.level if config.task == "autoencode" else None
+        self.trim = config.training.trim_padding and config.model.type == "deepsets"
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         """Endless batches (x, y, sample weight)."""
@@ -298,6 +324,8 @@ class TrainingStream:
                 labels.append(np.full((size, n), label, dtype=np.float32))
             # Batch i takes the next per_batch[k] rows of every class k, as consecutive batches would.
             group = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+            if self.trim:
+                group = trim(group)
             weight = group.pop("weight")
             rows_shape = (size * weight.shape[1],)
             if self.augmenter is not None:

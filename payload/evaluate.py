@@ -24,7 +24,7 @@ import numpy as np
 
 from payload.atomic import atomic_path
 from payload.config import JobConfig
-from payload.dataset import Block, EventSource
+from payload.dataset import Block, EventSource, trim
 from payload.h5layout import object_mask
 from payload.metrics import BinaryScores, WeightedHist, compare, distance_correlation
 from payload.models import input_names
@@ -37,7 +37,15 @@ PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "sp
 
 def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     wanted = {k: inputs[k] for k in input_names(model)}
+    if variable_objects(model):
+        wanted = trim(wanted)
     return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
+
+
+def variable_objects(model) -> bool:
+    """Whether the model takes any number of object slots (its padding can be cut away)."""
+    shapes = {name: t.shape for name, t in zip(input_names(model), model.inputs)}
+    return "objects" in shapes and "mask" in shapes and shapes["objects"][1] is None
 
 
 def make_predictor(config: JobConfig, model, scaler) -> Callable[[dict[str, np.ndarray]], np.ndarray]:

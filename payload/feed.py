@@ -61,7 +61,9 @@ def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0
 
     with prefetched(epoch_groups(make_stream, start_epoch, group), depth=2) as groups:
         first = next(groups)
-        spec = ({key: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype)) for key, v in first[0].items()},
+        # Object slots vary from group to group when padding is trimmed: that axis is left open.
+        spec = ({key: tf.TensorSpec((None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask")
+                                    else (None, *v.shape[1:]), tf.as_dtype(v.dtype)) for key, v in first[0].items()},
                 tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
                 tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)))
         source = itertools.chain([first], groups)

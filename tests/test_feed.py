@@ -117,3 +117,34 @@ def test_an_epoch_reads_each_block_once_and_one_more_at_most(tmp_path, monkeypat
     rows = sum(len(next(batches)[2]) for _ in range(stream.steps))
     assert rows == stream.steps * 64
     assert len(reads) == len(source.block_ranges()) + 1  # every block once, then one block of the next pass
+
+
+def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path):
+    """With 45 slots and at most 13 real objects per event, every batch is cut to 16 slots; without
+    trimming it keeps 45; the real objects are the same either way."""
+    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
+
+    from payload.config import parse_config
+    from payload.convert import convert
+    from payload.dataset import EventSource
+    from payload.splits import TRAIN
+    from payload.train import make_stream_factory, prepare
+
+    def stream(trim):
+        raw = {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
+               "training": {"batch_size": 64, "trim_padding": trim}}
+        config = parse_config(raw)
+        files = []
+        for i in range(2):
+            root = write_jagged_root(tmp_path / f"t{i}.root", make_events(600, seed=10 + i))
+            files.append(convert(config, [str(root)], tmp_path / f"t{i}-{trim}.h5", progress=False).output)
+        scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
+        sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0).groups(4)
+
+    trimmed, full = next(stream(True)), next(stream(False))
+    assert full[0]["objects"].shape[2] == 45
+    assert trimmed[0]["objects"].shape[2] == 16 and trimmed[0]["mask"].shape[2] == 16
+    np.testing.assert_array_equal(trimmed[0]["mask"].sum(axis=2), full[0]["mask"].sum(axis=2))
+    np.testing.assert_array_equal(trimmed[0]["objects"], full[0]["objects"][:, :, :16])
+    assert not full[0]["objects"][:, :, 16:].any()

@@ -39,6 +39,26 @@ def test_padded_objects_change_nothing(pooling):
     assert not np.allclose(objects, junk)
 
 
+def test_trimmed_padding_gives_the_same_predictions():
+    """Cutting the padded slots beyond the last real object (what training batches and evaluation
+    blocks do) changes no prediction: 45 slots with at most 13 real objects run as 16."""
+    from payload.dataset import trim
+    from payload.evaluate import predict, variable_objects
+
+    rng = np.random.default_rng(1)
+    model = _model("sum", events=2)
+    objects, mask, counts = _inputs(rng, n=256, m=45)
+    mask = (np.arange(45) < np.minimum(counts, 13)[:, None]).astype(np.float32)
+    objects *= mask[:, :, None]
+    inputs = {"objects": objects, "mask": mask, "events": rng.normal(size=(256, 2)).astype(np.float32)}
+    cut = trim(inputs)
+    assert cut["objects"].shape[1] == cut["mask"].shape[1] == 16
+    assert variable_objects(model)
+    full = np.asarray(model.predict_on_batch(inputs)).ravel()
+    np.testing.assert_allclose(predict(model, inputs), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch(cut)).ravel(), full, rtol=1e-5, atol=1e-6)
+
+
 def test_permutation_invariance():
     rng = np.random.default_rng(1)
     model = _model("sum", events=3)

@@ -12,8 +12,9 @@ from payload.models.layers import MaskedPool
 
 def build_deepsets(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]) -> keras.Model:
     cfg = config.model
-    objects = keras.Input((max_objects, len(object_names)), name="objects")
-    mask = keras.Input((max_objects,), name="mask")
+    # Any number of objects: a batch cut to its largest real multiplicity runs the same weights.
+    objects = keras.Input((None, len(object_names)), name="objects")
+    mask = keras.Input((None,), name="mask")
     inputs = {"objects": objects, "mask": mask}
     # Dense on a (batch, objects, features) tensor acts on each object with shared weights: Phi.
     phi = mlp(features(objects, object_names, cfg, "objects"), cfg.phi_widths, cfg, "phi", dropout=0.0, mask=mask)
