@@ -27,12 +27,16 @@ from typing import Any
 
 import blosc
 import h5py
-import hdf5plugin  # registers the Blosc filter: readers of these files need it imported too
+
+try:  # registers the Blosc filter with HDF5: writing Blosc datasets and h5py's own reads of them need it
+    import hdf5plugin
+except ImportError:  # read_rows decompresses Blosc chunks itself; other compressions need nothing more
+    hdf5plugin = None
 import numpy as np
 from h5py._objects import phil  # h5py's HDF5 library lock
 
 from payload import __version__
-from payload.errors import InputCorruptError, InputMissingError
+from payload.errors import ConfigError, InputCorruptError, InputMissingError
 
 # Compression in _blosc_lz4 runs with the GIL released (a process-wide python-blosc setting).
 blosc.set_releasegil(True)
@@ -104,6 +108,9 @@ def _compression(name: str, dtype: Any) -> dict[str, Any]:
     # Padded objects are mostly zeros.  Blosc-LZ4 (no shuffle) shrinks them ~4x at ~3 GB/s, which
     # beats writing them raw (disk-bound) and lzf/gzip (CPU-bound) by 4-10x; see benchmarks/convert.py.
     if name == "blosc-lz4":
+        if hdf5plugin is None:
+            raise ConfigError("data.compression blosc-lz4 needs the hdf5plugin package (pip install hdf5plugin); "
+                              "or set data.compression to lzf")
         return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=_shuffle(dtype)))
     if name == "none":
         return {}
