@@ -81,6 +81,21 @@ class Waiting:
             yield item
 
 
+def steady_timer(keras, warmup: int, waiting: Waiting):
+    """A callback timing the steps after ``warmup`` (compilation left out), in CPU and wall-clock time."""
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == warmup:
+                waiting.start()
+                self.t0, self.w0 = time.perf_counter(), time.time()
+
+        def on_train_end(self, logs=None):
+            self.seconds, self.w1 = time.perf_counter() - self.t0, time.time()
+
+    return Timer()
+
+
 def inputs(data: Path, work: Path, events: int) -> dict[str, list[str]]:
     """Symbolic links to the reference files under distinct names (each name is its own file to the
     split hash) until ``events`` per sample are reached."""
@@ -121,7 +136,6 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     import keras
-    import numpy as np
 
     from payload.config import load_config
     from payload.convert import convert
@@ -181,18 +195,9 @@ def main() -> int:
         model.jit_compile = jit == "jit"
         streams = make_stream_factory(config, sources, tallies, (TRAIN,), 1, shuffle=True)
 
-        class Timer(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                if batch == warmup:
-                    waiting.start()
-                    self.t0, self.w0 = time.perf_counter(), time.time()
-
-            def on_train_end(self, logs=None):
-                self.seconds, self.w1 = time.perf_counter() - self.t0, time.time()
-
-        timer = Timer()
         with fit_input(streams) as batches:
             waiting = Waiting(iter(batches))
+            timer = steady_timer(keras, warmup, waiting)
             # tf.data (TensorFlow) pulls batches in its own threads: the wait is measured for other backends.
             model.fit(waiting.batches() if keras.backend.backend() != "tensorflow" else batches,
                       steps_per_epoch=warmup + steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
