@@ -12,7 +12,7 @@ ndf = bins - 1 per variable, and its p-value.  Rows:
 - with ``--train-primary/--train-secondary``: hep_ml's GBReweighter trained on the same eight
   variables of those files (the field's standard reweighter, the baseline).
 
-    python benchmarks/holdout_closure.py --primary hold_A.root --secondary hold_B.root \
+    python benchmarks/holdout_closure.py --primary hold_A*.root --secondary hold_B*.root \
         --predictions applied/predictions.h5 --train-primary ttbar_A_large.root --train-secondary ttbar_B_large.root
 
 Also prints, per object type, the multiplicity and the object-level jet-mass closure (all jets),
@@ -35,9 +35,13 @@ VARIABLES = ["njets", "jet1_pt", "HT", "mjj", "ptV", "dRjj", "lep1_pt", "met"]
 BRANCHES = ["jet_pt", "jet_m", "lep_pt", "met", "mjj", "ptV", "dRjj", "weight"]
 
 
-def read(path: str, tree: str = "nominal") -> dict[str, np.ndarray]:
-    with uproot.open(path) as f:
-        a = f[tree].arrays(BRANCHES)
+def read(paths: list[str], tree: str = "nominal") -> dict[str, np.ndarray]:
+    """The variables of every event of ``paths`` (concatenated in the order given)."""
+    parts = []
+    for path in paths:
+        with uproot.open(path) as f:
+            parts.append(f[tree].arrays(BRANCHES))
+    a = ak.concatenate(parts)
     jets, leps = a["jet_pt"], a["lep_pt"]
     out = {
         "njets": ak.to_numpy(ak.num(jets)).astype(np.float64),
@@ -111,20 +115,32 @@ def table(primary, secondary, weights: np.ndarray, bins: int) -> dict[str, dict[
     return out
 
 
-def nn_weights(path: str, primary_file: str, n: int) -> np.ndarray:
-    """``nn_weight`` of the primary's events by entry (1 for entries the job did not keep)."""
+def nn_weights(path: str, primary_files: list[str], sizes: list[int]) -> np.ndarray:
+    """``nn_weight`` of the primary's events, file by file and entry by entry, in the order ``read``
+    concatenates them (1 for entries the job did not keep)."""
     with h5py.File(path, "r") as f:
         sources = json.loads(f.attrs["source_files"])
         sample, fidx, entry, w = f["sample"][:], f["file_index"][:], f["entry"][:], f["nn_weight"][:]
     names = [s.rsplit("/", 1)[-1] for s in sources["0"]]
-    index = names.index(primary_file.rsplit("/", 1)[-1])
-    sel = (sample == 0) & (fidx == index)
-    out = np.ones(n)
-    out[entry[sel]] = w[sel]
-    return out
+    out = []
+    for file, n in zip(primary_files, sizes):
+        index = names.index(file.rsplit("/", 1)[-1])
+        sel = (sample == 0) & (fidx == index)
+        part = np.ones(n)
+        part[entry[sel]] = w[sel]
+        out.append(part)
+    return np.concatenate(out)
 
 
-def gb_weights(train_a: str, train_b: str, primary, seed: int) -> np.ndarray:
+def entries(paths: list[str], tree: str = "nominal") -> list[int]:
+    sizes = []
+    for path in paths:
+        with uproot.open(path) as f:
+            sizes.append(f[tree].num_entries)
+    return sizes
+
+
+def gb_weights(train_a: list[str], train_b: list[str], primary, seed: int) -> np.ndarray:
     from hep_ml.reweight import GBReweighter
 
     a, b = read(train_a), read(train_b)
@@ -141,11 +157,11 @@ def gb_weights(train_a: str, train_b: str, primary, seed: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--primary", required=True)
-    p.add_argument("--secondary", required=True)
+    p.add_argument("--primary", nargs="+", required=True, help="held-out primary file(s)")
+    p.add_argument("--secondary", nargs="+", required=True, help="held-out secondary file(s)")
     p.add_argument("--predictions", nargs="*", default=[], help="LABEL=predictions.h5 or predictions.h5")
-    p.add_argument("--train-primary")
-    p.add_argument("--train-secondary")
+    p.add_argument("--train-primary", nargs="+")
+    p.add_argument("--train-secondary", nargs="+")
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
@@ -156,7 +172,7 @@ def main(argv=None) -> int:
     rows = {"unweighted": table(primary, secondary, np.ones(n), args.bins)}
     for spec in args.predictions:
         label, _, path = spec.rpartition("=")
-        rows[label or path] = table(primary, secondary, nn_weights(path, args.primary, n), args.bins)
+        rows[label or path] = table(primary, secondary, nn_weights(path, args.primary, entries(args.primary)), args.bins)
     if args.train_primary and args.train_secondary:
         rows["GBReweighter"] = table(primary, secondary, gb_weights(args.train_primary, args.train_secondary,
                                                                     primary, args.seed), args.bins)

@@ -5,8 +5,10 @@ Per collection (objects of one ``type`` code, or all objects when there is no ty
 multiplicity ``n_<c>``, the leading two objects' features ``<c>1_<f>``, ``<c>2_<f>`` (every object
 feature but the type, azimuthal angles and categorical codes; 0 where the object is absent) and the
 scalar sum of the ordering feature ``sum_<o>_<c>`` (HT for jets, MET for a one-object collection);
-then the total multiplicity and sum, the spectators and the event features.  Leading means first in
-the stored order, which is descending ``data.sort_by``.
+where the objects carry ``pt``, ``eta``, ``phi`` and ``m``, also the invariant mass ``<c>12_m`` and
+separation ``<c>12_dr`` of the leading two (what a per-object feature list cannot show: their
+relative angle); then the total multiplicity and sum, the spectators and the event features.
+Leading means first in the stored order, which is descending ``data.sort_by``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class HighLevel:
         collections = config.data.collections
         self.groups = ([(c.name, c.type_code) for c in collections] if self.type_index is not None and len(collections) > 1
                        else [("objects", None)])
+        four = ("pt", "eta", "phi", "m")
+        self.kinematics = [object_names.index(n) for n in four] if all(n in object_names for n in four) else None
         names, integer, derived = [], [], {}
         for group, _ in self.groups:
             names.append(f"n_{group}")
@@ -42,6 +46,9 @@ class HighLevel:
             if self.order is not None:
                 names.append(f"sum_{object_names[self.order]}_{group}")
                 derived[names[-1]] = object_names[self.order]
+            if self.kinematics is not None:
+                names += [f"{group}12_m", f"{group}12_dr"]
+                derived[f"{group}12_m"] = "m"
         if len(self.groups) > 1:
             names.append("n_objects")
             integer.append("n_objects")
@@ -80,6 +87,9 @@ class HighLevel:
                     put(np.where(present, objects[rows, slot, j], 0.0))
             if self.order is not None:
                 put(np.where(sel, objects[:, :, self.order], 0.0).sum(axis=1))
+            if self.kinematics is not None:
+                for column in _pair(objects, sel, rank, rows, self.kinematics):
+                    put(column)
         if len(self.groups) > 1:
             put(real.sum(axis=1))
             if self.order is not None:
@@ -90,3 +100,22 @@ class HighLevel:
         """(events, len(names)) float32 for a ``payload.dataset.Block`` (its raw, unscaled arrays)."""
         return np.concatenate([self.object_columns(block.raw_objects, block.n_objects),
                                block.spectators.astype(np.float32), block.events.astype(np.float32)], axis=1)
+
+
+def _pair(objects: np.ndarray, sel: np.ndarray, rank: np.ndarray, rows: np.ndarray,
+          kinematics: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Invariant mass and Delta R of the first two selected objects of each event (0 without two)."""
+    pt_i, eta_i, phi_i, m_i = kinematics
+    first, second = sel & (rank == 1), sel & (rank == 2)
+    both = second.any(axis=1)
+    a, b = objects[rows, first.argmax(axis=1)], objects[rows, second.argmax(axis=1)]
+    p = []
+    for o in (a, b):
+        pt, eta, phi, m = (o[:, i].astype(np.float64) for i in (pt_i, eta_i, phi_i, m_i))
+        px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+        p.append((np.sqrt(px * px + py * py + pz * pz + m * m), px, py, pz))
+    e, px, py, pz = (x + y for x, y in zip(*p))
+    mass = np.sqrt(np.maximum(e * e - px * px - py * py - pz * pz, 0.0))
+    dphi = (a[:, phi_i] - b[:, phi_i] + np.pi) % (2 * np.pi) - np.pi
+    dr = np.hypot(a[:, eta_i] - b[:, eta_i], dphi)
+    return np.where(both, mass, 0.0), np.where(both, dr, 0.0)

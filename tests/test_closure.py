@@ -98,3 +98,13 @@ def test_integer_bins_merge_sparse_values():
     counts = np.histogram(values, edges)[0]
     assert (counts >= 5).all() and counts.sum() == len(values)
     assert edges_for(np.ones(10), 20, integer=False) is None
+
+
+def test_leading_pair_mass_and_separation_match_the_generators_mjj_and_drjj(events, tmp_path, shared_samples):
+    """jets12_m and jets12_dr, built from the converted jets, equal the generator's own mjj and dRjj
+    spectators (computed by FastJet from the same two jets) for every event."""
+    high, x, _ = events
+    with __import__("uproot").open(shared_samples[0]) as f:
+        truth = f["nominal"].arrays(["mjj", "dRjj"], library="np")
+    np.testing.assert_allclose(x[:, high.names.index("jets12_m")], truth["mjj"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(x[:, high.names.index("jets12_dr")], truth["dRjj"], atol=1e-4)
