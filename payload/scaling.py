@@ -225,7 +225,8 @@ class ScalerFitter:
                 else:
                     mean, std = float(values.mean()), float(values.std())
                 offset[j], scale[j] = mean, std if std > 0 else 1.0
-            if len(np.unique(raw[:1000])) > 10:  # not a categorical code or a flag
+            # Counts, codes and flags take few values by nature: only continuous features are checked.
+            if len(np.unique(raw[:1000])) > 10 and not np.array_equal(raw, np.round(raw)):
                 scaled = (values - offset[j]) / scale[j]
                 lo, hi = _quantiles(scaled, (q_lo, q_hi)) if cfg.method != "minmax" else (0.0, 1.0)
                 used = occupancy(scaled, lo, hi)

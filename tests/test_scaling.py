@@ -96,3 +96,10 @@ def test_version_1_scaler_files_keep_their_meaning(tmp_path):
     scaler = Scaler.load(tmp_path / "scaler.json")
     out = scaler.apply_events(np.array([[0.0], [1.0]], np.float32))[:, 0]
     np.testing.assert_allclose(out, [(np.log(1e-6) + 13.8155) / 20, 13.8155 / 20], atol=1e-5)
+
+
+def test_counts_are_not_warned_about():
+    """A multiplicity takes a dozen integer values: few bins of its range are filled by nature."""
+    counts = np.random.default_rng(3).poisson(6, 50_000).astype(np.float32) + 2
+    assert len(np.unique(counts)) > 10
+    assert not _fit(counts).warnings
