@@ -175,7 +175,7 @@ def trimmed_slots(mask: np.ndarray, slots: int) -> int:
     return min(slots, max(TRIM_STEP, -(-real // TRIM_STEP) * TRIM_STEP))
 
 
-def trim(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def cut_padding(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Inputs with the padded object slots beyond the last real object of any event cut away (views).
     Real objects come first in every event, so nothing real is lost."""
     if "mask" not in inputs:
@@ -301,16 +301,20 @@ class TrainingStream:
 
             self.augmenter = Augmenter(config, sources[0][0].scaler)
         self.level = config.model.autoencoder.level if config.task == "autoencode" else None
-        self.trim = config.training.trim_padding and config.model.type == "deepsets"
+        #: Whether ``groups(..., trim=True)`` may cut padding (the model takes any number of slots).
+        self.trimmable = config.training.trim_padding and config.model.type == "deepsets"
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         """Endless batches (x, y, sample weight)."""
         for x, y, w in self.groups(1):
             yield {k: v[0] for k, v in x.items()}, y[0], w[0]
 
-    def groups(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    def groups(self, size: int, trim: bool = False) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         """Endless groups of ``size`` consecutive batches stacked on a leading axis: the same batches
-        as ``batches()`` (for the same seed and no augmentation), built with one copy per group."""
+        as ``batches()`` (for the same seed and no augmentation), built with one copy per group.
+        With ``trim`` (for a consumer that declares the slot axis variable, as ``payload.feed`` does
+        for tf.data) the padding beyond the group's largest multiplicity is cut away; plain batches keep
+        every slot, since Keras fixes a generator's shapes from its first two batches."""
         while True:
             parts, labels = [], []
             for c, (rows, n, label, factor) in enumerate(zip(self.rows, self.per_batch, self.labels, self.factors)):
@@ -324,8 +328,8 @@ class TrainingStream:
                 labels.append(np.full((size, n), label, dtype=np.float32))
             # Batch i takes the next per_batch[k] rows of every class k, as consecutive batches would.
             group = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
-            if self.trim:
-                group = trim(group)
+            if trim and self.trimmable:
+                group = cut_padding(group)
             weight = group.pop("weight")
             rows_shape = (size * weight.shape[1],)
             if self.augmenter is not None:

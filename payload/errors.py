@@ -69,6 +69,18 @@ class OutputError(PayloadError):
     exit_code = 9
 
 
+class OutputBusyError(PayloadError):
+    """Another job holds the output directory."""
+
+    exit_code = 11
+
+
+class TrainingError(PayloadError):
+    """Training produced a non-finite loss: the weights are dead, nothing after it can be trusted."""
+
+    exit_code = 12
+
+
 class DatasetAccessError(PayloadError):
     """A Rucio DID cannot be resolved: no client, config or credentials, or the server refuses."""
 

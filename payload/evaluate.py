@@ -24,7 +24,7 @@ import numpy as np
 
 from payload.atomic import atomic_path
 from payload.config import JobConfig
-from payload.dataset import Block, EventSource, trim
+from payload.dataset import Block, EventSource, cut_padding
 from payload.h5layout import object_mask
 from payload.metrics import BinaryScores, WeightedHist, compare, distance_correlation
 from payload.models import input_names
@@ -38,7 +38,7 @@ PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "sp
 def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     wanted = {k: inputs[k] for k in input_names(model)}
     if variable_objects(model):
-        wanted = trim(wanted)
+        wanted = cut_padding(wanted)
     return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
 
 

@@ -36,16 +36,18 @@ def epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int
             yield next(batches)
 
 
-def epoch_groups(make_stream: Callable[[int], TrainingStream], start_epoch: int, group: int) -> Iterator[Batch]:
-    """``epoch_batches`` in groups of ``group`` stacked batches (the last group of an epoch is shorter)."""
+def epoch_groups(make_stream: Callable[[int], TrainingStream], start_epoch: int, group: int,
+                 trim: bool = False) -> Iterator[Batch]:
+    """``epoch_batches`` in groups of ``group`` stacked batches (the last group of an epoch is shorter);
+    ``trim``: padding cut per group where the model allows it."""
     for epoch in itertools.count(start_epoch):
         stream = make_stream(epoch)
         full, rest = divmod(stream.steps, group)
-        groups = stream.groups(group)
+        groups = stream.groups(group, trim=trim)
         for _ in range(full):
             yield next(groups)
         if rest:  # a new generator on the same stream continues where the last one stopped
-            yield next(stream.groups(rest))
+            yield next(stream.groups(rest, trim=trim))
 
 
 @contextlib.contextmanager
@@ -59,7 +61,7 @@ def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0
         return
     import tensorflow as tf
 
-    with prefetched(epoch_groups(make_stream, start_epoch, group), depth=2) as groups:
+    with prefetched(epoch_groups(make_stream, start_epoch, group, trim=True), depth=2) as groups:
         first = next(groups)
         # Object slots vary from group to group when padding is trimmed: that axis is left open.
         spec = ({key: tf.TensorSpec((None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask")

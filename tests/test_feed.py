@@ -28,7 +28,7 @@ class CountingStream:
                    (values % 2)[:, None], values)
 
 
-    def groups(self, size):
+    def groups(self, size, trim=False):
         batches = self.batches()
         while True:
             group = [next(batches) for _ in range(size)]
@@ -140,7 +140,7 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
             files.append(convert(config, [str(root)], tmp_path / f"t{i}-{trim}.h5", progress=False).output)
         scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
         sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
-        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0).groups(4)
+        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0).groups(4, trim=True)
 
     trimmed, full = next(stream(True)), next(stream(False))
     assert full[0]["objects"].shape[2] == 45

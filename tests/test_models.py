@@ -42,7 +42,7 @@ def test_padded_objects_change_nothing(pooling):
 def test_trimmed_padding_gives_the_same_predictions():
     """Cutting the padded slots beyond the last real object (what training batches and evaluation
     blocks do) changes no prediction: 45 slots with at most 13 real objects run as 16."""
-    from payload.dataset import trim
+    from payload.dataset import cut_padding
     from payload.evaluate import predict, variable_objects
 
     rng = np.random.default_rng(1)
@@ -51,7 +51,7 @@ def test_trimmed_padding_gives_the_same_predictions():
     mask = (np.arange(45) < np.minimum(counts, 13)[:, None]).astype(np.float32)
     objects *= mask[:, :, None]
     inputs = {"objects": objects, "mask": mask, "events": rng.normal(size=(256, 2)).astype(np.float32)}
-    cut = trim(inputs)
+    cut = cut_padding(inputs)
     assert cut["objects"].shape[1] == cut["mask"].shape[1] == 16
     assert variable_objects(model)
     full = np.asarray(model.predict_on_batch(inputs)).ravel()
