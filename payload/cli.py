@@ -2,13 +2,15 @@
 
 Exit codes (documented in the README): 0 success; 2 bad config or arguments; 3 input missing;
 4 input corrupt; 5 tree missing; 6 branch missing; 7 inconsistent data; 8 no events; 9 output not
-writable; 70 internal error (a bug, traceback printed); 130 interrupted.  All stay below 255, as
-the PanDA pilot records exit codes modulo 255.
+writable or disk full; 10 Rucio; 11 output directory held by another job; 12 training diverged; 70
+internal error (a bug, traceback printed); 128 + N terminated by signal N (SIGINT 130, SIGTERM 143,
+SIGUSR1 138).  All stay below 255, as the PanDA pilot records exit codes modulo 255.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -16,7 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from payload import __version__
-from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PayloadError
+from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, PayloadError
+from payload.signals import Terminated
 
 log = logging.getLogger("payload")
 # TensorFlow's C++ start-up chatter would bury the job's own log lines in grid logs.
@@ -52,22 +55,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     from payload.job import run_job
 
     report_dir = Path.cwd()  # where the PanDA pilot looks for userJobMetadata.json
+    if args.job_report and not os.access(report_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"working directory {report_dir}: not writable, and the job report userJobMetadata.json "
+                          "goes there; run from a writable directory or pass --no-job-report")
     try:
         config = _config(args.config) if args.mode == "train" else None
         result = run_job(config, args.primary, args.secondary, args.output, mode=args.mode, model=args.model,
                          tarball=args.tarball, progress=not args.quiet)
-    except PayloadError as err:
+    except (PayloadError, Terminated) as err:
         if args.job_report:
-            write_report(report_dir, err.exit_code, args.output, error=err.message)
+            _report(report_dir, err.exit_code, args.output, error=err.message)
         raise
     except Exception as err:
         if args.job_report:
-            write_report(report_dir, EXIT_INTERNAL, args.output, error=f"{type(err).__name__}: {err}")
+            _report(report_dir, EXIT_INTERNAL, args.output, error=f"{type(err).__name__}: {err}")
         raise
     if args.job_report:
         write_report(report_dir, 0, args.output, metrics=result.metrics)
     _summary(result)
     return 0
+
+
+def _report(directory: Path, code: int, output, error: str) -> None:
+    """The failed job's report, where space allows (a full disk must not hide the job's own error)."""
+    from payload.gridreport import write_report
+
+    with contextlib.suppress(OSError):
+        write_report(directory, code, output, error=error)
 
 
 def _summary(result) -> None:
@@ -214,6 +228,9 @@ def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         return func(args)
     except PayloadError as err:
         print(f"payload: error: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except Terminated as err:
+        print(f"payload: {err.message}; a rerun in the same directory resumes", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("payload: interrupted", file=sys.stderr)

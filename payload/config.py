@@ -60,6 +60,10 @@ class DataConfig(_Strict):
     chunk_size: Annotated[int, Field(ge=100)] = 50_000
     workers: Annotated[int, Field(ge=0, le=512)] = 0  # reading processes; 0 = one per core the job may use, less one (1 on two cores)
     compression: Literal["blosc-lz4", "lzf", "gzip", "none"] = "blosc-lz4"
+    #: NaN or infinite values in a stored branch: ``error`` stops the job (exit 7) naming the branch
+    #: and the count; ``drop_event`` leaves out every event holding one; ``zero`` stores 0 instead.
+    #: The choice and the counts per branch are recorded in the work file and the manifest.
+    nonfinite: Literal["error", "drop_event", "zero"] = "error"
 
     _to_mapping = field_validator("event_features", "spectators", mode="before")(_names_to_mapping)
 
@@ -225,6 +229,10 @@ class TrainingConfig(_Strict):
     #: seed000: constant for 2 epochs then x exp(-0.1) per epoch (seed 000); cosine; onecycle; constant.
     schedule: Literal["seed000", "cosine", "onecycle", "constant"] = "seed000"
     early_stopping_patience: Annotated[int, Field(ge=0)] = 5  # 0 disables
+    #: The model the job keeps: ``best`` (lowest validation loss) or ``last`` (the final epoch: with a
+    #: schedule decaying to a small rate, the converged model, where a noisy validation loss would
+    #: pick an early, still crude one).
+    keep: Literal["best", "last"] = "best"
     class_balance: bool = True
     use_weights: bool = True
     #: Negative generator weights in the training loss: abs (default, stable), keep, or zero.
@@ -370,21 +378,81 @@ def parse_config(raw: Any, source: str = "<config>") -> JobConfig:
         raise ConfigError(f"config {source}: {_format_validation_error(err)}") from None
 
 
+#: Bounds on a config file, which may come from an untrusted bundle: its size, the number of values
+#: once YAML aliases are expanded (a 1 kB "billion laughs" file expands to gigabytes) and the nesting.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_yaml_size(root: yaml.Node, source: str) -> None:
+    """Count the values and depth of the document as it would be built (aliases expanded), without
+    building it; refuse recursive aliases."""
+    measured: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in measured:
+            continue
+        children = _children(node)
+        if not children_done:
+            if key in open_nodes:
+                raise ConfigError(f"config {source}: a YAML alias refers to itself; configs must be finite")
+            open_nodes.add(key)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in open_nodes:
+                    raise ConfigError(f"config {source}: a YAML alias refers to itself; configs must be finite")
+                stack.append((child, False))
+            continue
+        open_nodes.discard(key)
+        size = 1 + sum(measured[id(c)][0] for c in children)
+        depth = 1 + max((measured[id(c)][1] for c in children), default=0)
+        if size > MAX_CONFIG_VALUES:
+            raise ConfigError(f"config {source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are "
+                              "expanded; refused")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"config {source}: nested more than {MAX_CONFIG_DEPTH} levels deep; refused")
+        measured[key] = (size, depth)
+
+
 def load_config(path: str | Path) -> JobConfig:
-    """Read and validate a YAML job config."""
+    """Read and validate a YAML job config (bounded: see ``MAX_CONFIG_BYTES`` and the rest)."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: {size} bytes, more than the limit {MAX_CONFIG_BYTES}; refused")
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config {path}: file not found") from None
     except OSError as err:
         raise ConfigError(f"config {path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path}: not a text file") from None
     try:
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            raw = None
+        else:
+            _check_yaml_size(node, str(path))
+            raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config {path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    except RecursionError:
+        raise ConfigError(f"config {path}: nested too deeply to read; refused") from None
     return parse_config(raw, str(path))
 
 

@@ -69,6 +69,10 @@ class Block:
     entry: np.ndarray       # (n,) int64
     clipped: int
     stats: dict[str, GroupStats]
+    #: Per branch: NaN or infinite values met (dealt with by ``data.nonfinite``); per energy
+    #: feature: negative values kept.
+    nonfinite: dict[str, int]
+    negative: dict[str, int]
 
     def __len__(self) -> int:
         return len(self.entry)
@@ -124,6 +128,10 @@ class ChunkBuilder:
         self.features = list(data.object_features)
         self.sort_col = self.features.index(data.sort_by) if data.sort_by else None
         self.scales = np.array([data.energy_scale(f) for f in self.features], dtype=np.float32)
+        selection_only = set(self.selection.branches) if self.selection else set()
+        stored = [b for b in self.branches() if b not in selection_only]
+        #: Branches whose values are stored (selection-only branches are not checked for NaN).
+        self.stored = stored
 
     def branches(self) -> list[str]:
         """Every branch the conversion reads, each once."""
@@ -173,6 +181,31 @@ class ChunkBuilder:
         return counts, [coll.type_code if feature == TYPE_FEATURE else columns.get(feature, coll.branches[feature])
                         for feature in self.features]
 
+    def _nonfinite(self, arrays: dict[str, ak.Array], n: int, where: str) -> tuple[dict[str, int], np.ndarray | None]:
+        """NaN or infinite values per stored branch and, for ``drop_event``, the events holding one.
+        ``error`` raises here, naming the branches and counts."""
+        counts: dict[str, int] = {}
+        bad_events = np.zeros(n, dtype=bool) if self.data.nonfinite == "drop_event" else None
+        for branch in self.stored:
+            arr = arrays[branch]
+            if arr.ndim not in (1, 2):
+                continue  # reported as a layout error where the branch is used
+            per_event, flat = (None, ak.to_numpy(arr)) if arr.ndim == 1 else _jagged_parts(arr)
+            if flat.dtype.kind != "f":
+                continue
+            finite = np.isfinite(flat)
+            if finite.all():
+                continue
+            counts[branch] = int(finite.size - np.count_nonzero(finite))
+            if bad_events is not None:
+                owner = np.arange(n) if per_event is None else np.repeat(np.arange(n), per_event)
+                bad_events[owner[~finite]] = True
+        if counts and self.data.nonfinite == "error":
+            found = ", ".join(f"{b!r} ({k})" for b, k in counts.items())
+            raise InconsistentDataError(f"input {where}: NaN or infinite values in branch(es) {found}; set "
+                                        "data.nonfinite to drop_event or zero to accept them")
+        return counts, bad_events
+
     def __call__(self, arrays: dict[str, ak.Array], file_index: int, start: int, stop: int, location: str) -> Block:
         n_read = len(next(iter(arrays.values())))
         entry = np.arange(start, start + n_read, dtype=np.int64)
@@ -180,6 +213,13 @@ class ChunkBuilder:
             keep = self.selection.evaluate(arrays)
             arrays = {k: v[keep] for k, v in arrays.items()}
             entry = entry[keep]
+        nonfinite, bad = self._nonfinite(arrays, len(entry), f"{location} entries {start}-{stop}")
+        if nonfinite and bad is not None:
+            arrays = {k: v[~bad] for k, v in arrays.items()}
+            entry = entry[~bad]
+        elif nonfinite:  # zero
+            arrays = {k: ak.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if k in nonfinite else v
+                      for k, v in arrays.items()}
         n = len(entry)
         m, f = self.data.max_objects, len(self.features)
 
@@ -225,10 +265,15 @@ class ChunkBuilder:
         sample = math.ceil(SAMPLE_OVERSAMPLING * CAPACITY * share)
         stats = new_stats(self.data)
         rows = np.empty((len(order), f), dtype=np.float32)
+        negative = {}
         for j, name in enumerate(self.features):
             values = sort_values if j == self.sort_col else column(j)
             rows[:, j] = values[order]
             stats["objects"].features[name].update(rows[:, j] if clipped else values, sample)
+            if name in self.data.energy_features:
+                below = int(np.count_nonzero(values < 0))
+                if below:
+                    negative[name] = below
         n_objects = np.minimum(counts, m).astype(np.int16)
 
         def flat(mapping: dict[str, str]) -> np.ndarray:
@@ -250,7 +295,8 @@ class ChunkBuilder:
         stats["spectators"].update(spectators, sample)
         stats["weights"].update(weights[:, None], sample)
         slots = event_of * index(m) + position
-        return Block(file_index, start, stop, n_objects, slots, rows, events, spectators, weights, entry, clipped, stats)
+        return Block(file_index, start, stop, n_objects, slots, rows, events, spectators, weights, entry, clipped, stats,
+                     nonfinite, negative)
 
 
 @dataclass(frozen=True)
@@ -437,6 +483,8 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
     """Runs the tasks and writes their blocks to ``output`` (the second half of ``convert``)."""
     data = config.data
     stats = new_stats(data)
+    nonfinite: dict[str, int] = {}
+    negative: dict[str, int] = {}
     n_clipped = 0
     selected = [0] * len(files)
     started = time.perf_counter()
@@ -450,6 +498,9 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
             for key, group in block.stats.items():
                 stats[key].merge(group)
             n_clipped += block.clipped
+            for total, part in ((nonfinite, block.nonfinite), (negative, block.negative)):
+                for key, count in part.items():
+                    total[key] = total.get(key, 0) + count
             selected[block.file_index] += len(block)
             yield block
 
@@ -480,6 +531,8 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "host": platform.node(),
                 "seconds": round(seconds, 3),
+                "nonfinite": {"mode": data.nonfinite, "values": nonfinite},
+                "negative_energies": negative,
             }
             writer.set_attrs(config=config_to_dict(config), provenance=provenance, stats=stats_dict,
                              source_files=list(files))
@@ -490,4 +543,11 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
         bar.finish()
     if n_clipped:
         log.info("clipped %d objects beyond max_objects=%d", n_clipped, data.max_objects)
+    if nonfinite:
+        action = "events holding them left out" if data.nonfinite == "drop_event" else "stored as 0"
+        log.warning("%s: NaN or infinite values (data.nonfinite %s: %s): %s", output.name, data.nonfinite, action,
+                    ", ".join(f"{b} {k}" for b, k in nonfinite.items()))
+    if negative:
+        log.warning("%s: negative values of energy features, kept as they are (check the inputs): %s", output.name,
+                    ", ".join(f"{name} {k} object(s)" for name, k in negative.items()))
     return ConvertResult(output, events, total_entries, seconds, stats_dict, provenance)

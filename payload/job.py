@@ -19,6 +19,8 @@ Working files (``work/`` converted HDF5, ``checkpoints/``) stay for resuming.  A
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import shutil
 import time
@@ -26,14 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from payload.atomic import atomic_path, write_json
-from payload.config import JobConfig, config_to_dict, dump_config, load_config
-from payload.convert import convert
-from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
-from payload.h5layout import json_attr, open_event_file
+from payload.atomic import atomic_path, check_writable_dir, write_json
+from payload.config import JobConfig, dump_config
+from payload.errors import EXIT_INTERNAL, ConfigError, OutputError, PayloadError
 from payload.inputs import expand_inputs
+from payload.lock import output_lock
 from payload.manifest import Timer, build_manifest, describe_input
 from payload.progress import log
+from payload.resume import bind_checkpoints, identity, work_file
+from payload.signals import Terminated, terminate_on_signals
+from payload.splits import base_name
 
 
 @dataclass
@@ -59,22 +63,6 @@ def labelled_sources(config: JobConfig, files: dict[str, Path], scaler,
             for name, label in zip(("primary", "secondary"), labels(config)) if name in files]
 
 
-def converted_file(config: JobConfig, files: list[str], target: Path, progress: bool) -> Path:
-    """Convert unless ``target`` already holds exactly these inputs with this data config (resume)."""
-    if target.exists():
-        try:
-            with open_event_file(target) as f:
-                same = (json_attr(f, "source_files") == files
-                        and json_attr(f, "config")["data"] == config_to_dict(config)["data"])
-        except PayloadError:
-            same = False
-        if same:
-            log.info("reusing %s", target)
-            return target
-    convert(config, files, target, progress=progress)
-    return target
-
-
 class _JobLog:
     """Copies the payload log into OUTPUT/job.log for the duration of the job."""
 
@@ -98,81 +86,143 @@ class _JobLog:
         self.handler.close()
 
 
-def _model_bundle(model_path: str | Path, output: Path) -> Path:
-    """A trained job's output directory, or a tarball of it extracted safely into OUTPUT."""
-    from payload.archive import safe_extract
-
-    path = Path(model_path)
-    if not path.exists():
-        raise InputMissingError(f"model {path}: no such file or directory")
-    if path.is_file():
-        path = safe_extract(path, output / "work" / "model")
-    for needed in ("model.keras", "scaler.json", "config.yaml"):
-        if not (path / needed).exists():
-            raise InputMissingError(f"model {model_path}: no {needed}; give the output directory or tarball of a "
-                                    "'payload run --mode train' job")
-    return path
+#: What every finished job leaves, by task (the rest depends on the options); a job missing any of
+#: them is not a success.
+REQUIRED = ("model.keras", "scaler.json", "config.yaml", "metrics.json", "predictions.h5", "job.log")
 
 
 def run_job(config: JobConfig | None, primary: str | list[str], secondary: str | list[str] | None,
             output: str | Path, mode: str = "train", model: str | Path | None = None,
             tarball: str | Path | None = None, progress: bool = True) -> JobResult:
+    """The whole job into ``output``, which it holds locked (``payload.lock``).  A failure at any stage
+    (a signal included, ``payload.signals``) leaves ``error.json`` naming the stage and no
+    ``manifest.json`` or ``metrics.json``: a job never looks complete unless it is."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    for stale in ("manifest.json", "error.json"):
-        (output / stale).unlink(missing_ok=True)
+    check_writable_dir(output, "output")
+    if tarball:
+        check_writable_dir(Path(tarball).parent, "tarball")
     timer = Timer()
     started = time.time()
-    stage = "setup"
-    try:
-        with _JobLog(output / "job.log"):
-            if mode == "evaluate":
-                if model is None:
-                    raise ConfigError("--mode evaluate needs --model (a trained job's output directory or tarball)")
-                bundle = _model_bundle(model, output)
-                config = load_config(bundle / "config.yaml")
-            elif config is None:
-                raise ConfigError("--mode train needs --config")
-            if mode == "train" and not secondary and config.task != "autoencode":
-                raise ConfigError(f"task {config.task} needs --secondary")
-            inputs = {"primary": expand_inputs(primary)}
-            if secondary:
-                inputs["secondary"] = expand_inputs(secondary)
-            stage = "convert"
-            work = output / "work"
-            work.mkdir(exist_ok=True)
-            converted = {}
-            for name, files in inputs.items():
-                with timer.stage(f"convert_{name}"):
-                    converted[name] = converted_file(config, files, work / f"{name}.h5", progress)
-            metrics = _train_and_evaluate(config, converted, output, timer, mode,
-                                          bundle if mode == "evaluate" else None)
-            stage = "outputs"
-            dump_config(config, output / "config.yaml")
-            write_json(output / "metrics.json", metrics)
-            from payload.device import describe
+    with output_lock(output), terminate_on_signals():
+        for stale in ("manifest.json", "error.json"):
+            (output / stale).unlink(missing_ok=True)
+        try:
+            with _JobLog(output / "job.log"):
+                return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
+        except BaseException as err:
+            _fail(output, err, timer)
+            raise disk_full(err) or err from None
 
-            described = {name: [describe_input(f) for f in files] for name, files in inputs.items()}
-            manifest = build_manifest("success", 0, mode, config.task, described, describe(), timer, output, started)
-            if tarball:
-                from payload.archive import make_tarball
 
-                write_json(output / "manifest.json", manifest)
-                with timer.stage("tarball"):
-                    make_tarball(output, Path(tarball))
-                manifest["timings"] = timer.stages
-                manifest["tarball"] = str(tarball)
-            write_json(output / "manifest.json", manifest)
-            log.info("job finished: outputs in %s", output)
-            return JobResult(output, metrics, manifest)
-    except PayloadError as err:
-        write_json(output / "error.json", {"status": "failed", "exit_code": err.exit_code, "stage": stage,
-                                           "error": err.message, "timings": timer.stages})
-        raise
-    except BaseException as err:
-        write_json(output / "error.json", {"status": "failed", "exit_code": EXIT_INTERNAL, "stage": stage,
-                                           "error": f"{type(err).__name__}: {err}", "timings": timer.stages})
-        raise
+def _run(config, primary, secondary, output: Path, mode: str, model, tarball, progress: bool, timer: Timer,
+         started: float) -> JobResult:
+    if mode == "evaluate":
+        if model is None:
+            raise ConfigError("--mode evaluate needs --model (a trained job's output directory or tarball)")
+        from payload import bundle as bundles
+
+        bundle = bundles.load(bundles.locate(model, output / "work" / "model"), model)
+        config = bundle.config
+    elif config is None:
+        raise ConfigError("--mode train needs --config")
+    if mode == "train" and not secondary and config.task != "autoencode":
+        raise ConfigError(f"task {config.task} needs --secondary")
+    inputs = {"primary": expand_inputs(primary)}
+    if secondary:
+        inputs["secondary"] = expand_inputs(secondary)
+    check_samples_differ(inputs)
+    with timer.stage("inputs"):
+        described = {name: [describe_input(f) for f in files] for name, files in inputs.items()}
+    identities = {name: [identity(d) for d in described[name]] for name in inputs}
+    work = output / "work"
+    work.mkdir(exist_ok=True)
+    converted = {}
+    for name, files in inputs.items():
+        with timer.stage(f"convert_{name}"):
+            converted[name] = work_file(config, files, identities[name], work / f"{name}.h5", progress)
+    if mode == "train":
+        bind_checkpoints(output, config, identities)
+    metrics = _train_and_evaluate(config, converted, output, timer, mode, bundle if mode == "evaluate" else None)
+    quality = data_quality(converted)
+    for name, q in quality.items():
+        if q["nonfinite"]["values"]:
+            metrics["warnings"].append(f"{name}: NaN or infinite values (data.nonfinite {q['nonfinite']['mode']}): "
+                                       f"{q['nonfinite']['values']}")
+        if q["negative_energies"]:
+            metrics["warnings"].append(f"{name}: negative values of energy features: {q['negative_energies']}")
+    with timer.stage("outputs"):
+        dump_config(config, output / "config.yaml")
+        write_json(output / "metrics.json", metrics)
+        missing = [name for name in REQUIRED if not (output / name).exists()]
+        if missing:
+            raise RuntimeError(f"the job finished without writing {', '.join(missing)}")
+        from payload.device import describe
+
+        manifest = build_manifest("success", 0, mode, config.task, described, describe(), timer, output, started)
+        manifest["data_quality"] = quality
+    if tarball:
+        from payload.archive import make_tarball
+
+        write_json(output / "manifest.json", manifest)
+        with timer.stage("tarball"):
+            make_tarball(output, Path(tarball))
+        manifest["timings"] = timer.stages
+        manifest["tarball"] = str(tarball)
+    write_json(output / "manifest.json", manifest)
+    log.info("job finished: outputs in %s", output)
+    return JobResult(output, metrics, manifest)
+
+
+def data_quality(converted: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Per sample: the NaN/inf values met and what was done with them, and negative energies kept (from
+    each work file's provenance)."""
+    from payload.h5layout import json_attr, open_event_file
+
+    out = {}
+    for name, path in converted.items():
+        with open_event_file(path) as f:
+            provenance = json_attr(f, "provenance")
+        out[name] = {"nonfinite": provenance.get("nonfinite", {"mode": "error", "values": {}}),
+                     "negative_energies": provenance.get("negative_energies", {})}
+    return out
+
+
+def check_samples_differ(inputs: dict[str, list[str]]) -> None:
+    """The same file in both samples makes the classifier learn nothing and the weights meaningless."""
+    if "secondary" in inputs:
+        shared = sorted(set(map(base_name, inputs["primary"])) & set(map(base_name, inputs["secondary"])))
+        if shared:
+            raise ConfigError(f"--primary and --secondary share {len(shared)} file(s) ({', '.join(shared[:3])}): "
+                              "the two samples must be different datasets")
+
+
+def disk_full(err: BaseException) -> OutputError | None:
+    """A full disk anywhere in the exception chain, as the user error it is (exit 9)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and (err.errno == errno.ENOSPC or "No space left on device" in str(err)):
+            where = f" at {err.filename}" if getattr(err, "filename", None) else ""
+            return OutputError(f"no space left on device{where}; free space or choose another --output")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _fail(output: Path, err: BaseException, timer: Timer) -> None:
+    """error.json naming the stage; the outputs that would make the job look complete are removed.
+    Written where space allows: a full disk must not hide the original error."""
+    known = disk_full(err) or err
+    if isinstance(known, (Terminated, PayloadError)):
+        code, message = known.exit_code, known.message
+    else:
+        code, message = EXIT_INTERNAL, f"{type(err).__name__}: {err}"
+    for name in ("manifest.json", "metrics.json"):
+        with contextlib.suppress(OSError):
+            (output / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        write_json(output / "error.json", {"status": "failed", "exit_code": code,
+                                           "stage": timer.failed or timer.current, "error": message,
+                                           "timings": timer.stages})
 
 
 def _trained_files(bundle: Path) -> dict[str, list[str]] | None:
@@ -187,19 +237,18 @@ def _trained_files(bundle: Path) -> dict[str, list[str]] | None:
 
 
 def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str,
-                        bundle: Path | None) -> dict[str, Any]:
+                        bundle) -> dict[str, Any]:
+    """Train (``bundle`` None) or apply a ``payload.bundle.Bundle``, then evaluate; the metrics."""
     import keras
 
     from payload import plots
     from payload.evaluate import closure_classifier, evaluate
-    from payload.models import load_model
     from payload.reconstruct import evaluate_autoencoder
-    from payload.scaling import Scaler
     from payload.splits import TRAIN, base_name
     from payload.train import prepare
 
     autoencode = config.task == "autoencode"
-    trained_on = _trained_files(bundle) if mode == "evaluate" else None
+    trained_on = _trained_files(bundle.directory) if mode == "evaluate" else None
     raw = [source for source, _ in labelled_sources(config, converted, None, trained_on)]
     # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
     trained = raw[:1] if autoencode else raw
@@ -215,8 +264,8 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             log.warning("%s", warning)
         metrics["warnings"] += scaler.warnings
     else:
-        scaler = Scaler.load(bundle / "scaler.json")
-        shutil.copyfile(bundle / "scaler.json", output / "scaler.json")
+        scaler = bundle.scaler
+        shutil.copyfile(bundle.directory / "scaler.json", output / "scaler.json")
     sources = labelled_sources(config, converted, scaler, trained_on)
 
     members = None
@@ -232,8 +281,8 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
                 shutil.rmtree(output / "saved_model", ignore_errors=True)
                 model.export(str(output / "saved_model"), verbose=False)
     else:
-        model = load_model(bundle / "model.keras")
-        shutil.copyfile(bundle / "model.keras", output / "model.keras")
+        model = bundle.model
+        shutil.copyfile(bundle.directory / "model.keras", output / "model.keras")
 
     if autoencode:
         with timer.stage("evaluate"):

@@ -56,7 +56,7 @@ def output_lock(directory: Path) -> Iterator[None]:
     """Hold the output directory for this process; raise ``OutputBusyError`` if another holds it."""
     path = directory / ".lock"
     try:
-        handle = open(path, "a+")
+        handle = open(path, "a+")  # noqa: SIM115 - held open (and locked) until the block ends
     except OSError as err:
         raise OutputError(f"output {directory}: cannot create its lock file ({err.strerror})") from None
     with handle:

@@ -27,8 +27,10 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
 
     from payload.feed import epoch_batches
     from payload.inputs import expand_inputs
-    from payload.job import converted_file, labelled_sources
+    from payload.job import labelled_sources
+    from payload.manifest import describe_input
     from payload.models import build_model_for
+    from payload.resume import identity, work_file
     from payload.train import compile_model, make_stream_factory, prepare
 
     if not 0 < start < stop:
@@ -41,7 +43,11 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
     output = Path(output)
     (output / "work").mkdir(parents=True, exist_ok=True)
     given = {"primary": primary, "secondary": secondary}
-    files = {n: converted_file(config, expand_inputs(given[n]), output / "work" / f"{n}.h5", progress) for n in names}
+    files = {}
+    for n in names:
+        listed = expand_inputs(given[n])
+        files[n] = work_file(config, listed, [identity(describe_input(f)) for f in listed],
+                             output / "work" / f"{n}.h5", progress)
     raw = [source for source, _ in labelled_sources(config, files, None)]
     scaler, tallies = prepare(config, raw)
     sources = labelled_sources(config, files, scaler)

@@ -30,8 +30,9 @@ def describe_input(location: str) -> dict[str, Any]:
     if is_url(location):
         return {"location": location}
     path = Path(location)
-    return {"location": location, "resolved": str(path.resolve()), "bytes": path.stat().st_size,
-            "adler32": adler32(path), **ORIGINS.get(location, {})}
+    stat = path.stat()
+    return {"location": location, "resolved": str(path.resolve()), "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "adler32": adler32(path), **ORIGINS.get(location, {})}
 
 
 def _xrootd_facts(url: str) -> dict[str, Any]:
@@ -83,14 +84,22 @@ class Timer:
     def __init__(self) -> None:
         self.stages: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}
+        #: The innermost stage an exception left (what ``error.json`` names), and the stage now running.
+        self.failed: str | None = None
+        self.current = "setup"
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         own_peak = _reset_peak_rss()
         start = time.perf_counter()
+        outer, self.current = self.current, name
         try:
             yield
+        except BaseException:
+            self.failed = self.failed or name
+            raise
         finally:
+            self.current = outer
             self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - start, 3)
             peak = peak_rss_mb() if own_peak else None
             if peak is not None:

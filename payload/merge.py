@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from payload import bundle as bundles
 from payload.atomic import atomic_path
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
 from payload.metrics import HEADLINE
 from payload.progress import log
 
-BUNDLE = ("model.keras", "scaler.json", "config.yaml", "metrics.json")
 CHUNK = 1 << 20
 
 
@@ -50,12 +51,17 @@ class Job:
 
 
 def _job_name(path: Path) -> str:
+    """A name for the job, also the name of its scratch directory: only letters, digits and ``_.+-``,
+    never starting with a dot (a tarball named ``...tgz`` must not extract into the merge root)."""
     name = path.name
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    # payload-submit local leaves POINT/out: the point names the job.
-    return path.parent.name if name in ("out", "output") and path.parent.name else name
+            name = name[: -len(suffix)]
+            break
+    else:
+        # payload-submit local leaves POINT/out: the point names the job.
+        name = path.parent.name if name in ("out", "output") and path.parent.name else name
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name).lstrip(".") or "job"
 
 
 def expand(inputs: list[str]) -> list[str]:
@@ -183,28 +189,60 @@ def _write_table(columns: list[str], rows: list[dict[str, Any]], metric: str, ou
 
 def _copy_bundle(job: Job, dest: Path) -> None:
     dest.mkdir(parents=True)
-    for name in BUNDLE:
+    for name in bundles.FILES:
         shutil.copyfile(job.directory / name, dest / name)
 
 
 def _ensemble(jobs: list[Job], dest: Path) -> dict[str, Any]:
     from payload.config import dump_config
-    from payload.models import load_model
     from payload.models.ensemble import build_ensemble, identity_scaler
-    from payload.scaling import Scaler
 
     data = [config_to_dict(j.config)["data"] for j in jobs]
     if any(d != data[0] for d in data):
         raise ConfigError("ensemble: the jobs were trained on different data layouts (data sections differ)")
-    members = [(load_model(j.directory / "model.keras"), Scaler.load(j.directory / "scaler.json")) for j in jobs]
+    members, used, skipped = [], [], []
+    for job in jobs:
+        try:
+            loaded = bundles.load(job.directory, job.source)
+        except PayloadError as err:
+            log.warning("ensemble: leaving out %s: %s", job.name, err.message)
+            skipped.append({"job": job.name, "reason": err.message})
+            continue
+        members.append((loaded.model, loaded.scaler))
+        used.append(job)
+    if not members:
+        raise InputCorruptError(f"ensemble: no member can be loaded ({skipped[0]['reason']})")
     model = build_ensemble(members)
     dest.mkdir(parents=True)
     model.save(dest / "model.keras")
     identity_scaler(members[0][1]).save(dest / "scaler.json")
-    dump_config(jobs[0].config, dest / "config.yaml")
-    info = {"members": [j.name for j in jobs]}
+    dump_config(used[0].config, dest / "config.yaml")
+    _check_applies(dest, model)
+    info = {"members": [j.name for j in used], "left_out": skipped}
     (dest / "members.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def _check_applies(dest: Path, built) -> None:
+    """The saved ensemble loads as a bundle and gives the built model's finite scores on a test batch:
+    an ensemble that would fail later is not written."""
+    from payload.evaluate import predict
+    from payload.models import input_names
+
+    loaded = bundles.load(dest)
+    rng = np.random.default_rng(0)
+    shapes = dict(zip(input_names(built), (tuple(t.shape) for t in built.inputs)))
+    slots = shapes.get("objects", (None, 8))[1] or 8
+    batch = {}
+    if "objects" in shapes:
+        batch["mask"] = (np.arange(slots) < rng.integers(1, slots + 1, 16)[:, None]).astype(np.float32)
+        batch["objects"] = (np.abs(rng.normal(size=(16, slots, shapes["objects"][-1]))) * 10 *
+                            batch["mask"][:, :, None]).astype(np.float32)
+    if "events" in shapes:
+        batch["events"] = np.abs(rng.normal(size=(16, shapes["events"][-1]))).astype(np.float32)
+    scores = predict(loaded.model, batch)
+    if not np.isfinite(scores).all() or not np.allclose(scores, predict(built, batch), rtol=1e-4, atol=1e-6):
+        raise InputCorruptError("ensemble: the saved ensemble does not reproduce its members' scores; not written")
 
 
 def _is_kfold(jobs: list[Job]) -> bool:

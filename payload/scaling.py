@@ -130,14 +130,33 @@ class Scaler:
 
     @classmethod
     def load(cls, path: str | Path) -> Scaler:
+        """Read and check a ``scaler.json``: every column list of one length, known transforms, finite
+        numbers, non-zero scales (a scale of 0 would turn every input into inf)."""
         try:
             d = json.loads(Path(path).read_text())
-            return cls(d["method"], ColumnScaling.from_dict(d["objects"]), ColumnScaling.from_dict(d["events"]),
-                       dict(d.get("outliers", {})), list(d.get("warnings", [])))
+            scaler = cls(d["method"], ColumnScaling.from_dict(d["objects"]), ColumnScaling.from_dict(d["events"]),
+                         dict(d.get("outliers", {})), list(d.get("warnings", [])))
         except FileNotFoundError:
             raise InputCorruptError(f"scaler {path}: not found") from None
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise InputCorruptError(f"scaler {path}: not a valid scaler file ({err})") from None
+        for group, columns in (("objects", scaler.objects), ("events", scaler.events)):
+            n = len(columns.names)
+            arrays = {"transforms": columns.transforms, "offset": columns.offset, "scale": columns.scale,
+                      "floor": columns.floor, "zero": columns.zero}
+            wrong = [k for k, v in arrays.items() if len(v) != n]
+            if wrong:
+                raise InputCorruptError(f"scaler {path}: {group}: {', '.join(wrong)} do not have one entry per "
+                                        f"feature ({n} names)")
+            unknown = sorted(set(columns.transforms) - {"none", *_INVERSE})
+            if unknown:
+                raise InputCorruptError(f"scaler {path}: {group}: unknown transform(s) {unknown}")
+            for key in ("offset", "scale", "floor", "zero"):
+                if not np.isfinite(arrays[key]).all():
+                    raise InputCorruptError(f"scaler {path}: {group}: {key} holds NaN or infinite values")
+            if (columns.scale == 0).any():
+                raise InputCorruptError(f"scaler {path}: {group}: a scale of 0 would make inputs infinite")
+        return scaler
 
 
 def outlier_mask(objects: np.ndarray, n_objects: np.ndarray, object_names: list[str],

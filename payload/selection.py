@@ -94,12 +94,49 @@ class Selection:
         return mask
 
 
+#: Bounds on what a selection may ask: a config is untrusted input (a bundle's config too), and
+#: Python folds constant expressions such as 9**9**9**9 at compile time, for ever.
+MAX_LENGTH = 2000
+MAX_NODES = 300
+MAX_CONSTANT = 1e15
+MAX_EXPONENT = 16
+
+
+def _check_limits(expression: str, tree: ast.AST) -> None:
+    nodes = list(ast.walk(tree))
+    if len(nodes) > MAX_NODES:
+        raise ConfigError(f"selection {expression[:60]!r}...: {len(nodes)} syntax nodes, more than the limit {MAX_NODES}")
+    for node in nodes:
+        if isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float)):
+                raise ConfigError(f"selection {expression!r}: only numbers may appear as constants")
+            if abs(node.value) > MAX_CONSTANT:
+                raise ConfigError(f"selection {expression!r}: constant {node.value!r} is beyond the limit {MAX_CONSTANT:g}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            exponent = node.right
+            if isinstance(exponent, ast.UnaryOp) and isinstance(exponent.op, (ast.USub, ast.UAdd)):
+                exponent = exponent.operand
+            if not (isinstance(exponent, ast.Constant) and abs(exponent.value) <= MAX_EXPONENT):
+                raise ConfigError(f"selection {expression!r}: a power needs a constant exponent of at most "
+                                  f"{MAX_EXPONENT} (e.g. pt**2)")
+
+
 def compile_selection(expression: str) -> Selection:
     """Parse and check a selection; the branches it reads are collected for the reader."""
+    if len(expression) > MAX_LENGTH:
+        raise ConfigError(f"selection: {len(expression)} characters, more than the limit {MAX_LENGTH}")
+    depth = deepest = 0
+    for char in expression:  # the parser recurses per bracket: bound it before parsing
+        depth += (char in "([{") - (char in ")]}")
+        deepest = max(deepest, depth)
+    if deepest > 50:
+        raise ConfigError(f"selection {expression[:60]!r}...: brackets nested {deepest} deep, more than the limit 50")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as err:
         raise ConfigError(f"selection {expression!r}: not a valid expression ({err.msg})") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"selection {expression[:60]!r}...: nested too deeply") from None
     branches: list[str] = []
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
@@ -111,5 +148,6 @@ def compile_selection(expression: str) -> Selection:
                 )
         elif isinstance(node, ast.Name) and node.id not in FUNCTIONS and node.id not in branches:
             branches.append(node.id)
+    _check_limits(expression, tree)
     tree = ast.fix_missing_locations(_ElementWise().visit(tree))
     return Selection(expression, tuple(branches), compile(tree, "<selection>", "eval"))

@@ -23,7 +23,7 @@ from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
 from payload.dataset import EventSource, TrainingStream, training_weights
 from payload.distribute import replicated
-from payload.errors import EmptyInputError
+from payload.errors import EmptyInputError, TrainingError
 from payload.feed import epoch_batches, fit_input
 from payload.prefetch import prefetched
 from payload.progress import log
@@ -88,6 +88,18 @@ def configure_precision(config: JobConfig) -> bool:
     return on
 
 
+class FiniteLoss(keras.callbacks.Callback):
+    """Stops training with a ``TrainingError`` once the loss is NaN or infinite (checked at the end of
+    each epoch, before the checkpoint: a dead model is never saved or resumed from)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = {k: v for k, v in (logs or {}).items() if k.endswith("loss") and not np.isfinite(float(v))}
+        if bad:
+            raise TrainingError(f"training: the loss became {', '.join(f'{k} {v}' for k, v in bad.items())} in "
+                                f"epoch {epoch + 1}; lower training.learning_rate, check the inputs' scaling "
+                                "warnings, or use data.nonfinite to deal with NaN inputs")
+
+
 class Checkpointer(keras.callbacks.Callback):
     """Per-epoch checkpoint, best model, CSV history, early stopping and the resume state."""
 
@@ -120,7 +132,7 @@ class Checkpointer(keras.callbacks.Callback):
         previous = self.state.get("checkpoint")
         self.state.update(epoch=epoch, checkpoint=name)
         write_json(self.directory / "state.json", self.state)  # the commit point
-        if previous and previous != name:
+        if previous and previous not in (name, "best.keras"):  # best.keras may be the resume point
             (self.directory / previous).unlink(missing_ok=True)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))
         if self.patience and self.state["wait"] >= self.patience:
@@ -142,6 +154,37 @@ def _truncate_history(path: Path, last_epoch: int) -> None:
         writer = csv.DictWriter(f, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _resume_point(checkpoints: Path) -> tuple[dict[str, Any], Any]:
+    """The saved state and the model to resume from, verified by loading it: the last epoch's
+    checkpoint, or else the best one (a damaged or truncated file), or else nothing (train from the
+    start).  Each fallback is logged with its reason."""
+    from payload.models import load_model
+
+    path = checkpoints / "state.json"
+    if not path.exists():
+        return {}, None
+    try:
+        state = json.loads(path.read_text())
+        candidates = [(state["checkpoint"], state["epoch"])]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("checkpoints: %s unreadable (%s); training from the start", path, err)
+        return {}, None
+    if "best_epoch" in state:
+        candidates.append(("best.keras", state["best_epoch"]))
+    for name, epoch in candidates:
+        try:
+            model = load_model(checkpoints / name)
+        except Exception as err:  # noqa: BLE001 - any damage (truncated zip, bad weights) means: not this one
+            log.warning("checkpoints: %s cannot be loaded (%s)", name, " ".join(str(err).split())[:200])
+            continue
+        if name != state["checkpoint"]:
+            log.warning("checkpoints: resuming from the best epoch, %d, instead", epoch + 1)
+            state.update(epoch=epoch, checkpoint=name, wait=0)
+        return state, model
+    log.warning("checkpoints: none can be loaded; training from the start")
+    return {}, None
 
 
 @dataclass
@@ -182,7 +225,6 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     checkpoints = output / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     history = output / "history.csv"
-    state_path = checkpoints / "state.json"
     seed = config.training.seed
     keras.utils.set_random_seed(seed)
     configure_precision(config)
@@ -196,15 +238,13 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
 
     # Model building, loading and fitting happen on every replica when data parallel.
     with replicated(config) as replicas:
-        state: dict[str, Any] = {}
-        resumed_from = None
-        if resume and state_path.exists():
-            state = json.loads(state_path.read_text())
-            model = load_model(checkpoints / state["checkpoint"])
-            resumed_from = state["epoch"]
+        state, model = _resume_point(checkpoints) if resume else ({}, None)
+        resumed_from = state.get("epoch") if model is not None else None
+        if model is not None:
             _truncate_history(history, resumed_from)
             log.info("resuming after epoch %d from %s", resumed_from + 1, state["checkpoint"])
         else:
+            state = {}
             history.unlink(missing_ok=True)
             model = build_model_for(config, sources[0][0])
             compile_model(model, config, steps)
@@ -220,7 +260,8 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
                 model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
                           verbose=0, shuffle=False, **fit_kwargs,
-                          callbacks=[Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
-    best = load_model(checkpoints / "best.keras")
-    return TrainResult(best, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
+                          callbacks=[FiniteLoss(),
+                                     Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
+    kept = load_model(checkpoints / ("best.keras" if config.training.keep == "best" else state["checkpoint"]))
+    return TrainResult(kept, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
                        state.get("best", float("nan")), steps, replicas)

@@ -104,9 +104,12 @@ def cmd_condor(args: argparse.Namespace) -> int:
     configs, names = _points(args, directory)
     items = []
     for config, name in zip(configs, names):
-        if config.resolve().parent != directory.resolve():  # configs sit beside the submit file
-            shutil.copyfile(config, directory / config.name)
-        items.append((name, config.name))
+        # Each config sits beside the submit file under its point's name: the queue list and the
+        # arguments then hold only names HTCondor cannot misread, whatever the user's file is called.
+        target = directory / f"{name}.yaml"
+        if config.resolve() != target.resolve():
+            shutil.copyfile(config, target)
+        items.append((name, target.name))
     job = CondorJob(args.image, expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
                     request_gpus=args.request_gpus, gpu_memory_mb=args.gpu_memory_mb,
                     request_memory=args.request_memory, request_disk=args.request_disk)

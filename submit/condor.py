@@ -16,11 +16,23 @@ from payload.inputs import is_url
 from submit.images import docker_url
 
 
+def literal(value: str) -> str:
+    """A value written into a submit description as it is: HTCondor expands ``$(...)`` and
+    ``$ENV(...)`` macros anywhere, so every ``$`` becomes ``$(DOLLAR)``; a newline would start a new
+    submit command and cannot be written at all."""
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"{value!r}: a newline cannot be written into an HTCondor submit file; rename it")
+    return value.replace("$", "$(DOLLAR)")
+
+
 def condor_arguments(args: list[str]) -> str:
     """HTCondor's quoted ``arguments`` syntax: the whole in double quotes, an argument holding
-    whitespace or a single quote in single quotes with ' doubled, and every " doubled."""
+    whitespace or a single quote in single quotes with ' doubled, and every " doubled.  Arguments
+    must already be ``literal`` where they hold user text (macros of our own stay macros)."""
     out = []
     for arg in args:
+        if "\n" in arg or "\r" in arg:
+            raise ConfigError(f"argument {arg!r}: a newline cannot be written into an HTCondor submit file")
         if arg == "" or any(c.isspace() for c in arg) or "'" in arg:
             arg = "'" + arg.replace("'", "''") + "'"
         out.append(arg.replace('"', '""'))
@@ -28,10 +40,11 @@ def condor_arguments(args: list[str]) -> str:
 
 
 def _list(values: list[str]) -> str:
+    """A file list (macros of our own, such as ``$(config)``, pass as they are)."""
     for value in values:
-        if "," in value or "\n" in value:
+        if "," in value or "\n" in value or "\r" in value:
             raise ConfigError(f"file {value!r}: HTCondor file lists cannot hold commas or newlines; rename it")
-    return ", ".join(values)
+    return ", ".join(v if v.startswith("$(") else literal(v) for v in values)
 
 
 def _container_job(image: str, args: list[str], inputs: list[str]) -> list[str]:
@@ -68,9 +81,9 @@ class CondorJob:
                 raise ConfigError(f"point name {name!r}: use letters, digits, '-' and '_' only")
         primary_files, primary = self._inputs(self.primary)
         secondary_files, secondary = self._inputs(self.secondary)
-        args = ["-q", "run", "--primary", primary]
+        args = ["-q", "run", "--primary", literal(primary)]
         if secondary:
-            args += ["--secondary", secondary]
+            args += ["--secondary", literal(secondary)]
         # $(config) and $(name) are filled per queued item; $(config) is transferred, so the job
         # sees its base name: items give configs by base name, placed beside the submit file.
         args += ["--config", "$(config)", "--output", "out", "--tarball", "$(name).tgz"]
@@ -118,7 +131,7 @@ def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Pat
     train = dag.layer(name="train", submit_description=htcondor2.Submit(body),
                       vars=[{"name": n, "config": c} for n, c in items])
     tarballs = [f"{n}.tgz" for n, _ in items]
-    merge_args = merge_args or ["-q", "merge", *tarballs, "--output", "merged"]
+    merge_args = [literal(a) for a in merge_args] if merge_args else ["-q", "merge", *tarballs, "--output", "merged"]
     merge = htcondor2.Submit("\n".join([
         *_container_job(job.image, merge_args, tarballs), "transfer_output_files = merged",
         "request_cpus = 1", "request_memory = 4 GB", "request_gpus = 0",

@@ -35,15 +35,28 @@ class LocalRun:
             return [sys.executable, "-m", "payload", *run, "--config", str(config.resolve()), "--output", "out",
                     "--tarball", "out.tgz"]
         # The inputs and the config are mounted read-only at their own paths; the point's
-        # directory is the working directory, as on the grid.
+        # directory is the working directory, as on the grid.  --mount, not -v: a path holding ':'
+        # would split -v's SRC:DST:MODE, and --mount's CSV value quotes commas.
         mounts = {str(Path(p).resolve().parent) for p in [*self.primary, *self.secondary, config]}
         argv = ["docker", "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}",
-                "-v", f"{point_dir.resolve()}:/job", "-w", "/job"]
+                "--mount", bind_mount(point_dir.resolve(), "/job"), "-w", "/job"]
         for mount in sorted(mounts):
-            argv += ["-v", f"{mount}:{mount}:ro"]
+            argv += ["--mount", bind_mount(mount, mount, readonly=True)]
         if self.gpus:
             argv += ["--gpus", "all"]
         return argv + [self.image, *run, "--config", str(config.resolve()), "--output", "out", "--tarball", "out.tgz"]
+
+
+def bind_mount(source: str | Path, target: str | Path, readonly: bool = False) -> str:
+    """``docker run --mount`` value for a bind mount: CSV fields, each quoted when it holds a comma or a
+    quote (docker parses the value as CSV)."""
+    import csv
+    import io
+
+    fields = ["type=bind", f"source={source}", f"target={target}"] + (["readonly"] if readonly else [])
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow(fields)
+    return line.getvalue()
 
 
 def run_points(run: LocalRun, configs: list[Path], names: list[str], workdir: str | Path) -> list[dict[str, Any]]:
