@@ -51,6 +51,35 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
         raise
 
 
+@contextlib.contextmanager
+def hdf5_writing(file, path: Path, finish=None) -> Iterator[None]:
+    """Close an HDF5 file being written once the block ends (``finish`` instead, when given).
+
+    On a failure the file is abandoned (its temporary name is removed by ``atomic_path``), but HDF5
+    must still flush its caches to close it, and on a full disk a file it cannot close is flushed
+    again when the library shuts down, which kills the process (SIGSEGV) after the error was
+    reported.  So its descriptor is pointed at /dev/null first: the flush then succeeds, into nothing."""
+    try:
+        yield
+        # Flushed before anything is closed: a full disk found by a close leaves HDF5 half closed.
+        file.flush()
+        (finish or file.close)()
+    except BaseException:
+        target = os.path.realpath(path)
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in os.listdir("/proc/self/fd"):  # HDF5's own descriptors of this file
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/self/fd/{fd}") == target:
+                        os.dup2(null, int(fd))
+            os.close(null)
+        with contextlib.suppress(Exception):
+            file.flush()
+        with contextlib.suppress(Exception):
+            file.close()
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:

@@ -27,7 +27,7 @@ import awkward as ak
 import numpy as np
 
 from payload import __version__
-from payload.atomic import atomic_path
+from payload.atomic import atomic_path, hdf5_writing
 from payload.config import TYPE_FEATURE, DataConfig, JobConfig, config_to_dict, parse_config
 from payload.errors import EmptyInputError, InconsistentDataError, OutputError
 from payload.h5layout import Chunk, EventFileWriter, SparseObjects
@@ -507,7 +507,7 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
     with atomic_path(output) as tmp:
         writer = EventFileWriter(tmp, data.max_objects, data.object_features, list(data.event_features),
                                  list(data.spectators), data.compression)
-        try:
+        with hdf5_writing(writer.file, tmp, finish=writer.close):
             for block in prefetch(merged(), depth=1):
                 writer.append(block.chunk(data.max_objects))
                 if bar:
@@ -537,8 +537,6 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
             writer.set_attrs(config=config_to_dict(config), provenance=provenance, stats=stats_dict,
                              source_files=list(files))
             events = writer.size
-        finally:
-            writer.close()
     if bar:
         bar.finish()
     if n_clipped:

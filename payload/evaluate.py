@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from payload.atomic import atomic_path
+from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig
 from payload.dataset import Block, EventSource, cut_padding
 from payload.h5layout import object_mask
@@ -164,27 +164,30 @@ class PredictionWriter:
         self.file = h5py.File(path, "w")
         self.size = 0
         self.fields = {name: ((), dtype) for name, dtype in PRED_FIELDS.items()} | (extra or {})
+        # Dataset handles are kept for the file's life: a handle opened per write is closed (and its
+        # cache flushed) when it goes out of scope, where a full disk could not be reported.
+        self.datasets = {}
         for name, (shape, dtype) in self.fields.items():
             rows = max(1, 65536 // max(1, int(np.prod(shape))))
-            self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                     chunks=(rows, *shape))
+            self.datasets[name] = self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                                           dtype=dtype, chunks=(rows, *shape))
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
         n = len(columns["entry"])
-        for name in self.fields:
-            ds = self.file[name]
+        for name, ds in self.datasets.items():
             ds.resize(self.size + n, axis=0)
             ds[self.size:] = columns[name]
         self.size += n
 
     def scale_column(self, name: str, factor: float, sample: int = 0, step: int = 1 << 20) -> None:
         """Normalise the primary's weights in column ``name`` in place (outliers keep 1), streaming."""
+        d = self.datasets
         for a in range(0, self.size, step):
-            s = self.file["sample"][a:a + step]
-            w = self.file[name][a:a + step]
-            move = (s == sample) & ~self.file["outlier"][a:a + step]
+            s = d["sample"][a:a + step]
+            w = d[name][a:a + step]
+            move = (s == sample) & ~d["outlier"][a:a + step]
             w[move] *= factor
-            self.file[name][a:a + step] = w
+            d[name][a:a + step] = w
 
 
 @dataclass
@@ -258,7 +261,7 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     extra = {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
     with atomic_path(predictions) as tmp:
         writer = PredictionWriter(tmp, extra)
-        try:
+        with hdf5_writing(writer.file, tmp):
             for index, (source, label) in enumerate(sources):
                 for block in source.iterate(splits=None, drop_outliers=False):
                     p = scorer(block, source)
@@ -309,8 +312,6 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = __doc__
             size = writer.size
-        finally:
-            writer.file.close()
 
     metrics: dict[str, Any] = {"events": size}
     unseen = {s.path.stem: int(s.unseen.sum()) for s, _ in sources}

@@ -103,11 +103,13 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
         check_writable_dir(Path(tarball).parent, "tarball")
     timer = Timer()
     started = time.time()
-    with output_lock(output), terminate_on_signals():
+    with output_lock(output) as removed, terminate_on_signals():
         for stale in ("manifest.json", "error.json"):
             (output / stale).unlink(missing_ok=True)
         try:
             with _JobLog(output / "job.log"):
+                if removed:
+                    log.info("removed %d temporary file(s) left by killed runs in %s", len(removed), output)
                 return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
         except BaseException as err:
             _fail(output, err, timer)
@@ -197,13 +199,20 @@ def check_samples_differ(inputs: dict[str, list[str]]) -> None:
 
 
 def disk_full(err: BaseException) -> OutputError | None:
-    """A full disk anywhere in the exception chain, as the user error it is (exit 9)."""
+    """A full disk anywhere in the exception chain, as the user error it is (exit 9).  HDF5 reports it
+    inside its own message (a RuntimeError or OSError naming errno 28 and the file)."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError) and (err.errno == errno.ENOSPC or "No space left on device" in str(err)):
-            where = f" at {err.filename}" if getattr(err, "filename", None) else ""
-            return OutputError(f"no space left on device{where}; free space or choose another --output")
+        text = str(err)
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text \
+                or "errno = 28" in text:
+            where = getattr(err, "filename", None)
+            if not where:
+                found = re.search(r"filename = '([^']+)'", text)
+                where = found.group(1) if found else None
+            at = f" at {where}" if where else ""
+            return OutputError(f"no space left on device{at}; free space or choose another --output")
         err = err.__cause__ or err.__context__
     return None
 

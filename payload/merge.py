@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from payload import bundle as bundles
-from payload.atomic import atomic_path
+from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
 from payload.metrics import HEADLINE
@@ -268,10 +268,12 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
     max_w = jobs[0].config.evaluation.max_weight
     weight_hist = WeightedHist(np.geomspace(1.0 / max_w, max_w, 61)) if reweight else None
     labelled = True
-    with h5py.File(path, "w") as out:
+    out = h5py.File(path, "w")
+    with hdf5_writing(out, path):
         fields = {**PRED_FIELDS, "job": np.int32}
-        for name, dtype in fields.items():
-            out.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+        # Handles kept for the file's life (see payload.evaluate.PredictionWriter).
+        columns = {name: out.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+                   for name, dtype in fields.items()}
         size = 0
         for j, job in enumerate(jobs):
             pred = job.directory / "predictions.h5"
@@ -308,9 +310,9 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
                     cols["file_index"] = file_index
                     cols["job"] = np.full(len(file_index), j, dtype=np.int32)
                     m = len(file_index)
-                    for k in fields:
-                        out[k].resize(size + m, axis=0)
-                        out[k][size:] = cols[k]
+                    for k, ds in columns.items():
+                        ds.resize(size + m, axis=0)
+                        ds[size:] = cols[k]
                     size += m
                     test = (cols["split"] == TEST) & ~cols["outlier"]
                     if len(per_sample) == 2 and test.any():

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from payload.atomic import atomic_path
+from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig
 from payload.dataset import EventSource, flat_inputs
 from payload.evaluate import PredictionWriter
@@ -174,7 +174,7 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
 
     with atomic_path(output / "predictions.h5") as tmp:
         writer = PredictionWriter(tmp, extra={"latent": (latent_shape, np.float32)})
-        try:
+        with hdf5_writing(writer.file, tmp):
             for sample, (source, _) in enumerate(sources):
                 for block in source.iterate(splits=None, drop_outliers=False):
                     x = flat_inputs(block.inputs, ae.level)
@@ -207,8 +207,6 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = ("per-event fields as for classifiers; score = mean squared reconstruction "
                                            "error (scaled units), label = sample, latent = the encoder's codes")
-        finally:
-            writer.file.close()
 
     primary = errors[0]
     baseline = primary.baseline(train_sum / max(train_rows, 1))
