@@ -50,6 +50,33 @@ def epoch_groups(make_stream: Callable[[int], TrainingStream], start_epoch: int,
             yield next(stream.groups(rest, trim=trim))
 
 
+class ValidationBatches(keras.utils.PyDataset):
+    """The validation split for ``fit(validation_data=...)``: the same batches, from the first, every
+    epoch.  Keras restarts its evaluation input each epoch after tf.data has read ahead of the last
+    epoch's end, so an endless iterator would drift by that read-ahead from epoch to epoch (and
+    validate differently after a resume).  Keras reads the batches in order; the stream is reopened
+    only when it asks for an earlier one."""
+
+    def __init__(self, make_stream: Callable[[], TrainingStream]):
+        super().__init__()
+        self._make = make_stream
+        self._steps = make_stream().steps
+        self._batches: Iterator[Batch] | None = None
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def __getitem__(self, index: int) -> Batch:
+        if self._batches is None or index < self._next:
+            self._batches, self._next = self._make().batches(), 0
+        while True:
+            batch = next(self._batches)
+            self._next += 1
+            if self._next > index:
+                return batch
+
+
 @contextlib.contextmanager
 def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0,
               group: int = GROUP) -> Iterator[Any]:

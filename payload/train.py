@@ -24,8 +24,7 @@ from payload.config import JobConfig
 from payload.dataset import EventSource, TrainingStream, training_weights
 from payload.distribute import replicated
 from payload.errors import EmptyInputError, TrainingError
-from payload.feed import epoch_batches, fit_input
-from payload.prefetch import prefetched
+from payload.feed import ValidationBatches, fit_input
 from payload.progress import log
 from payload.scaling import Scaler, ScalerFitter
 from payload.splits import TRAIN, VALIDATION
@@ -254,9 +253,8 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
         if not done:
             with contextlib.ExitStack() as streams:
                 fit_kwargs: dict[str, Any] = {}
-                if val_streams is not None:  # Keras re-iterates validation data every epoch: a plain iterator
-                    fit_kwargs = {"validation_data": streams.enter_context(prefetched(epoch_batches(val_streams))),
-                                  "validation_steps": val_streams(0).steps}
+                if val_streams is not None:
+                    fit_kwargs = {"validation_data": ValidationBatches(lambda: val_streams(0))}
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
                 model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
                           verbose=0, shuffle=False, **fit_kwargs,
