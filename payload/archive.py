@@ -44,6 +44,9 @@ def safe_extract(tarball: Path, destination: Path, only: tuple[str, ...] | None 
     """Extract ``tarball`` (all members, or those named in ``only``) into ``destination`` after checking
     every member: no absolute path, no '..', no link or device, at most ``max_members`` members and
     ``max_bytes`` bytes to write (as the headers declare them, checked before anything is written)."""
+    # A caller's own limit is named as such; the defaults are named by the variable that changes them.
+    bytes_hint = "PAYLOAD_MAX_EXTRACT_BYTES" if max_bytes is None else "the limit for this kind of archive"
+    members_hint = "PAYLOAD_MAX_EXTRACT_MEMBERS" if max_members is None else "the limit for this kind of archive"
     max_bytes = _limit("PAYLOAD_MAX_EXTRACT_BYTES", MAX_BYTES) if max_bytes is None else max_bytes
     max_members = _limit("PAYLOAD_MAX_EXTRACT_MEMBERS", MAX_MEMBERS) if max_members is None else max_members
     try:
@@ -61,10 +64,10 @@ def safe_extract(tarball: Path, destination: Path, only: tuple[str, ...] | None 
                 total += member.size
                 if len(members) > max_members:
                     raise InputCorruptError(f"tarball {tarball}: more than {max_members} members "
-                                            "(PAYLOAD_MAX_EXTRACT_MEMBERS); refused")
+                                            f"({members_hint}); refused")
                 if total > max_bytes:
-                    raise InputCorruptError(f"tarball {tarball}: would write more than {max_bytes} bytes "
-                                            "(PAYLOAD_MAX_EXTRACT_BYTES); refused")
+                    raise InputCorruptError(f"tarball {tarball}: member {member.name!r} takes what it would write "
+                                            f"past {max_bytes} bytes ({bytes_hint}); refused")
             destination.mkdir(parents=True, exist_ok=True)
             for member in members:
                 if hasattr(tarfile, "data_filter"):

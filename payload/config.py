@@ -452,7 +452,7 @@ def load_config(path: str | Path) -> JobConfig:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config {path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
     except RecursionError:
-        raise ConfigError(f"config {path}: nested too deeply to read; refused") from None
+        raise ConfigError(f"config {path}: nested more than {MAX_CONFIG_DEPTH} levels deep; refused") from None
     return parse_config(raw, str(path))
 
 

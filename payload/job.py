@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from payload.errors import OutputBusyError, OutputError
-from payload.progress import log
 
 _TEMPORARY = re.compile(r"^\.(tmp|old)-(\d+)-")
 
@@ -46,14 +45,13 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
         removed.append(path)
-    if removed:
-        log.info("removed %d temporary file(s) left by killed runs in %s", len(removed), directory)
     return removed
 
 
 @contextlib.contextmanager
-def output_lock(directory: Path) -> Iterator[None]:
-    """Hold the output directory for this process; raise ``OutputBusyError`` if another holds it."""
+def output_lock(directory: Path) -> Iterator[list[Path]]:
+    """Hold the output directory for this process; raise ``OutputBusyError`` if another holds it.
+    Yields the temporaries of dead runs it removed."""
     path = directory / ".lock"
     try:
         handle = open(path, "a+")  # noqa: SIM115 - held open (and locked) until the block ends
@@ -72,7 +70,6 @@ def output_lock(directory: Path) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         try:
-            remove_stale_temporaries(directory)
-            yield
+            yield remove_stale_temporaries(directory)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
