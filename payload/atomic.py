@@ -34,14 +34,18 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
     tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
     try:
         yield tmp
-        if tmp.is_dir() and final.is_dir():
-            # os.replace cannot overwrite a non-empty directory: the old one is moved aside first.
-            old = final.with_name(f".old-{os.getpid()}-{final.name}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        try:
+            if tmp.is_dir() and final.is_dir():
+                # os.replace cannot overwrite a non-empty directory: the old one is moved aside first.
+                old = final.with_name(f".old-{os.getpid()}-{final.name}")
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except OSError as err:  # e.g. a directory, or a file where a directory goes, under that name
+            raise OutputError(f"{what} {final}: cannot be put in place ({err.strerror}); remove what is there "
+                              "or choose another name") from None
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -165,7 +165,8 @@ def test_a_failed_tarball_step_leaves_no_manifest(tmp_path):
     (tarball / "keep").write_text("x")
     out = tmp_path / "out"
     proc = _run(tmp_path, SAMPLE_A, SAMPLE_B, out, _config(tmp_path), "--tarball", str(tarball))
-    assert proc.returncode != 0
+    assert proc.returncode == 9
+    assert f"{tarball}: cannot be put in place" in _one_error_line(proc)
     error = json.loads((out / "error.json").read_text())
     assert error["stage"] == "tarball"
     assert not (out / "manifest.json").exists() and not (out / "metrics.json").exists()
