@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args.config) if args.mode == "train" else None
         result = run_job(config, args.primary, args.secondary, args.output, mode=args.mode, model=args.model,
-                         tarball=args.tarball, progress=not args.quiet)
+                         tarball=args.tarball, progress=not args.quiet, require_gpu=args.require_gpu)
     except (PayloadError, Terminated) as err:
         if args.job_report:
             _report(report_dir, err.exit_code, args.output, error=err.message)
@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tarball", help="also pack the outputs into this .tar.gz (for PanDA --outputs)")
     p.add_argument("--no-job-report", dest="job_report", action="store_false",
                    help="do not write the grid summary userJobMetadata.json into the working directory")
+    p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction,
+                   default=os.environ.get("PAYLOAD_REQUIRE_GPU", "") not in ("", "0"),
+                   help="fail at once (exit 13) when no GPU is usable, instead of training on the CPU "
+                        "(default: on when PAYLOAD_REQUIRE_GPU=1; the submission helpers set it for GPU requests)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("hpo", parents=[common],

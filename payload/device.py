@@ -35,6 +35,26 @@ def gpus() -> list[str]:
     return []
 
 
+def summary() -> dict[str, Any]:
+    """What the job report says about the device: the backend and the GPUs it sees (CPU when none)."""
+    found = gpus()
+    return {"backend": backend(), "gpus": len(found), "gpu_names": found, "kind": "gpu" if found else "cpu"}
+
+
+def require_gpu() -> dict[str, Any]:
+    """The device summary, or ``DeviceError`` when the backend sees no GPU."""
+    from payload.errors import DeviceError
+
+    info = summary()
+    if not info["gpus"]:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        raise DeviceError(f"--require-gpu: the {info['backend']} backend sees no usable GPU{hint}; the job stops "
+                          "before any work so the site can retry it on a node with one (run without "
+                          "--require-gpu to use the CPU)")
+    return info
+
+
 def allocator() -> str:
     """The memory allocator this process runs with: ``tcmalloc`` or ``jemalloc`` when preloaded
     (the image preloads tcmalloc), else ``glibc``."""

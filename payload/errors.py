@@ -81,6 +81,13 @@ class TrainingError(PayloadError):
     exit_code = 12
 
 
+class DeviceError(PayloadError):
+    """The job asked for a GPU (``--require-gpu``) and the backend sees none: on the grid the site
+    retries the job elsewhere instead of training on the CPU for hours."""
+
+    exit_code = 13
+
+
 class DatasetAccessError(PayloadError):
     """A Rucio DID cannot be resolved: no client, config or credentials, or the server refuses."""
 

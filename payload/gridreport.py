@@ -37,10 +37,25 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def device() -> dict[str, Any] | None:
+    """The device the job ran on (backend, GPU count and names), once a backend is loaded; a job that
+    failed before loading one (a config error) reports none rather than wait seconds to import it."""
+    import sys
+
+    if "keras" not in sys.modules:
+        return None
+    from payload.device import summary as device_summary
+
+    return device_summary()
+
+
 def write_report(directory: str | Path, exit_code: int, output: str | Path, metrics: dict[str, Any] | None = None,
                  error: str | None = None) -> Path:
     report: dict[str, Any] = {"status": "success" if exit_code == 0 else "failed", "exit_code": exit_code,
                               "output": str(output)}
+    ran_on = device()
+    if ran_on is not None:  # a GPU job that ran on the CPU shows here, in the pilot's job report
+        report["device"] = ran_on
     if metrics is not None:
         report["metrics"] = summary(metrics)
     if error is not None:

@@ -94,10 +94,11 @@ REQUIRED = ("model.keras", "scaler.json", "config.yaml", "metrics.json", "predic
 
 def run_job(config: JobConfig | None, primary: str | list[str], secondary: str | list[str] | None,
             output: str | Path, mode: str = "train", model: str | Path | None = None,
-            tarball: str | Path | None = None, progress: bool = True) -> JobResult:
+            tarball: str | Path | None = None, progress: bool = True, require_gpu: bool = False) -> JobResult:
     """The whole job into ``output``, which it holds locked (``payload.lock``).  A failure at any stage
     (a signal included, ``payload.signals``) leaves ``error.json`` naming the stage and no
-    ``manifest.json`` or ``metrics.json``: a job never looks complete unless it is."""
+    ``manifest.json`` or ``metrics.json``: a job never looks complete unless it is.  ``require_gpu``:
+    stop before any work (``DeviceError``, exit 13) when the backend sees no GPU."""
     output = Path(output)
     check_writable_dir(output, "output")
     if tarball:
@@ -111,6 +112,13 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
             with _JobLog(output / "job.log"):
                 if removed:
                     log.info("removed %d temporary file(s) left by killed runs in %s", len(removed), output)
+                if require_gpu:
+                    with timer.stage("device"):
+                        from payload.device import require_gpu as check_gpu
+
+                        found = check_gpu()
+                    log.info("device: %d GPU(s) on the %s backend: %s", found["gpus"], found["backend"],
+                             ", ".join(found["gpu_names"]))
                 return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
         except BaseException as err:
             _fail(output, err, timer)

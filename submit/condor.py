@@ -87,6 +87,8 @@ class CondorJob:
         # $(config) and $(name) are filled per queued item; $(config) is transferred, so the job
         # sees its base name: items give configs by base name, placed beside the submit file.
         args += ["--config", "$(config)", "--output", "out", "--tarball", "$(name).tgz"]
+        if self.request_gpus:
+            args.append("--require-gpu")
         lines = _container_job(self.image, args, ["$(config)", *primary_files, *secondary_files]) + [
             "transfer_output_files = $(name).tgz, userJobMetadata.json",
             'transfer_output_remaps = "userJobMetadata.json = $(name).json"',

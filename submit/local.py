@@ -31,6 +31,8 @@ class LocalRun:
         run = ["-q", "run", "--primary", primary]
         if secondary:
             run += ["--secondary", secondary]
+        if self.gpus:
+            run.append("--require-gpu")
         if self.image is None:
             return [sys.executable, "-m", "payload", *run, "--config", str(config.resolve()), "--output", "out",
                     "--tarball", "out.tgz"]

@@ -66,6 +66,8 @@ class PrunJob:
         cmd = ["payload", "-q", "run", "--primary", "%IN"]
         if self.secondary_ds:
             cmd += ["--secondary", "%IN2"]
+        if self.gpu is not None:  # a job brokered to a GPU that sees none fails at once and is retried
+            cmd.append("--require-gpu")
         return cmd + ["--config", self.config, "--output", "out", "--tarball", self.output,
                       *self.extra_payload_args]
 

@@ -587,3 +587,43 @@ def test_local_docker_mounts_survive_colons_and_commas(tmp_path):
     parsed = [dict(f.split("=", 1) if "=" in f else (f, True) for f in next(csv.reader([m]))) for m in mounts]
     assert {"type": "bind", "source": str(odd), "target": str(odd), "readonly": True} in parsed
     assert any(p["source"] == str((odd / "p000").resolve()) and p["target"] == "/job" for p in parsed)
+
+
+# A lost GPU ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_a_gpu_job_without_a_gpu_fails_at_once_and_reports_its_device(tmp_path, how):
+    """CUDA_VISIBLE_DEVICES="" hides every GPU from every backend: what a node whose GPU is gone
+    looks like, on any machine.  The job must not train on the CPU and exit 0."""
+    hidden = {"CUDA_VISIBLE_DEVICES": ""}
+    config, out = _config(tmp_path), tmp_path / "out"
+    args = ["run", "-q", "--primary", str(SAMPLE_A), "--secondary", str(SAMPLE_B), "--config", str(config),
+            "--output", str(out)]
+    if how == "flag":
+        proc = run_payload(*args, "--require-gpu", cwd=tmp_path, env=hidden)
+    else:
+        proc = run_payload(*args, cwd=tmp_path, env={**hidden, "PAYLOAD_REQUIRE_GPU": "1"})
+    assert proc.returncode == 13, proc.stderr
+    line = _one_error_line(proc)
+    assert "sees no usable GPU" in line and "CUDA_VISIBLE_DEVICES=''" in line
+    assert json.loads((out / "error.json").read_text())["stage"] == "device"
+    assert not (out / "work" / "primary.h5").exists()  # stopped before any work
+    report = json.loads((tmp_path / "userJobMetadata.json").read_text())
+    assert report["exit_code"] == 13 and report["device"]["kind"] == "cpu" and report["device"]["gpus"] == 0
+    # Without the requirement the same job runs on the CPU, and its report says so.
+    proc = run_payload(*args, "--no-require-gpu", cwd=tmp_path, env={**hidden, "PAYLOAD_REQUIRE_GPU": "1"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "userJobMetadata.json").read_text())
+    assert report["status"] == "success"
+    assert (report["device"]["kind"], report["device"]["gpus"], report["device"]["gpu_names"]) == ("cpu", 0, [])
+
+
+def test_local_gpu_runs_require_the_gpu(tmp_path):
+    from submit.local import LocalRun
+
+    config = tmp_path / "job.yaml"
+    config.write_text("x")
+    with_gpu = LocalRun([str(SAMPLE_A)], [str(SAMPLE_B)], image="img", gpus=True).argv(config, tmp_path / "p")
+    without = LocalRun([str(SAMPLE_A)], [str(SAMPLE_B)], image="img").argv(config, tmp_path / "p")
+    assert with_gpu[with_gpu.index("--gpus") + 1] == "all" and "--require-gpu" in with_gpu
+    assert "--gpus" not in without and "--require-gpu" not in without

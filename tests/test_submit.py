@@ -81,6 +81,7 @@ def test_prun_single_task(submit_dir, monkeypatch):
     assert command[command.index("--primary") + 1] == "%IN" and command[command.index("--secondary") + 1] == "%IN2"
     assert command[command.index("--config") + 1] == "jdoe's \"job\" config.yaml"
     assert command[command.index("--tarball") + 1] == "out.tgz"
+    assert "--require-gpu" in command  # brokered to a GPU: a node whose GPU is gone fails at once
     assert "--forceStaged" in argv and "*.root" in argv[argv.index("--excludeFile") + 1].split(",")
 
 
@@ -100,6 +101,7 @@ def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
         assert params["taskName"] == f"user.jdoe.scan.{point['name']}/"
         assert "architecture" not in params or not params["architecture"]
         command = shlex.split(exec_string(params))
+        assert "--require-gpu" not in command  # --gpu none: CPU jobs
         config_path = submit_dir / command[command.index("--config") + 1]
         assert config_path == submit_dir / "points" / point["config"]
         config = load_config(config_path)  # each point is a complete, valid job config
@@ -171,6 +173,7 @@ def test_condor_scan_submit_file(submit_dir, tmp_path):
         assert args[args.index("--primary") + 1] == "a 1.root,root://eos.example//store/a2.root"
         assert args[args.index("--config") + 1] == point["config"]
         assert args[args.index("--tarball") + 1] == f"{point['name']}.tgz"
+        assert "--require-gpu" in args  # request_gpus = 1
     # The GPU memory requirement, evaluated against machine GPU ads.
     classad2 = pytest.importorskip("classad2")
     requirement = classad2.ExprTree(sub["require_gpus"])
