@@ -144,20 +144,23 @@ def test_docker_run_with_the_entrypoint_applies_the_model(grid_job, image):
 
 
 def test_local_fan_out_runs_points_in_the_image(image, tmp_path):
-    """payload-submit local --image: every point runs with docker run in its own directory."""
+    """payload-submit local --image: every point runs with docker run in its own directory, here one
+    whose path holds ':' and ',' (which docker's -v SRC:DST:MODE cannot take; --mount quotes them)."""
     from submit.local import LocalRun, run_points
 
+    where = tmp_path / "run:1,a"
+    where.mkdir()
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"]["epochs"] = 1
     raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     configs = []
     for name, lr in (("p000", 0.001), ("p001", 0.004)):
         raw["training"]["learning_rate"] = lr
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
-        configs.append(tmp_path / f"{name}.yaml")
+        (where / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        configs.append(where / f"{name}.yaml")
     run = LocalRun([str(DATA / "sample_A.root")], [str(DATA / "sample_B.root")], image=image, parallel=2)
-    assert run.argv(configs[0], tmp_path / "p000")[:2] == ["docker", "run"]
-    results = run_points(run, configs, ["p000", "p001"], tmp_path / "runs")
+    assert run.argv(configs[0], where / "p000")[:2] == ["docker", "run"]
+    results = run_points(run, configs, ["p000", "p001"], where / "runs")
     assert [r["exit_code"] for r in results] == [0, 0], [r["error"] for r in results]
     for r, lr in zip(results, (0.001, 0.004)):
         manifest = json.loads((Path(r["directory"]) / "out" / "manifest.json").read_text())
