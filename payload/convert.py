@@ -439,13 +439,20 @@ def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries:
 
 def convert(config: JobConfig, inputs: str | list[str], output: str | Path, progress: bool = True,
             workers: int | None = None) -> ConvertResult:
-    """Convert ROOT inputs into one HDF5 event file (written atomically).
+    """Convert ROOT inputs (comma-separated lists, globs, directories, URLs, DIDs: see
+    ``payload.inputs.expand_inputs``) into one HDF5 event file (written atomically)."""
+    return convert_files(config, expand_inputs(inputs), output, progress, workers)
+
+
+def convert_files(config: JobConfig, files: list[str], output: str | Path, progress: bool = True,
+                  workers: int | None = None) -> ConvertResult:
+    """``convert`` of files already resolved (expanded once: a file named ``run[1].root`` or
+    ``x,y.root`` found in a directory is a file, not a pattern or a list).
 
     ``workers`` processes read and build chunks (default: ``data.workers``, 0 meaning every core
     this job may use); the calling process pads and writes.
     """
     data = config.data
-    files = expand_inputs(inputs)
     output = Path(output)
     if output.is_dir():
         raise OutputError(f"output {output}: is a directory; give a file name such as {output / 'events.h5'}")

@@ -49,18 +49,18 @@ def expand_inputs(specs: str | Iterable[str]) -> list[str]:
                 continue
         if is_did(item):
             files.extend(fetch(item))
-        elif _GLOB_CHARS & set(item):
-            matches = sorted(glob.glob(item))
-            if not matches:
-                raise InputMissingError(f"input {item}: no file matches this pattern")
-            files.extend(matches)
         elif os.path.isdir(item):
             matches = sorted(os.path.join(item, n) for n in os.listdir(item) if n.endswith(".root"))
             if not matches:
                 raise InputMissingError(f"input {item}: directory holds no .root file")
             files.extend(matches)
-        elif os.path.exists(item):
+        elif os.path.exists(item):  # before globbing: a file may be named run[1].root
             files.append(item)
+        elif _GLOB_CHARS & set(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise InputMissingError(f"input {item}: no file matches this pattern")
+            files.extend(matches)
         else:
             raise InputMissingError(f"input {item}: no such file (check the path, or the dataset's staging)")
     if not files:

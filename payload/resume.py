@@ -23,7 +23,7 @@ from typing import Any
 
 from payload.atomic import write_json
 from payload.config import JobConfig, config_to_dict
-from payload.convert import convert
+from payload.convert import convert_files
 from payload.manifest import adler32
 from payload.progress import log
 from payload.splits import base_name
@@ -73,7 +73,7 @@ def work_file(config: JobConfig, files: list[str], inputs: list[dict[str, Any]],
             return target
         log.warning("converting %s again: %s", target, reason)
     record_path.unlink(missing_ok=True)
-    convert(config, files, target, progress=progress)
+    convert_files(config, files, target, progress=progress)
     write_json(record_path, {"inputs": inputs, "data": data, "bytes": target.stat().st_size,
                              "adler32": adler32(target)})
     return target

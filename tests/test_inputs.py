@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from payload.download import is_did
@@ -43,3 +45,28 @@ def test_rucio_dids_are_told_from_paths_and_urls(tmp_path, monkeypatch):
     assert is_did("user.jdoe:user.jdoe.ttbar_A.v1") and is_did("mc23_13p6TeV:mc23_13p6TeV.601229.DAOD_PHYS.e8514")
     assert not is_did("odd:name.root")  # an existing file wins
     assert not is_did("root://host//a.root") and not is_did("a.root") and not is_did("/abs/path:x")
+
+
+def test_odd_file_names_are_files_not_patterns_or_lists(tmp_path):
+    """Inputs are resolved once: a directory holding run[1].root, x,y.root and a*b.root gives those
+    three files to the whole job (they used to be expanded again, as a pattern and a list)."""
+    import json
+    import shutil
+
+    from conftest import REPO, run_payload
+    from helpers import quick_job_config
+
+    data = REPO / "payload" / "data"
+    names = ["a*b.root", "run[1].root", "x,y.root"]
+    directory = tmp_path / "in"
+    directory.mkdir()
+    for name in names:
+        shutil.copyfile(data / "sample_A.root", directory / name)
+    assert expand_inputs(str(directory)) == [str(directory / n) for n in names]
+    assert expand_inputs(str(directory / "run[1].root")) == [str(directory / "run[1].root")]
+    out = tmp_path / "out"
+    proc = run_payload("run", "-q", "--primary", str(directory), "--secondary", str(data / "sample_B.root"),
+                       "--config", str(quick_job_config(tmp_path / "job.yaml")), "--output", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(i["location"]).name for i in manifest["inputs"]["primary"]] == names
