@@ -120,7 +120,8 @@ class BinaryScores:
 
     def auc(self) -> float:
         fpr, tpr = self.roc()
-        return float(np.trapezoid(tpr, fpr))
+        # The trapezoid rule written out: np.trapezoid needs NumPy 2, np.trapz is gone from it.
+        return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
     def calibration(self, bins: int = 20) -> dict[str, list[float]]:
         """Mean score and weighted fraction of label 1 in ``bins`` score bins."""

@@ -1,0 +1,71 @@
+"""payload.metrics against independent reference implementations (scikit-learn, SciPy) and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import chi2 as chi2_dist
+from scipy.stats import ks_2samp
+from sklearn.metrics import roc_auc_score
+
+from payload.metrics import SCORE_BINS, BinaryScores, WeightedHist, compare, distance_correlation
+
+
+def _on_bin_centres(x: np.ndarray) -> np.ndarray:
+    """Scores placed at the centres of the score bins, so binning loses nothing."""
+    return (np.minimum((x * SCORE_BINS).astype(int), SCORE_BINS - 1) + 0.5) / SCORE_BINS
+
+
+def test_weighted_auc_equals_scikit_learn():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 20_000)
+    scores = _on_bin_centres(np.clip(rng.normal(0.45 + 0.1 * labels, 0.15), 0, 1))
+    weights = rng.exponential(1.0, labels.size)
+    scored = BinaryScores()
+    scored.fill(scores[:7000], labels[:7000], weights[:7000])  # filled in two chunks, as the jobs do
+    scored.fill(scores[7000:], labels[7000:], weights[7000:])
+    assert scored.auc() == pytest.approx(roc_auc_score(labels, scores, sample_weight=weights), abs=1e-9)
+    fair = BinaryScores()
+    fair.fill(np.full(1000, 0.5), np.arange(1000) % 2, np.ones(1000))
+    assert fair.auc() == pytest.approx(0.5)
+
+
+def test_binned_ks_equals_scipy_and_chi2_follows_its_distribution():
+    rng = np.random.default_rng(4)
+    edges = np.linspace(0, 1, 41)
+    centres = (edges[:-1] + edges[1:]) / 2
+    x = centres[rng.integers(0, 40, 5000)]
+    y = centres[np.minimum(rng.binomial(40, 0.48, 4000), 39)]
+    a, b = WeightedHist(edges), WeightedHist(edges)
+    a.fill(x, np.ones_like(x))
+    b.fill(y, np.ones_like(y))
+    assert compare(a, b)["ks"] == pytest.approx(ks_2samp(x, y).statistic, abs=1e-12)
+    # Two samples of one distribution: chi2 is chi2-distributed with the stated ndf (p uniform).
+    p_values = []
+    for _ in range(300):
+        a, b = WeightedHist(edges), WeightedHist(edges)
+        u, v = rng.random(3000), rng.random(2000)
+        a.fill(u, rng.exponential(1.0, u.size))  # weighted: the variances must be sum w^2
+        b.fill(v, np.ones_like(v))
+        result = compare(a, b)
+        assert result["ndf"] == 39 and result["p"] == pytest.approx(chi2_dist.sf(result["chi2"], 39))
+        p_values.append(result["p"])
+    assert 0.4 < np.mean(p_values) < 0.6 and 0.05 < np.mean(np.array(p_values) < 0.1) < 0.16
+
+
+def test_ams_at_a_clean_cut_is_the_closed_form():
+    scored = BinaryScores()
+    scored.fill(np.array([0.9] * 10 + [0.1] * 40), np.array([1] * 10 + [0] * 40), np.full(50, 2.0))
+    s, b_r = 20.0, 10.0  # the cut between the two keeps all signal weight and no background
+    expected = np.sqrt(2 * ((s + b_r) * np.log(1 + s / b_r) - s))
+    result = scored.ams(b_r=b_r)
+    assert result["ams"] == pytest.approx(expected) and (result["s"], result["b"]) == (s, 0.0)
+    assert 0.1 < result["threshold"] <= 0.9
+
+
+def test_distance_correlation_limits():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=800)
+    assert distance_correlation(x, 3 * x - 1) == pytest.approx(1.0)
+    assert distance_correlation(x, x**2) > 0.3  # dependent though uncorrelated
+    assert distance_correlation(x, rng.normal(size=800)) < 0.1
