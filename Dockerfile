@@ -30,6 +30,7 @@ LABEL org.opencontainers.image.title="grid-payload" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/payload /opt/payload
+COPY docker/entrypoint.sh /opt/payload/bin/payload-entrypoint
 # tcmalloc keeps freed memory for reuse where glibc's malloc hands TensorFlow's large per-step
 # buffers back to the kernel and faults them in again every step: streaming training ran at half
 # speed on a 2-core VM without it (benchmarks/train.py --allocator).  Debian-based bases only.
@@ -48,5 +49,5 @@ ENV PATH=/opt/payload/bin:$PATH \
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin payload
 USER 10001:10001
 WORKDIR /work
-ENTRYPOINT ["payload"]
+ENTRYPOINT ["/opt/payload/bin/payload-entrypoint"]
 CMD ["--help"]

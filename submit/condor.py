@@ -15,6 +15,9 @@ from payload.errors import ConfigError
 from payload.inputs import is_url
 from submit.images import docker_url
 
+#: Where the image installs the ``payload`` command (Dockerfile).
+IMAGE_EXECUTABLE = "/opt/payload/bin/payload"
+
 
 def literal(value: str) -> str:
     """A value written into a submit description as it is: HTCondor expands ``$(...)`` and
@@ -49,7 +52,9 @@ def _list(values: list[str]) -> str:
 
 def _container_job(image: str, args: list[str], inputs: list[str]) -> list[str]:
     """The lines every node shares: ``payload`` in the image with ``args``, files in and out."""
-    return ["universe = container", f"container_image = {docker_url(image)}", "executable = payload",
+    # The absolute path in the image, as HTCondor documents for containers: Apptainer runs it
+    # directly, and the image's entrypoint runs a first word that is a command as it is (docker).
+    return ["universe = container", f"container_image = {docker_url(image)}", f"executable = {IMAGE_EXECUTABLE}",
             "transfer_executable = false", f"arguments = {condor_arguments(args)}",
             "should_transfer_files = YES", "when_to_transfer_output = ON_EXIT",
             f"transfer_input_files = {_list(inputs)}"]

@@ -88,7 +88,7 @@ def test_dockerfile_passes_hadolint():
 
 def test_image_metadata(image):
     meta = json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
-    assert meta["Entrypoint"] == ["payload"]
+    assert meta["Entrypoint"] == ["/opt/payload/bin/payload-entrypoint"]
     assert meta["User"] and not meta["User"].startswith("0")
     labels = meta["Labels"]
     assert labels["org.opencontainers.image.version"] == __version__
@@ -96,6 +96,23 @@ def test_image_metadata(image):
     # Multi-stage: the final image carries no compiler; `payload` is on PATH without the entrypoint.
     proc = docker("run", "--rm", "--entrypoint", "sh", image, "-c", "command -v gcc cc make; payload --version")
     assert proc.stdout.strip() == f"grid-payload {__version__}"
+
+
+def test_the_command_lines_htcondor_and_docker_users_build(image):
+    """HTCondor's container universe names the submit file's executable after the image: the docker
+    runtime keeps the entrypoint (IMAGE EXECUTABLE ARGS), Apptainer runs EXECUTABLE ARGS without
+    it; a user types `docker run IMAGE ARGS` or `docker run IMAGE payload ARGS`.  Each runs payload
+    once (`payload payload --version` would be exit 2)."""
+    from submit.condor import IMAGE_EXECUTABLE
+
+    version = f"grid-payload {__version__}"
+    for argv in ([image, IMAGE_EXECUTABLE, "--version"],                      # HTCondor, docker
+                 ["--entrypoint", IMAGE_EXECUTABLE, image, "--version"],      # HTCondor, Apptainer
+                 [image, "--version"], [image, "payload", "--version"]):      # by hand
+        proc = docker("run", "--rm", "--network", "none", *argv, check=False)
+        assert proc.returncode == 0 and proc.stdout.strip() == version, (argv, proc.stderr[-2000:])
+    proc = docker("run", "--rm", "--network", "none", image, check=False)  # no arguments: the help
+    assert proc.returncode == 0 and "usage: payload" in proc.stdout
 
 
 def test_grid_run_writes_outputs_in_the_working_directory(grid_job):

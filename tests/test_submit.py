@@ -224,7 +224,7 @@ def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
     for sub_file in out.glob("*.sub"):
         htcondor2.Submit(sub_file.read_text())  # every description parses
     train = htcondor2.Submit((out / "train.sub").read_text())
-    assert train["executable"] == "payload" and "$(config)" in train["arguments"]
+    assert train["executable"] == "/opt/payload/bin/payload" and "$(config)" in train["arguments"]
 
 
 def test_local_scan_trains_every_point(submit_dir, tmp_path):
