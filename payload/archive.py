@@ -13,11 +13,16 @@ from payload.atomic import atomic_path
 from payload.errors import ConfigError, InputCorruptError
 
 
-def make_tarball(source: Path, target: Path, exclude: tuple[str, ...] = ("work", "checkpoints")) -> Path:
+def make_tarball(source: Path, target: Path, exclude: tuple[str, ...] = ("work", "checkpoints"),
+                 only: tuple[str, ...] | None = None) -> Path:
+    """``source``'s files (but ``exclude``d directories and hidden files, or only those named in
+    ``only``) as a gzipped tarball, written atomically."""
     with atomic_path(target) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source)
             if rel.parts[0] in exclude or path.name.startswith(".") or not path.is_file():
+                continue
+            if only is not None and str(rel) not in only:
                 continue
             tar.add(path, arcname=str(rel))
     return target

@@ -122,6 +122,8 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
                 return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
         except BaseException as err:
             _fail(output, err, timer)
+            if tarball:
+                _failure_tarball(output, Path(tarball))
             raise disk_full(err) or err from None
 
 
@@ -241,6 +243,17 @@ def _fail(output: Path, err: BaseException, timer: Timer) -> None:
         write_json(output / "error.json", {"status": "failed", "exit_code": code,
                                            "stage": timer.failed or timer.current, "error": message,
                                            "timings": timer.stages})
+
+
+def _failure_tarball(output: Path, tarball: Path) -> None:
+    """The declared tarball of a failed job, holding its error.json and job.log: batch systems that
+    transfer declared outputs (HTCondor holds a job whose output is missing) get it back, and
+    ``payload merge`` reports the job with its error instead of a missing file.  Best effort: the
+    failure may be the tarball itself, or a full disk."""
+    from payload.archive import make_tarball
+
+    with contextlib.suppress(Exception):
+        make_tarball(output, tarball, only=("error.json", "job.log"))
 
 
 def _trained_files(bundle: Path) -> dict[str, list[str]] | None:

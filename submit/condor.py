@@ -135,8 +135,10 @@ def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Pat
     # The layer holds the per-node variables; the submit description keeps everything else.
     body = description[:description.index("queue name, config from (")] + "queue\n"
     dag = dags.DAG()
+    # A failed job still hands back its tarball (holding error.json); the POST script makes its node
+    # succeed so the merge node runs and reports it, instead of DAGMan stopping before the merge.
     train = dag.layer(name="train", submit_description=htcondor2.Submit(body),
-                      vars=[{"name": n, "config": c} for n, c in items])
+                      vars=[{"name": n, "config": c} for n, c in items], post=dags.Script(executable="/bin/true"))
     tarballs = [f"{n}.tgz" for n, _ in items]
     merge_args = [literal(a) for a in merge_args] if merge_args else ["-q", "merge", *tarballs, "--output", "merged"]
     merge = htcondor2.Submit("\n".join([

@@ -627,3 +627,21 @@ def test_local_gpu_runs_require_the_gpu(tmp_path):
     without = LocalRun([str(SAMPLE_A)], [str(SAMPLE_B)], image="img").argv(config, tmp_path / "p")
     assert with_gpu[with_gpu.index("--gpus") + 1] == "all" and "--require-gpu" in with_gpu
     assert "--gpus" not in without and "--require-gpu" not in without
+
+
+def test_a_failed_job_hands_back_its_tarball_with_the_error_and_merge_reports_it(tmp_path, trained):
+    bad = _rewrite(SAMPLE_A, tmp_path / "nan.root", _nan_jet_pt(0.02))
+    tarball = tmp_path / "failed.tgz"
+    proc = _run(tmp_path, bad, SAMPLE_B, tmp_path / "out", _config(tmp_path), "--tarball", str(tarball))
+    assert proc.returncode == 7
+    import tarfile
+    with tarfile.open(tarball) as tar:
+        assert sorted(tar.getnames()) == ["error.json", "job.log"]
+        assert json.load(tar.extractfile("error.json"))["exit_code"] == 7
+    merged = tmp_path / "merged"
+    proc = run_payload("merge", "-q", str(trained), str(tarball), "--output", str(merged), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((merged / "summary.json").read_text())
+    assert summary["merged"] == ["job"]
+    (skipped,) = summary["skipped"]
+    assert skipped["name"] == "failed" and "NaN" in skipped["reason"]

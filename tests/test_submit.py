@@ -219,6 +219,10 @@ def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
         if line.startswith("PARENT ") and f"CHILD {merge}" in line:
             parents |= set(line.split("CHILD")[0].split()[1:])
     assert parents == {j for j in jobs if j.startswith("train")}
+    # A failed training node (its tarball holds error.json) must not stop the merge node from running.
+    post = [line.split() for line in text.splitlines() if line.startswith("SCRIPT") and " POST " in line]
+    assert sorted(p[-2] for p in post) == sorted(j for j in jobs if j.startswith("train"))
+    assert {p[-1] for p in post} == {"/bin/true"}
     node_vars = [line for line in text.splitlines() if line.startswith("VARS ")]
     assert sorted(v.split('config="')[1].split('"')[0] for v in node_vars) == [f"p000-f{k}.yaml" for k in range(3)]
     for sub_file in out.glob("*.sub"):
