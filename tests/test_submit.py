@@ -300,3 +300,83 @@ def test_phpo_evaluation_job_contract(submit_dir, tmp_path):
     out = json.loads((work / "output.json").read_text())
     assert proc.returncode == 2 and out["status"] == 2 and out["loss"] is None
     assert "learning_rate" in out["message"] and "Traceback" not in proc.stderr
+
+
+def _run_dag(dag_dir: Path) -> dict[str, int]:
+    """Run a DAG as DAGMan and HTCondor's file transfer would, on this machine: each node in its own
+    scratch directory with its transferred inputs, its declared outputs copied back (a missing one is
+    a held job), its POST script deciding its success, a child only after every parent succeeded.
+    There is no HTCondor pool here; the node's executable is the installed payload rather than the
+    image's (tests/test_image.py runs that command line in the image).  Returns each node's status:
+    its exit code or POST script's, -1 not run, -2 held (a declared output missing)."""
+    import shutil
+
+    import htcondor2
+
+    jobs, node_vars, post, parents = {}, {}, {}, {}
+    for line in (dag_dir / "scan.dag").read_text().splitlines():
+        words = shlex.split(line)
+        if not words:
+            continue
+        if words[0] == "JOB":
+            jobs[words[1]] = words[2]
+        elif words[0] == "VARS":
+            node_vars[words[1]] = dict(w.split("=", 1) for w in words[2:])
+        elif words[0] == "SCRIPT" and words[1] == "POST":
+            post[words[2]] = words[3:]
+        elif words[0] == "PARENT":
+            split = words.index("CHILD")
+            for child in words[split + 1:]:
+                parents.setdefault(child, []).extend(words[1:split])
+    status: dict[str, int] = {}
+    for node in sorted(jobs, key=lambda n: n in parents):  # parents first (a two-level DAG)
+        if any(status[p] != 0 for p in parents.get(node, [])):
+            status[node] = -1  # DAGMan does not run it
+            continue
+        sub = htcondor2.Submit((dag_dir / jobs[node]).read_text())
+        for key, value in node_vars.get(node, {}).items():
+            sub[key] = value
+        scratch = dag_dir / f"scratch-{node.replace(':', '-')}"
+        scratch.mkdir()
+        for item in sub.expand("transfer_input_files").split(","):
+            source = Path(item.strip())
+            shutil.copyfile(source if source.is_absolute() else dag_dir / source, scratch / source.name)
+        assert sub["executable"] == "/opt/payload/bin/payload"
+        args = condor_split(sub.expand("arguments"))
+        code = subprocess.run([sys.executable, "-m", "payload", *args], cwd=scratch, capture_output=True,
+                              timeout=600).returncode
+        outputs = [scratch / item.strip() for item in sub.expand("transfer_output_files").split(",")]
+        if not all(p.exists() for p in outputs):
+            status[node] = -2  # HTCondor holds a job whose declared output is missing: it never ends
+            continue
+        for produced in outputs:
+            if produced.is_dir():
+                shutil.copytree(produced, dag_dir / produced.name)
+            else:
+                shutil.copyfile(produced, dag_dir / produced.name)
+        if node in post:
+            code = subprocess.run(post[node], env={**os.environ, "RETURN": str(code)}).returncode
+        status[node] = code
+    return status
+
+
+def test_a_dag_with_a_failing_node_still_merges(tmp_path):
+    pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"]["epochs"] = 1
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    # The second point diverges (exit 12): its node fails, the merge must still run.
+    (tmp_path / "scan.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "parameters": {"training.learning_rate": [0.003, 1e12]}}))
+    dag = tmp_path / "dag"
+    proc = submit("condor", "--config", "job.yaml", "--scan", "scan.yaml", "--image", "img:1", "--request-gpus", "0",
+                  "--primary", str(DATA / "sample_A.root"), "--secondary", str(DATA / "sample_B.root"),
+                  "--directory", str(dag), "--dag", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    status = _run_dag(dag)
+    assert status["merge:0"] == 0, status
+    summary = json.loads((dag / "merged" / "summary.json").read_text())
+    assert summary["merged"] == ["p000"]
+    (skipped,) = summary["skipped"]
+    assert skipped["name"] == "p001" and "loss" in skipped["reason"]
