@@ -65,6 +65,25 @@ def _rewrite(source: Path, target: Path, change) -> Path:
     return target
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One small trained job, copied by the tests that damage it."""
+    where = tmp_path_factory.mktemp("trained")
+    out = where / "job"
+    assert _run(where, SAMPLE_A, SAMPLE_B, out, _config(where)).returncode == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, output) of an uninterrupted 4-epoch job: what interrupted and resumed runs must equal."""
+    where = tmp_path_factory.mktemp("resumable")
+    config = _config(where, training={"epochs": 4, "early_stopping_patience": 0})
+    out = where / "job"
+    assert _run(where, SAMPLE_A, SAMPLE_B, out, config).returncode == 0
+    return config, out
+
+
 # Silent wrong results ------------------------------------------------------------------------------
 
 def test_an_input_replaced_under_the_same_name_is_converted_and_trained_again(tmp_path):
@@ -196,13 +215,12 @@ def _tmpfs(path: Path, size: str, *options: str):
 
 @needs_root
 @pytest.mark.parametrize("size,stage", [("300k", "convert_primary"), (None, "evaluate")])
-def test_a_full_disk_is_exit_9_with_nothing_half_written(tmp_path, size, stage):
-    """A disk that fills during conversion, or while predictions.h5 is written (sized from a first
-    run: room for the work files and the model, not the predictions)."""
+def test_a_full_disk_is_exit_9_with_nothing_half_written(tmp_path, trained, size, stage):
+    """A disk that fills during conversion, or while predictions.h5 is written (sized from the same
+    job run before: room for the work files and the model, not the predictions)."""
     config = _config(tmp_path)
     if size is None:
-        reference = tmp_path / "reference"
-        assert _run(tmp_path, SAMPLE_A, SAMPLE_B, reference, config).returncode == 0
+        reference = trained
         used = sum(p.stat().st_size for p in (reference / "work").glob("*")) + \
             sum((reference / name).stat().st_size for name in ("model.keras", "scaler.json", "history.csv"))
         room = used + (reference / "predictions.h5").stat().st_size // 2
@@ -245,10 +263,9 @@ def _epochs_done(out: Path) -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
-def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_result(tmp_path, signum):
-    config = _config(tmp_path, training={"epochs": 4, "early_stopping_patience": 0})
-    reference = tmp_path / "reference"
-    assert _run(tmp_path, SAMPLE_A, SAMPLE_B, reference, config).returncode == 0
+def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_result(tmp_path, resumable,
+                                                                                      signum):
+    config, reference = resumable
     out = tmp_path / "out"
     proc = _start(tmp_path, out, config)
     _wait_for(lambda: _epochs_done(out) >= 1, proc)
@@ -265,6 +282,8 @@ def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_r
     assert not _leftovers(out) and not (out / "manifest.json").exists()
     done = _epochs_done(out)
     assert 1 <= done < 4
+    if signum != signal.SIGTERM:
+        return  # the resume itself is the same for every signal
     rerun = _run(tmp_path, SAMPLE_A, SAMPLE_B, out, config)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming after epoch {done}" in (out / "job.log").read_text()
@@ -303,10 +322,8 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_a_damaged_checkpoint_or_work_file_is_redone_not_a_blocked_rerun(tmp_path):
-    config = _config(tmp_path, training={"epochs": 4, "early_stopping_patience": 0})
-    reference = tmp_path / "reference"
-    assert _run(tmp_path, SAMPLE_A, SAMPLE_B, reference, config).returncode == 0
+def test_a_damaged_checkpoint_or_work_file_is_redone_not_a_blocked_rerun(tmp_path, resumable):
+    config, reference = resumable
     out = tmp_path / "out"
     proc = _start(tmp_path, out, config)
     _wait_for(lambda: _epochs_done(out) >= 2, proc)
@@ -377,15 +394,6 @@ def test_an_unwritable_output_parent_or_working_directory_is_refused_before_any_
 def _evaluate(tmp_path: Path, model: Path, out: Path):
     return run_payload("run", "-q", "--mode", "evaluate", "--model", str(model), "--primary", str(SAMPLE_A),
                        "--secondary", str(SAMPLE_B), "--output", str(out), cwd=tmp_path)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One small trained job, copied by the tests that damage it."""
-    where = tmp_path_factory.mktemp("trained")
-    out = where / "job"
-    assert _run(where, SAMPLE_A, SAMPLE_B, out, _config(where)).returncode == 0
-    return out
 
 
 def _bundle_copy(trained: Path, target: Path) -> Path:
@@ -502,6 +510,8 @@ def test_a_bad_bundle_is_exit_4_naming_the_file_and_merge_leaves_it_out(tmp_path
     assert proc.returncode == 4, proc.stderr
     line = _one_error_line(proc)
     assert all(w in line for w in words), line
+    if damage is not _zero_scale:
+        return  # merge's handling is the same for every damage
     # An ensemble of the good job and the bad one: the bad one is left out with that reason.
     good = _bundle_copy(trained, tmp_path / "good")
     merged = tmp_path / "merged"
@@ -610,6 +620,8 @@ def test_a_gpu_job_without_a_gpu_fails_at_once_and_reports_its_device(tmp_path, 
     assert not (out / "work" / "primary.h5").exists()  # stopped before any work
     report = json.loads((tmp_path / "userJobMetadata.json").read_text())
     assert report["exit_code"] == 13 and report["device"]["kind"] == "cpu" and report["device"]["gpus"] == 0
+    if how != "flag":
+        return
     # Without the requirement the same job runs on the CPU, and its report says so.
     proc = run_payload(*args, "--no-require-gpu", cwd=tmp_path, env={**hidden, "PAYLOAD_REQUIRE_GPU": "1"})
     assert proc.returncode == 0, proc.stderr
