@@ -20,6 +20,13 @@ from payload.runtime import preload_xrootd
 preload_xrootd()
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need an engine or servers are slow too, so `-m "not slow"` leaves them out."""
+    for item in items:
+        if item.get_closest_marker("docker") or item.get_closest_marker("servers"):
+            item.add_marker(pytest.mark.slow)
 SHARED_DATA = Path(os.environ.get("PAYLOAD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -15,6 +15,8 @@ from payload.dataset import EventSource
 from payload.highlevel import HighLevel
 from payload.splits import uniform
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory, shared_samples):

@@ -86,6 +86,7 @@ def resumable(tmp_path_factory) -> tuple[Path, Path]:
 
 # Silent wrong results ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_input_replaced_under_the_same_name_is_converted_and_trained_again(tmp_path):
     config = _config(tmp_path)
     primary = tmp_path / "primary.root"
@@ -121,6 +122,7 @@ def _nan_jet_pt(fraction: float):
     return change
 
 
+@pytest.mark.slow
 def test_nan_inputs_stop_the_job_naming_the_branch_unless_a_policy_accepts_them(tmp_path):
     bad = _rewrite(SAMPLE_A, tmp_path / "nan.root", _nan_jet_pt(0.02))
     with uproot.open(bad) as f:
@@ -150,6 +152,7 @@ def test_nan_inputs_stop_the_job_naming_the_branch_unless_a_policy_accepts_them(
         assert events < entries if policy == "drop_event" else events == entries
 
 
+@pytest.mark.slow
 def test_training_that_diverges_stops_with_a_clear_error(tmp_path):
     config = _config(tmp_path, training={"learning_rate": 1e12, "epochs": 2, "schedule": "constant"},
                      scaling={"method": "none", "transforms": {}})
@@ -161,6 +164,7 @@ def test_training_that_diverges_stops_with_a_clear_error(tmp_path):
     assert not (out / "manifest.json").exists() and not (out / "model.keras").exists()
 
 
+@pytest.mark.slow
 def test_negative_energies_are_warned_and_one_file_in_both_samples_is_refused(tmp_path):
     def negative(columns):
         columns["met"] = columns["met"] - 50.0  # a few hundred events below zero
@@ -178,6 +182,7 @@ def test_negative_energies_are_warned_and_one_file_in_both_samples_is_refused(tm
     assert proc.returncode == 2 and "share 1 file(s)" in _one_error_line(proc)
 
 
+@pytest.mark.slow
 def test_a_failed_tarball_step_leaves_no_manifest(tmp_path):
     tarball = tmp_path / "out.tgz"
     tarball.mkdir()  # a directory where the tarball should go: the rename fails
@@ -213,6 +218,7 @@ def _tmpfs(path: Path, size: str, *options: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 @needs_root
 @pytest.mark.parametrize("size,stage", [("300k", "convert_primary"), (None, "evaluate")])
 def test_a_full_disk_is_exit_9_with_nothing_half_written(tmp_path, trained, size, stage):
@@ -262,6 +268,7 @@ def _epochs_done(out: Path) -> int:
     return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_result(tmp_path, resumable,
                                                                                       signum):
@@ -296,6 +303,7 @@ def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_r
         np.testing.assert_allclose(b["score"][:], a["score"][:], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_signal_during_conversion_leaves_no_half_written_work_file(tmp_path):
     big = tmp_path / "many"
     big.mkdir()
@@ -322,6 +330,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_or_work_file_is_redone_not_a_blocked_rerun(tmp_path, resumable):
     config, reference = resumable
     out = tmp_path / "out"
@@ -349,6 +358,7 @@ def test_a_damaged_checkpoint_or_work_file_is_redone_not_a_blocked_rerun(tmp_pat
         np.testing.assert_array_equal(a["objects"][:], b["objects"][:])
 
 
+@pytest.mark.slow
 def test_a_second_job_into_a_busy_directory_stops_at_once_and_dead_runs_temporaries_go(tmp_path):
     config = _config(tmp_path, training={"epochs": 3, "early_stopping_patience": 0})
     out = tmp_path / "out"
@@ -376,6 +386,7 @@ def test_a_second_job_into_a_busy_directory_stops_at_once_and_dead_runs_temporar
     assert "removed 3 temporary file(s) left by killed runs" in (out / "job.log").read_text()
 
 
+@pytest.mark.slow
 @needs_root
 def test_an_unwritable_output_parent_or_working_directory_is_refused_before_any_work(tmp_path):
     config = _config(tmp_path)
@@ -437,6 +448,7 @@ def test_a_gzip_bomb_as_model_is_refused_before_it_is_written(tmp_path):
     assert written < 1 << 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection, words", [
     ("met > 9**9**9**9", ["power", "at most 16"]),
     ("(" * 200 + "met" + ")" * 200 + " > 1", ["limit"]),
@@ -498,6 +510,7 @@ def _short_scaler(bundle: Path) -> None:
     (bundle / "scaler.json").write_text(json.dumps(scaler))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, words", [
     (lambda b: _unsafe_model(b / "model.keras"), ["model.keras", "safe mode"]),
     (_zero_scale, ["scaler.json", "scale"]),
@@ -524,6 +537,7 @@ def test_a_bad_bundle_is_exit_4_naming_the_file_and_merge_leaves_it_out(tmp_path
     assert _evaluate(tmp_path, merged / "ensemble", tmp_path / "applied").returncode == 0
 
 
+@pytest.mark.slow
 def test_merge_of_an_oddly_named_tarball_stays_in_its_own_directory(tmp_path, trained):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
@@ -601,6 +615,7 @@ def test_local_docker_mounts_survive_colons_and_commas(tmp_path):
 
 # A lost GPU ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_a_gpu_job_without_a_gpu_fails_at_once_and_reports_its_device(tmp_path, how):
     """CUDA_VISIBLE_DEVICES="" hides every GPU from every backend: what a node whose GPU is gone
@@ -641,6 +656,7 @@ def test_local_gpu_runs_require_the_gpu(tmp_path):
     assert "--gpus" not in without and "--require-gpu" not in without
 
 
+@pytest.mark.slow
 def test_a_failed_job_hands_back_its_tarball_with_the_error_and_merge_reports_it(tmp_path, trained):
     bad = _rewrite(SAMPLE_A, tmp_path / "nan.root", _nan_jet_pt(0.02))
     tarball = tmp_path / "failed.tgz"

@@ -20,6 +20,8 @@ import yaml
 
 from payload import __version__
 
+pytestmark = pytest.mark.docker
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "payload" / "data"
 BASE = os.environ.get("PAYLOAD_TEST_BASE_IMAGE", "grid-payload-base:bookworm")

@@ -47,6 +47,7 @@ def test_rucio_dids_are_told_from_paths_and_urls(tmp_path, monkeypatch):
     assert not is_did("root://host//a.root") and not is_did("a.root") and not is_did("/abs/path:x")
 
 
+@pytest.mark.slow
 def test_odd_file_names_are_files_not_patterns_or_lists(tmp_path):
     """Inputs are resolved once: a directory holding run[1].root, x,y.root and a*b.root gives those
     three files to the whole job (they used to be expanded again, as a pattern and a list)."""

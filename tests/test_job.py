@@ -20,6 +20,8 @@ from conftest import REPO, run_payload
 from payload.config import load_config, parse_config
 from payload.job import run_job
 
+pytestmark = pytest.mark.slow
+
 DATA = REPO / "payload" / "data"
 SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")
 

@@ -19,6 +19,8 @@ from payload.config import parse_config
 from payload.job import run_job
 from payload.merge import merge
 
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
 SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")
 FOLDS = 3

@@ -29,6 +29,8 @@ from xrootd_loopback import xrootd_server  # noqa: E402
 from payload.manifest import adler32  # noqa: E402
 from payload.samples import write_sample  # noqa: E402
 
+pytestmark = pytest.mark.servers
+
 DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
 SCOPE = "user.test"
 

@@ -231,6 +231,7 @@ def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
     assert train["executable"] == "/opt/payload/bin/payload" and "$(config)" in train["arguments"]
 
 
+@pytest.mark.slow
 def test_local_scan_trains_every_point(submit_dir, tmp_path):
     (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
         "method": "grid", "parameters": {"training.learning_rate": [0.0003, 0.003]}}))
@@ -276,6 +277,7 @@ def test_phpo_task_parameters(submit_dir, monkeypatch):
     assert command[command.index("--primary-match") + 1] == "*_A*"
 
 
+@pytest.mark.slow
 def test_phpo_evaluation_job_contract(submit_dir, tmp_path):
     """A phpo evaluation as the pilot runs it: input.json and input_ds.json in the working directory,
     output.json out; then a point the config rejects gives a non-zero status and no loss."""
@@ -360,6 +362,7 @@ def _run_dag(dag_dir: Path) -> dict[str, int]:
     return status
 
 
+@pytest.mark.slow
 def test_a_dag_with_a_failing_node_still_merges(tmp_path):
     pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())

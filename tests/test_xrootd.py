@@ -25,6 +25,8 @@ from payload.config import default_config_path, load_config
 from payload.convert import convert
 from payload.samples import write_sample
 
+pytestmark = pytest.mark.servers
+
 DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
 # A lost server is reported within seconds here (the job's defaults allow a minute).
 FAST_FAIL = {"XRD_CONNECTIONWINDOW": "2", "XRD_CONNECTIONRETRY": "1", "XRD_REQUESTTIMEOUT": "10",

@@ -15,6 +15,8 @@ import yaml
 from payload.config import parse_config
 from payload.job import run_job
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "payload" / "data"
 
