@@ -173,6 +173,7 @@ def test_seed000_schedule():
     np.testing.assert_allclose(lr, expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(p for p in ("jax",) if __import__("importlib").util.find_spec(p)),
                     reason="JAX is not installed")
 def test_models_run_on_the_jax_backend():
