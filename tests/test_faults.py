@@ -304,7 +304,11 @@ def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_r
 
 
 @pytest.mark.slow
-def test_a_signal_during_conversion_leaves_no_half_written_work_file(tmp_path):
+@pytest.mark.parametrize("stage, temporary", [("convert_primary", "work/.tmp-*-primary.h5"),
+                                              ("evaluate", ".tmp-*-predictions.h5")])
+def test_a_signal_while_a_file_is_written_leaves_nothing_half_written(tmp_path, stage, temporary):
+    """SIGTERM while the work file, or predictions.h5, is being written (twelve copies of the
+    sample make both take seconds)."""
     big = tmp_path / "many"
     big.mkdir()
     for i in range(12):
@@ -314,14 +318,14 @@ def test_a_signal_during_conversion_leaves_no_half_written_work_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "payload", "-q", "run", "--primary", str(big), "--secondary",
                              str(SAMPLE_B), "--config", str(config), "--output", str(out)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: any(p.name.startswith(".tmp-") for p in (out / "work").glob(".*")) if (out / "work").exists()
-              else False, proc)
+    _wait_for(lambda: any(out.glob(temporary)), proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
-    assert json.loads((out / "error.json").read_text())["stage"] == "convert_primary"
-    assert not _leftovers(out) and not (out / "work" / "primary.h5").exists()
-
+    assert json.loads((out / "error.json").read_text())["stage"] == stage
+    assert not _leftovers(out) and not (out / "manifest.json").exists()
+    written = out / ("work/primary.h5" if stage == "convert_primary" else "predictions.h5")
+    assert not written.exists()
 
 
 def _dead_pid() -> int:
