@@ -108,6 +108,8 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
     with output_lock(output) as removed, terminate_on_signals():
         for stale in ("manifest.json", "error.json"):
             (output / stale).unlink(missing_ok=True)
+        if tarball and Path(tarball).is_file():  # a former run's: it must not outlive a failure of this one
+            Path(tarball).unlink()
         try:
             with _JobLog(output / "job.log"):
                 if removed:

@@ -6,7 +6,9 @@ training checkpoints, but only when they were made from the same inputs with the
 - ``work/<sample>.h5`` has a record ``work/<sample>.json``: the identity of every input (base name,
   size, modification time for local files, adler32), the data config, and the work file's own size
   and adler32.  An input replaced under the same name, another data config, or a damaged work file
-  (a truncated write, a flipped byte in a Blosc chunk) means the work file is converted again.
+  (a truncated write, a flipped byte in a Blosc chunk) means the work file is converted again.  So
+  does an input with no checksum to compare (an http URL, an XRootD server that reports none): what
+  cannot be proven unchanged is not reused.
 - ``checkpoints/binding.json`` holds the inputs' identities and the resolved config but for its
   ``evaluation`` section (which does not change what is trained).  Any difference discards the
   checkpoints, the training history and ensemble members before training starts.
@@ -45,6 +47,11 @@ def _difference(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
     return "the inputs differ"
 
 
+def _unverifiable(inputs: list[dict[str, Any]]) -> str | None:
+    """The first input whose identity holds no checksum, so that a replacement could not be seen."""
+    return next((i["name"] for i in inputs if "adler32" not in i), None)
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -60,7 +67,10 @@ def work_file(config: JobConfig, files: list[str], inputs: list[dict[str, Any]],
     data = config_to_dict(config)["data"]
     if target.exists():
         record = _read(record_path)
-        if record is None:
+        unverified = _unverifiable(inputs)
+        if unverified:
+            reason = f"input {unverified} has no checksum to prove it unchanged"
+        elif record is None:
             reason = "it has no record of its inputs"
         elif record.get("inputs") != inputs:
             reason = _difference(record.get("inputs", []), inputs)
@@ -88,8 +98,12 @@ def bind_checkpoints(output: Path, config: JobConfig, inputs: dict[str, list[dic
     checkpoints = output / "checkpoints"
     path = checkpoints / "binding.json"
     old = _read(path)
-    if old != binding and (path.exists() or (checkpoints / "state.json").exists() or (output / "members").exists()):
-        if old is None:
+    unverified = next((name for files in inputs.values() if (name := _unverifiable(files))), None)
+    made = path.exists() or (checkpoints / "state.json").exists() or (output / "members").exists()
+    if made and (old != binding or unverified):
+        if unverified:
+            reason = f"input {unverified} has no checksum to prove it unchanged"
+        elif old is None:
             reason = "they have no record of what they were made from"
         elif old.get("config") != binding["config"]:
             keys = sorted(k for k in binding["config"] if old["config"].get(k) != binding["config"][k])

@@ -328,6 +328,36 @@ def test_a_signal_while_a_file_is_written_leaves_nothing_half_written(tmp_path, 
     assert not written.exists()
 
 
+def test_an_input_without_a_checksum_is_never_reused(tmp_path):
+    """An http URL, or an XRootD server that reports no checksum, gives an input identity without
+    adler32: its work file is converted again and checkpoints made from it are discarded, since a
+    replacement under the same name could not be seen."""
+    from payload.config import load_config
+    from payload.manifest import describe_input
+    from payload.resume import bind_checkpoints, identity, work_file
+
+    config = load_config(_config(tmp_path))
+    target = tmp_path / "work" / "primary.h5"
+    target.parent.mkdir()
+    checked = [identity(describe_input(str(SAMPLE_A)))]
+    unchecked = [{k: v for k, v in checked[0].items() if k != "adler32"}]
+
+    def converted(inputs) -> int:
+        work_file(config, [str(SAMPLE_A)], inputs, target, progress=False)
+        return target.stat().st_ino  # a conversion renames a new file into place
+
+    first = converted(checked)
+    assert converted(checked) == first  # verified: reused
+    assert converted(unchecked) != first
+    assert converted(unchecked) != converted(unchecked)  # never reused
+    bind_checkpoints(tmp_path, config, {"primary": checked})
+    (tmp_path / "checkpoints" / "state.json").write_text("{}")
+    bind_checkpoints(tmp_path, config, {"primary": checked})
+    assert (tmp_path / "checkpoints" / "state.json").exists()
+    bind_checkpoints(tmp_path, config, {"primary": unchecked})
+    assert not (tmp_path / "checkpoints" / "state.json").exists()
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -662,11 +692,15 @@ def test_local_gpu_runs_require_the_gpu(tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_job_hands_back_its_tarball_with_the_error_and_merge_reports_it(tmp_path, trained):
+    import tarfile
+
     bad = _rewrite(SAMPLE_A, tmp_path / "nan.root", _nan_jet_pt(0.02))
     tarball = tmp_path / "failed.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:  # a former successful run's tarball under the same name
+        for name in ("manifest.json", "metrics.json", "model.keras"):
+            tar.add(trained / name, arcname=name)
     proc = _run(tmp_path, bad, SAMPLE_B, tmp_path / "out", _config(tmp_path), "--tarball", str(tarball))
     assert proc.returncode == 7
-    import tarfile
     with tarfile.open(tarball) as tar:
         assert sorted(tar.getnames()) == ["error.json", "job.log"]
         assert json.load(tar.extractfile("error.json"))["exit_code"] == 7
