@@ -440,19 +440,21 @@ def load_config(path: str | Path) -> JobConfig:
         raise ConfigError(f"config {path}: cannot read ({err.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config {path}: not a text file") from None
+    # yaml.safe_load in two steps: the node graph is measured before the document is built from it.
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is None:
-            raw = None
-        else:
+        node = loader.get_single_node()
+        if node is not None:
             _check_yaml_size(node, str(path))
-            raw = yaml.safe_load(text)
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config {path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
     except RecursionError:
         raise ConfigError(f"config {path}: nested more than {MAX_CONFIG_DEPTH} levels deep; refused") from None
+    finally:
+        loader.dispose()
     return parse_config(raw, str(path))
 
 

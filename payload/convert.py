@@ -129,9 +129,8 @@ class ChunkBuilder:
         self.sort_col = self.features.index(data.sort_by) if data.sort_by else None
         self.scales = np.array([data.energy_scale(f) for f in self.features], dtype=np.float32)
         selection_only = set(self.selection.branches) if self.selection else set()
-        stored = [b for b in self.branches() if b not in selection_only]
         #: Branches whose values are stored (selection-only branches are not checked for NaN).
-        self.stored = stored
+        self.stored = [b for b in self.branches() if b not in selection_only]
 
     def branches(self) -> list[str]:
         """Every branch the conversion reads, each once."""

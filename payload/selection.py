@@ -100,6 +100,7 @@ MAX_LENGTH = 2000
 MAX_NODES = 300
 MAX_CONSTANT = 1e15
 MAX_EXPONENT = 16
+MAX_DEPTH = 50  # nested brackets: the parser recurses per bracket
 
 
 def _check_limits(expression: str, tree: ast.AST) -> None:
@@ -126,11 +127,12 @@ def compile_selection(expression: str) -> Selection:
     if len(expression) > MAX_LENGTH:
         raise ConfigError(f"selection: {len(expression)} characters, more than the limit {MAX_LENGTH}")
     depth = deepest = 0
-    for char in expression:  # the parser recurses per bracket: bound it before parsing
+    for char in expression:  # bounded before parsing
         depth += (char in "([{") - (char in ")]}")
         deepest = max(deepest, depth)
-    if deepest > 50:
-        raise ConfigError(f"selection {expression[:60]!r}...: brackets nested {deepest} deep, more than the limit 50")
+    if deepest > MAX_DEPTH:
+        raise ConfigError(f"selection {expression[:60]!r}...: brackets nested {deepest} deep, more than the limit "
+                          f"{MAX_DEPTH}")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as err:

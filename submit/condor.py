@@ -19,13 +19,17 @@ from submit.images import docker_url
 IMAGE_EXECUTABLE = "/opt/payload/bin/payload"
 
 
-def literal(value: str) -> str:
-    """A value written into a submit description as it is: HTCondor expands ``$(...)`` and
-    ``$ENV(...)`` macros anywhere, so every ``$`` becomes ``$(DOLLAR)``; a newline would start a new
-    submit command and cannot be written at all."""
+def _one_line(value: str) -> str:
+    """A newline would start a new submit command: it cannot be written at all."""
     if "\n" in value or "\r" in value:
         raise ConfigError(f"{value!r}: a newline cannot be written into an HTCondor submit file; rename it")
-    return value.replace("$", "$(DOLLAR)")
+    return value
+
+
+def literal(value: str) -> str:
+    """A value written into a submit description as it is: HTCondor expands ``$(...)`` and
+    ``$ENV(...)`` macros anywhere, so every ``$`` becomes ``$(DOLLAR)``."""
+    return _one_line(value).replace("$", "$(DOLLAR)")
 
 
 def condor_arguments(args: list[str]) -> str:
@@ -33,9 +37,7 @@ def condor_arguments(args: list[str]) -> str:
     whitespace or a single quote in single quotes with ' doubled, and every " doubled.  Arguments
     must already be ``literal`` where they hold user text (macros of our own stay macros)."""
     out = []
-    for arg in args:
-        if "\n" in arg or "\r" in arg:
-            raise ConfigError(f"argument {arg!r}: a newline cannot be written into an HTCondor submit file")
+    for arg in map(_one_line, args):
         if arg == "" or any(c.isspace() for c in arg) or "'" in arg:
             arg = "'" + arg.replace("'", "''") + "'"
         out.append(arg.replace('"', '""'))
@@ -45,9 +47,9 @@ def condor_arguments(args: list[str]) -> str:
 def _list(values: list[str]) -> str:
     """A file list (macros of our own, such as ``$(config)``, pass as they are)."""
     for value in values:
-        if "," in value or "\n" in value or "\r" in value:
-            raise ConfigError(f"file {value!r}: HTCondor file lists cannot hold commas or newlines; rename it")
-    return ", ".join(v if v.startswith("$(") else literal(v) for v in values)
+        if "," in value:
+            raise ConfigError(f"file {value!r}: HTCondor file lists cannot hold commas; rename it")
+    return ", ".join(_one_line(v) if v.startswith("$(") else literal(v) for v in values)
 
 
 def _container_job(image: str, args: list[str], inputs: list[str]) -> list[str]:
