@@ -293,6 +293,9 @@ class EvaluationConfig(_Strict):
     speedup: SpeedupConfig | None = None
     #: Autoencoders: relative residuals (out - in) / in are histogrammed in [-range, range].
     residual_range: Annotated[float, Field(gt=0)] = 0.5
+    #: Write friends/<input>.friend.root: per input file, a tree with the input tree's entries in
+    #: order (nn_weight, score, split and flags), for AddFriend, RDataFrame and uproot.
+    friend_trees: bool = True
 
 
 class JobConfig(_Strict):

@@ -70,6 +70,8 @@ class EventSource:
             self.event_names = names(f["events"])
             self.spectator_names = names(f["spectators"])
             self.source_files = json_attr(f, "source_files")
+            # Tree entries per input (the friend trees' lengths), events included or not.
+            self.source_entries = [int(s["entries"]) for s in json_attr(f, "provenance").get("sources", [])]
             self.stats = json_attr(f, "stats")
         self.file_keys = np.array([file_key(s) for s in self.source_files], dtype=np.int64)
         self.unseen = np.array([trained_on is not None and base_name(s) not in trained_on for s in self.source_files],

@@ -3,7 +3,7 @@ closure of the reweighting, and the fresh-classifier check.  Everything streams 
 
 Predictions file (``predictions.h5``), one row per converted event of both samples:
 ``sample`` (0 primary, 1 secondary), ``file_index`` (into the ``source_files`` JSON attribute, a
-dict sample -> list), ``entry`` (tree entry), ``split`` (0 train, 1 validation, 2 test),
+dict sample -> list; ``source_entries`` the same with each input tree's entry count), ``entry`` (tree entry), ``split`` (0 train, 1 validation, 2 test),
 ``outlier`` (dropped from training by the outlier cuts), ``label``, ``score`` (the network output),
 ``weight`` (event weight) and ``nn_weight``: for ``reweight``, p/(1-p) for primary events, clipped
 to [1/max_weight, max_weight] and normalised so the primary's weighted sum is unchanged; 1 for
@@ -179,6 +179,11 @@ class PredictionWriter:
             ds[self.size:] = columns[name]
         self.size += n
 
+    def describe_sources(self, sources: list[EventSource]) -> None:
+        """The inputs of each sample and their tree entry counts, which the friend trees need."""
+        self.file.attrs["source_files"] = json.dumps({str(i): s.source_files for i, s in enumerate(sources)})
+        self.file.attrs["source_entries"] = json.dumps({str(i): s.source_entries for i, s in enumerate(sources)})
+
     def scale_column(self, name: str, factor: float, sample: int = 0, step: int = 1 << 20) -> None:
         """Normalise the primary's weights in column ``name`` in place (outliers keep 1), streaming."""
         d = self.datasets
@@ -308,7 +313,7 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                             v.hists.setdefault("secondary", WeightedHist(v.edges)).fill(values, w[test][event])
             for key, weighting in weightings.items():
                 writer.scale_column("nn_weight" if key == "nn" else "baseline_weight", weighting.normalisation)
-            writer.file.attrs["source_files"] = json.dumps({str(i): s.source_files for i, (s, _) in enumerate(sources)})
+            writer.describe_sources([s for s, _ in sources])
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = __doc__
             size = writer.size

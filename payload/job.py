@@ -9,6 +9,7 @@ Output directory of a finished job:
     metrics.json       test metrics, closure, closure-classifier AUC
     history.csv        per-epoch training history
     predictions.h5     per-event scores and NN weights keyed by input file and entry
+    friends/*.friend.root  the same per input file as a ROOT friend tree (entries aligned with the input's)
     plots/*.png        ROC, learning curves, calibration, NN weights, closure per variable
     job.log            the job's log
     manifest.json      versions, inputs with sizes and checksums, device, timings, status (written last)
@@ -158,6 +159,13 @@ def _run(config, primary, secondary, output: Path, mode: str, model, tarball, pr
     if mode == "train":
         bind_checkpoints(output, config, identities)
     metrics = _train_and_evaluate(config, converted, output, timer, mode, bundle if mode == "evaluate" else None)
+    friends = []
+    shutil.rmtree(output / "friends", ignore_errors=True)  # a former run's, perhaps of other inputs
+    if config.evaluation.friend_trees:
+        from payload.friends import write_friends
+
+        with timer.stage("friends"):
+            friends = write_friends(output / "predictions.h5", output / "friends")
     quality = data_quality(converted)
     for name, q in quality.items():
         if q["nonfinite"]["values"]:
@@ -175,6 +183,7 @@ def _run(config, primary, secondary, output: Path, mode: str, model, tarball, pr
 
         manifest = build_manifest("success", 0, mode, config.task, described, describe(), timer, output, started)
         manifest["data_quality"] = quality
+        manifest["friends"] = friends
     if tarball:
         from payload.archive import make_tarball
 

@@ -11,6 +11,7 @@ summary and skipped (``strict`` makes it an error).  The output directory holds:
     predictions.h5    per-event predictions of all jobs, keyed by source file and entry (evaluation
                       fan-out: every row; k folds: each event's test-split row, i.e. from the model
                       that did not train on it), with metrics and plots over the whole dataset
+    friends/          the jobs' ROOT friend trees, one per input file (inputs each held by one job)
 
 Predictions are copied job by job in bounded chunks; the result does not depend on input order, and
 merging twice gives the same files.  The directory is built under a temporary name and renamed
@@ -34,6 +35,7 @@ from payload import bundle as bundles
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
+from payload.manifest import adler32
 from payload.metrics import HEADLINE
 from payload.progress import log
 
@@ -108,6 +110,10 @@ def open_job(source: str, scratch: Path, name: str) -> Job:
     if manifest.get("status") != "success":
         raise InputCorruptError(f"manifest status is {manifest.get('status')!r}")
     metrics = _read_json(directory / "metrics.json", "metrics.json")
+    for friend in manifest.get("friends", []):
+        path = directory / "friends" / friend["file"]
+        if not path.is_file() or adler32(path) != friend["adler32"]:
+            raise InputCorruptError(f"friends/{friend['file']} missing or not the file the manifest lists")
     try:
         config = load_config(directory / "config.yaml")
     except PayloadError as err:
@@ -331,6 +337,29 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
     return {"metrics": result, "scores": scores if labelled and scores.count else None, "weight_hist": weight_hist}
 
 
+def merge_friends(jobs: list[Job], dest: Path) -> dict[str, Any]:
+    """The jobs' friend trees side by side (an evaluation fan-out: each input in one job), each
+    checked against its job's manifest by ``open_job``.  An input in several jobs (k folds, a scan)
+    has no single answer: it is listed, not merged; each job's own friends stay in its output."""
+    owners: dict[str, list[tuple[Job, dict[str, Any]]]] = {}
+    for job in jobs:
+        for entry in job.manifest.get("friends", []):
+            owners.setdefault(entry["file"], []).append((job, entry))
+    copied, several = [], []
+    for name, held in sorted(owners.items()):
+        if len(held) > 1:
+            several.append(f"{name} ({', '.join(j.name for j, _ in held)})")
+            continue
+        job, entry = held[0]
+        dest.mkdir(exist_ok=True)
+        shutil.copyfile(job.directory / "friends" / name, dest / name)  # checked by open_job
+        copied.append({**entry, "job": job.name})
+    if several:
+        log.info("friend trees of %d input(s) come from several jobs and were not merged: %s", len(several),
+                 "; ".join(several[:3]))
+    return {"files": copied, "in_several_jobs": several}
+
+
 def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ensemble: bool | None = None,
           predictions: str = "auto", strict: bool = False) -> dict[str, Any]:
     if metric not in HEADLINE:
@@ -370,6 +399,7 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
                 plots.roc(Evaluation(merged["metrics"], merged["scores"], []), tmp / "plots" / "roc.png")
             if merged["weight_hist"] is not None and merged["weight_hist"].sumw.sum() > 0:
                 plots.weights({"nn": (merged["weight_hist"], 1.0)}, tmp / "plots" / "nn_weights.png")
+        summary["friends"] = merge_friends(jobs, tmp / "friends")
         shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
     log.info("merged %d of %d job outputs into %s", len(jobs), summary["inputs"], output)

@@ -204,6 +204,7 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
                     writer.append({"sample": np.full(n, sample), "file_index": block.file_index, "entry": block.entry,
                                    "split": block.split, "outlier": block.outlier, "label": np.full(n, sample),
                                    "score": per_event, "weight": block.weights, "nn_weight": np.ones(n), "latent": z})
+            writer.describe_sources([s for s, _ in sources])
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = ("per-event fields as for classifiers; score = mean squared reconstruction "
                                            "error (scaled units), label = sample, latent = the encoder's codes")
