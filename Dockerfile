@@ -16,7 +16,7 @@ COPY docker/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY payload /src/payload
 COPY submit /src/submit
-RUN /opt/payload/bin/pip install --no-cache-dir --constraint /tmp/constraints.txt "/src[${TF_EXTRA},grid]" \
+RUN /opt/payload/bin/pip install --no-cache-dir --constraint /tmp/constraints.txt "/src[${TF_EXTRA},grid,onnx]" \
     && /opt/payload/bin/payload --version
 
 FROM ${BASE_IMAGE}

@@ -4,6 +4,7 @@ Output directory of a finished job:
 
     model.keras        the best model (Keras 3, loads with safe_mode=True)
     saved_model/       the same model exported for serving (TensorFlow backend)
+    model.onnx         the same for ONNX Runtime, checked against Keras (TensorFlow backend, ``[onnx]`` extra)
     scaler.json        input scaling, applied identically at evaluation
     config.yaml        the resolved job config
     metrics.json       test metrics, closure, closure-classifier AUC
@@ -335,6 +336,8 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             plots.history(output / "history.csv", plot_dir / "loss.png")
             plots.residuals(hists, metrics["autoencoder"]["residuals"], plot_dir / "residuals.png")
             plots.correlation(matrix, names, plot_dir / "residual_correlation.png")
+        if mode == "train":
+            _export_onnx(config, model, sources, output, metrics, timer)
         _close(sources, raw)
         return metrics
     baseline = None
@@ -372,8 +375,34 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             plots.weights(evaluation.weight_hists, plot_dir / "nn_weights.png")
         if "closure" in metrics:
             plots.closure(evaluation, plot_dir)
+    if mode == "train":
+        _export_onnx(config, model, sources, output, metrics, timer)
     _close(sources, raw)
     return metrics
+
+
+def _export_onnx(config: JobConfig, model, sources, output: Path, metrics: dict[str, Any], timer: Timer) -> None:
+    """model.onnx, checked against Keras on up to 256 test events (``payload.onnx``)."""
+    from payload import onnx
+    from payload.dataset import flat_inputs
+    from payload.models import input_names
+    from payload.splits import TEST
+
+    why = onnx.available()
+    if why:
+        log.info("no model.onnx: %s", why)
+        metrics["onnx"] = {"skipped": why}
+        return
+    with timer.stage("onnx"):
+        block = next(sources[0][0].iterate(splits=(TEST,)), None)
+        if block is None:
+            metrics["onnx"] = {"skipped": "no test events to check the export on"}
+            return
+        inputs = {k: v[:256] for k, v in block.inputs.items()}
+        names = input_names(model)
+        batch = ({n: inputs[n] for n in names} if set(names) <= set(inputs)
+                 else flat_inputs(inputs, config.model.autoencoder.level))  # an event-level autoencoder
+        metrics["onnx"] = onnx.export_onnx(model, output / "model.onnx", batch)
 
 
 def _close(sources, raw) -> None:

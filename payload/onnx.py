@@ -1,0 +1,64 @@
+"""``model.onnx`` beside ``model.keras``: the network for ONNX Runtime users (Athena, CMSSW, C++).
+
+The graph takes the network's scaled inputs, as ``model.keras`` does, with a dynamic batch axis (and
+a dynamic object axis): the scaling stays in ``scaler.json`` and docs/onnx.md shows how to apply it
+and compute the weights in a few lines of numpy.  Each export is checked against Keras on a batch of
+real test events with ONNX Runtime; a mismatch is an error, a missing converter a logged skip.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from payload.atomic import atomic_path
+from payload.progress import log
+
+#: Largest |ONNX Runtime - Keras| accepted on the check batch (float32 networks).
+TOLERANCE = 1e-4
+INSTALL = "pip install 'grid-payload[onnx]'"
+
+
+def available() -> str | None:
+    """None when an export can run, else why not."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return f"ONNX export runs on the TensorFlow backend (this job: {keras.backend.backend()})"
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as err:
+        return f"{err.name} is not installed ({INSTALL})"
+    return None
+
+
+def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
+    """Write ``model`` as ONNX to ``path`` (atomically) and check it on ``batch``; its description."""
+    import onnxruntime as ort
+
+    reference = np.asarray(model(batch))  # also marks the model as called, which the exporter needs
+    with atomic_path(path) as tmp:
+        try:
+            with warnings.catch_warnings():  # the converter's NumPy 2 deprecations are not the user's business
+                warnings.simplefilter("ignore")
+                model.export(str(tmp), format="onnx", verbose=False)
+        except Exception as err:  # a layer the converter cannot express: the job's real outputs stand
+            log.warning("no model.onnx: the ONNX converter failed (%s: %s)", type(err).__name__, str(err)[:200])
+            return {"skipped": f"the ONNX converter failed: {type(err).__name__}"}
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        feed = batch if isinstance(batch, dict) else {names[0]: batch}
+        got = session.run(None, {name: np.asarray(feed[name], dtype=np.float32) for name in names})[0]
+        difference = float(np.max(np.abs(got - reference))) if reference.size else 0.0
+        if not difference <= TOLERANCE:
+            raise RuntimeError(f"model.onnx differs from model.keras by {difference:.3g} (> {TOLERANCE}) on "
+                               f"{len(reference)} test events")
+    log.info("model.onnx written: ONNX Runtime equals Keras within %.1g on %d test events", difference,
+             len(reference))
+    return {"file": path.name, "inputs": names, "outputs": [o.name for o in session.get_outputs()],
+            "check": {"events": len(reference), "max_abs_difference": difference, "tolerance": TOLERANCE},
+            "scaling": "not folded in: apply scaler.json first (docs/onnx.md)"}
