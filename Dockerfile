@@ -39,13 +39,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libtcmalloc-minimal4 \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s /usr/lib/*/libtcmalloc_minimal.so.4 /usr/local/lib/libtcmalloc_minimal.so.4
-# Nothing is written into the image at run time: no bytecode caches, and TensorFlow's banner off.
+# Nothing is written into the image at run time: no bytecode caches.
 ENV PATH=/opt/payload/bin:$PATH \
     LD_PRELOAD=/usr/local/lib/libtcmalloc_minimal.so.4 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    KERAS_BACKEND=tensorflow \
-    TF_CPP_MIN_LOG_LEVEL=2
+    KERAS_BACKEND=tensorflow
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin payload
 USER 10001:10001
 WORKDIR /work

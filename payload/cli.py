@@ -22,8 +22,6 @@ from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, Payload
 from payload.signals import Terminated
 
 log = logging.getLogger("payload")
-# TensorFlow's C++ start-up chatter would bury the job's own log lines in grid logs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -85,7 +83,16 @@ def _report(directory: Path, code: int, output, error: str) -> None:
 
 
 def _summary(result) -> None:
-    m = result.metrics
+    """The job's last lines: what was done, the headline figures, where the outputs are."""
+    from payload.progress import duration
+
+    m, manifest = result.metrics, result.manifest
+    timings = manifest.get("timings", {})
+    done = f"{m['mode']} {m['task']}"
+    if "training" in m:
+        done += f", {m['training']['epochs_run']} epoch(s)"
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(timings.items(), key=lambda kv: -kv[1])[:4] if v >= 1)
+    log.info("done: %s in %s%s", done, duration(sum(timings.values())), f" ({stages})" if stages else "")
     parts = [f"test AUC {m['test']['auc']:.4f}"] if "test" in m else []
     if "closure_classifier_auc" in m:
         parts.append(f"closure-classifier AUC {m['closure_classifier_auc']:.4f}")
@@ -102,6 +109,14 @@ def _summary(result) -> None:
                  None: ""}[verdict["beats_baseline"]]
         log.info("reweighting %s on the test events%s%s", state, beats,
                  f": {len(m['warnings'])} warning(s) above and in metrics.json" if m.get("warnings") else "")
+    friends = manifest.get("friends", [])
+    shown = [name for name in ("model.keras", "model.onnx", "predictions.h5", "metrics.json")
+             if name in manifest.get("outputs", {})]
+    if friends:
+        shown.append(f"friends/ ({len(friends)} ROOT friend tree file(s))")
+    shown += ["plots/"] * any(k.startswith("plots/") for k in manifest.get("outputs", {}))
+    log.info("outputs in %s: %s%s", result.output, ", ".join(shown),
+             f"; tarball {manifest['tarball']}" if manifest.get("tarball") else "")
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
@@ -252,5 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prepare_environment()
     args = build_parser().parse_args(argv)
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA plugin registration, absl) would bury the job's
+    # own lines in grid logs; -v shows it.  Set before TensorFlow loads (no command imports it earlier).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")
     _setup_logging(args.verbose)
     return run_cli(args.func, args)

@@ -28,7 +28,7 @@ from payload.dataset import Block, EventSource, cut_padding
 from payload.h5layout import object_mask
 from payload.metrics import BinaryScores, WeightedHist, compare, distance_correlation
 from payload.models import input_names
-from payload.progress import log
+from payload.progress import Progress, log
 from payload.splits import TEST
 
 PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "split": np.int8, "outlier": np.bool_,
@@ -231,7 +231,7 @@ class _Weighting:
 
 
 def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], predictions: Path,
-             baseline=None, members: list | None = None) -> Evaluation:
+             baseline=None, members: list | None = None, progress: bool = True) -> Evaluation:
     """Predict every event of every source, write ``predictions`` (atomically) and compute metrics.
 
     ``sources`` are (source, label) with the primary first; weights are reported for it.  For a
@@ -264,11 +264,14 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     kept: list[list[np.ndarray]] = [[] for _ in sources]
     type_index = first.object_names.index("type") if "type" in first.object_names else None
     extra = {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
+    bar = Progress(sum(s.size for s, _ in sources), "evaluate") if progress else None
     with atomic_path(predictions) as tmp:
         writer = PredictionWriter(tmp, extra)
         with hdf5_writing(writer.file, tmp):
             for index, (source, label) in enumerate(sources):
                 for block in source.iterate(splits=None, drop_outliers=False):
+                    if bar:
+                        bar.update(len(block))
                     p = scorer(block, source)
                     outlier = block.outlier
                     w = block.weights.astype(np.float64)
@@ -317,6 +320,8 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = __doc__
             size = writer.size
+    if bar:
+        bar.finish()
 
     metrics: dict[str, Any] = {"events": size}
     unseen = {s.path.stem: int(s.unseen.sum()) for s, _ in sources}

@@ -159,7 +159,8 @@ def _run(config, primary, secondary, output: Path, mode: str, model, tarball, pr
             converted[name] = work_file(config, files, identities[name], work / f"{name}.h5", progress)
     if mode == "train":
         bind_checkpoints(output, config, identities)
-    metrics = _train_and_evaluate(config, converted, output, timer, mode, bundle if mode == "evaluate" else None)
+    metrics = _train_and_evaluate(config, converted, output, timer, mode, bundle if mode == "evaluate" else None,
+                                  progress)
     friends = []
     shutil.rmtree(output / "friends", ignore_errors=True)  # a former run's, perhaps of other inputs
     if config.evaluation.friend_trees:
@@ -194,7 +195,6 @@ def _run(config, primary, secondary, output: Path, mode: str, model, tarball, pr
         manifest["timings"] = timer.stages
         manifest["tarball"] = str(tarball)
     write_json(output / "manifest.json", manifest)
-    log.info("job finished: outputs in %s", output)
     return JobResult(output, metrics, manifest)
 
 
@@ -280,7 +280,7 @@ def _trained_files(bundle: Path) -> dict[str, list[str]] | None:
 
 
 def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str,
-                        bundle) -> dict[str, Any]:
+                        bundle, progress: bool = True) -> dict[str, Any]:
     """Train (``bundle`` None) or apply a ``payload.bundle.Bundle``, then evaluate; the metrics."""
     import keras
 
@@ -314,7 +314,8 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     members = None
     if mode == "train":
         with timer.stage("train"):
-            model, metrics["training"], members = _train_members(config, sources[:len(trained)], tallies, output)
+            model, metrics["training"], members = _train_members(config, sources[:len(trained)], tallies, output,
+                                                                        progress)
         metrics["training"]["files"] = {name: [base_name(f) for f in source.source_files]
                                         for name, source in zip(("primary", "secondary"), raw)}
         with atomic_path(output / "model.keras") as tmp:
@@ -356,7 +357,8 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             metrics["baseline"] = {"skipped": "no training-split events among these inputs (files the model never "
                                               "saw are all test events); the training job's outputs compare it"}
     with timer.stage("evaluate"):
-        evaluation = evaluate(config, model, sources, output / "predictions.h5", baseline, members)
+        evaluation = evaluate(config, model, sources, output / "predictions.h5", baseline, members,
+                                  progress)
     metrics.update(evaluation.metrics)
     if "closure" in metrics:
         metrics["warnings"] += [f"closure: {m}" for m in metrics["closure"]["verdict"]["messages"]]
@@ -410,7 +412,8 @@ def _close(sources, raw) -> None:
         source.close()
 
 
-def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[Any, dict[str, Any], list | None]:
+def _train_members(config: JobConfig, sources, tallies, output: Path,
+                   progress: bool = True) -> tuple[Any, dict[str, Any], list | None]:
     """Train the model, or ``model.ensemble`` members with seeds seed, seed+1, ... each in
     OUTPUT/members/NN (resumable one by one) averaged into one model.  With ``ensemble_split: folds``
     member k also leaves part k of the training split out.  Returns (model, metrics, the members
@@ -426,7 +429,7 @@ def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[A
 
     n = config.model.ensemble
     if n == 1:
-        result = train(config, sources, tallies, output)
+        result = train(config, sources, tallies, output, progress=progress)
         return inference_model(result.model), summary(result), None
     folds = config.model.ensemble_split == "folds"
     members, results = [], []
@@ -435,7 +438,8 @@ def _train_members(config: JobConfig, sources, tallies, output: Path) -> tuple[A
         member.training.seed = config.training.seed + k
         directory = output / "members" / f"{k:02d}"
         log.info("ensemble member %d of %d%s", k + 1, n, f" (training part {k + 1} left out)" if folds else "")
-        results.append(train(member, sources, tallies, directory, leave_out=(n, k) if folds else None))
+        results.append(train(member, sources, tallies, directory, leave_out=(n, k) if folds else None,
+                             progress=progress))
         members.append(inference_model(results[-1].model))
     shutil.copyfile(output / "members" / "00" / "history.csv", output / "history.csv")
     best = min(results, key=lambda r: r.best_loss)

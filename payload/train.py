@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from payload.dataset import EventSource, TrainingStream, training_weights
 from payload.distribute import replicated
 from payload.errors import EmptyInputError, TrainingError
 from payload.feed import ValidationBatches, fit_input
-from payload.progress import log
+from payload.progress import Progress, duration, log
 from payload.scaling import Scaler, ScalerFitter
 from payload.splits import TRAIN, VALIDATION
 
@@ -97,6 +98,43 @@ class FiniteLoss(keras.callbacks.Callback):
             raise TrainingError(f"training: the loss became {', '.join(f'{k} {v}' for k, v in bad.items())} in "
                                 f"epoch {epoch + 1}; lower training.learning_rate, check the inputs' scaling "
                                 "warnings, or use data.nonfinite to deal with NaN inputs")
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """Epoch, batch, samples/s and the time left (this epoch and the job): a live line on a terminal,
+    a log line every 30 s in grid logs, where an epoch of the seed-000 job takes many minutes."""
+
+    def __init__(self, steps: int, batch_size: int, epochs: int):
+        super().__init__()
+        self.steps, self.batch_size, self.epochs = steps, batch_size, epochs
+        self.bar: Progress | None = None
+        self.epoch = 0
+        self.epoch_seconds: list[float] = []
+
+    def _detail(self, bar: Progress) -> str:
+        batch = f"batch {bar.done // self.batch_size}/{self.steps}"
+        later = self.epochs - self.epoch - 1
+        if not later:
+            return batch
+        per_epoch = (sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds
+                     else bar.total / max(bar.rate(), 1e-9))
+        return f"{batch}, training ends in ~{duration(bar.remaining() + later * per_epoch)}"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.bar = Progress(self.steps * self.batch_size, f"epoch {epoch + 1}/{self.epochs}", "samples",
+                            detail=self._detail)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(self.batch_size)
+            if batch == 0:  # the first step of a run compiles the graph
+                self.bar.restart_clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.clear()  # before the Checkpointer's epoch line
+            self.epoch_seconds.append(time.perf_counter() - self.bar.start)
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -216,7 +254,7 @@ def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]
 
 
 def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally], output: Path,
-          resume: bool = True, leave_out: tuple[int, int] | None = None) -> TrainResult:
+          resume: bool = True, leave_out: tuple[int, int] | None = None, progress: bool = True) -> TrainResult:
     """Train the configured model (``leave_out``: (parts, part) of the training split left out, for a
     cross-fitted ensemble member)."""
     from payload.models import build_model_for, load_model
@@ -258,7 +296,8 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
                 model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
                           verbose=0, shuffle=False, **fit_kwargs,
-                          callbacks=[FiniteLoss(),
+                          callbacks=[FiniteLoss(), *([TrainingProgress(steps, config.training.batch_size,
+                                                                        config.training.epochs)] if progress else []),
                                      Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
     kept = load_model(checkpoints / ("best.keras" if config.training.keep == "best" else state["checkpoint"]))
     return TrainResult(kept, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),

@@ -293,7 +293,7 @@ def test_progress_on_a_terminal(tmp_path, jagged_file):
         chunks.append(data)
     assert proc.wait(timeout=120) == 0
     text = b"".join(chunks).decode()
-    assert "events/s" in text and "1000/1000 events" in text
+    assert "events/s" in text and "1,000/1,000 events" in text
 
 
 def _write_config(tmp_path):
