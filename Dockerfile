@@ -5,11 +5,15 @@
 #   docker build -t grid-payload:0.1.0 .                      # GPU TensorFlow (CUDA from pip wheels)
 #   docker build --build-arg BASE_IMAGE=my/python:3.11 .      # where the public base cannot be pulled
 #   docker build --build-arg TF_EXTRA=cpu .                   # CPU-only TensorFlow, a smaller image
+#   docker build --build-arg PIP_CERT=/path/in/base/ca.crt .  # pip behind a TLS-intercepting proxy
 
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 ARG TF_EXTRA=gpu
+# A CA bundle for pip behind a TLS-intercepting proxy: a build argument of this stage only, so it
+# never reaches the final image's environment.
+ARG PIP_CERT
 # The venv is built in place (/opt/payload) so its paths are valid when copied to the final stage.
 RUN python3 -m venv /opt/payload
 COPY docker/constraints.txt /tmp/constraints.txt

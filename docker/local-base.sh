@@ -4,7 +4,8 @@
 # index through a TLS-intercepting proxy.  Needs root, debootstrap and a Docker engine.
 #
 #   docker/local-base.sh [IMAGE]        (default IMAGE: grid-payload-base:bookworm)
-#   docker build --build-arg BASE_IMAGE=grid-payload-base:bookworm --build-arg TF_EXTRA=cpu .
+#   docker build --build-arg BASE_IMAGE=grid-payload-base:bookworm --build-arg TF_EXTRA=cpu \
+#       --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt .
 set -eu
 image="${1:-grid-payload-base:bookworm}"
 bundle="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
@@ -12,7 +13,6 @@ rootfs="$(mktemp -d)"
 trap 'rm -rf "$rootfs"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" >&2
 cp "$bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
-tar -C "$rootfs" -c . | docker import \
-    -c "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" \
-    -c "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" \
-    - "$image"
+# No ENV here: whatever a base sets, the final image inherits.  pip gets the bundle at build time only:
+#   docker build --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt ...
+tar -C "$rootfs" -c . | docker import - "$image"

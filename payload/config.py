@@ -38,27 +38,44 @@ class Collection(_Strict):
     event (NANOAOD ``Jet_pt[nJet]`` reads as jagged too); flat branches give exactly one.
     """
 
+    #: Name of the collection (used in closure variables and plots).
     name: str = Field(min_length=1)
+    #: Value of the `type` object feature for these objects.
     type_code: int = 0
+    #: Object feature -> branch name, or a number used for every object.
     branches: dict[str, str | float]
 
 
 class DataConfig(_Strict):
     """Where the events are and how they become (events, objects, features) arrays."""
 
+    #: TTree or RNTuple name in every input file.
     tree: str = "nominal"
+    #: The object collections stacked into the padded object array.
     collections: list[Collection] = Field(min_length=1)
+    #: Features of every object, in this order (`type` is the collection's `type_code`).
     object_features: list[str] = Field(default_factory=lambda: ["pt", "eta", "phi", "m", TYPE_FEATURE], min_length=1)
+    #: Object slots per event; objects beyond it (the lowest in `sort_by`) are clipped and counted.
     max_objects: Annotated[int, Field(ge=1, le=10_000)] = 45
+    #: Objects of all collections are sorted by this feature, descending (null keeps collection order).
     sort_by: str | None = "pt"
+    #: Event-level network inputs: name -> branch (a list names them after their branches).
     event_features: dict[str, str] = Field(default_factory=dict)
+    #: Variables carried through untouched for plots, closure and decorrelation: name -> branch.
     spectators: dict[str, str] = Field(default_factory=dict)
+    #: Event weight branch (null: every event weighs 1).
     weight: str | None = None
+    #: Events kept: a boolean expression of branches (`njets >= 2 and met > 20`); rejected ones get
+    #: weight 1 and `selected = false` in the friend trees.
     selection: str | None = None
+    #: Unit of the inputs' energies; stored in GeV.
     energy_unit: Literal["GeV", "MeV"] = "GeV"
+    #: Features converted by `energy_unit` (and checked for negative values).
     energy_features: list[str] = Field(default_factory=lambda: ["pt", "m", "e", "met"])
+    #: Entries read per conversion task.
     chunk_size: Annotated[int, Field(ge=100)] = 50_000
     workers: Annotated[int, Field(ge=0, le=512)] = 0  # reading processes; 0 = one per core the job may use, less one (1 on two cores)
+    #: HDF5 compression of the work files.
     compression: Literal["blosc-lz4", "lzf", "gzip", "none"] = "blosc-lz4"
     #: NaN or infinite values in a stored branch: ``error`` stops the job (exit 7) naming the branch
     #: and the count; ``drop_event`` leaves out every event holding one; ``zero`` stores 0 instead.
@@ -111,12 +128,16 @@ class SplitConfig(_Strict):
     """Deterministic train/validation/test split: a hash of (input file, entry, seed) per event,
     so the same event lands in the same split in every job, chunking and evaluation."""
 
+    #: Fraction of events in the training split (the test split is what train and validation leave).
     train: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    #: Fraction of events in the validation split.
     validation: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    #: Seed of the split hash: a different seed, a different split of the same events.
     seed: int = 12345
-    # k-fold: the test split is fold ``fold`` of ``folds`` (0 = off); validation is then a fraction of
-    # the other folds and ``train`` is unused.  One job per fold covers every event once as test.
+    #: k-fold: the test split is fold ``fold`` of ``folds`` (0 = off); validation is then a fraction of
+    #: the other folds and ``train`` is unused.  One job per fold covers every event once as test.
     folds: int = 0
+    #: The fold used as test split (0 ... folds - 1).
     fold: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
@@ -143,6 +164,7 @@ class ScalingConfig(_Strict):
     ``fixed: {m: [-1, 1.8]}``.  Features ``fixed`` leaves out are left as they are.
     """
 
+    #: `minmax` to [0, 1] between the `range_quantiles`, `standard` (mean 0, std 1), `fixed` (see `fixed`), `none`.
     method: Literal["minmax", "standard", "fixed", "none"] = "minmax"
     #: ``log``/``log10`` of x > 0 (values below the fitted floor, the lower range quantile of the
     #: positive values, are raised to it); zeros and negatives (MET = 0) map to a fitted value a tenth
@@ -151,6 +173,7 @@ class ScalingConfig(_Strict):
     #: minmax maps these quantiles of the training split's real values (after the transform) to 0 and
     #: 1, so a few extreme values cannot squeeze the rest; [0, 1] is the exact min and max (seed 000).
     range_quantiles: tuple[Annotated[float, Field(ge=0, lt=0.5)], Annotated[float, Field(gt=0.5, le=1)]] = (0.001, 0.999)
+    #: Feature -> (offset, divisor), applied after the transform and not fitted (method `fixed`).
     fixed: dict[str, tuple[float, Annotated[float, Field(gt=0)]]] = Field(default_factory=dict)
     #: Drop events with any real object whose feature exceeds this value (seed 000: pt > 3000 GeV).
     outliers: dict[str, float] = Field(default_factory=dict)
@@ -165,7 +188,9 @@ class Embedding(_Strict):
     """A categorical feature fed through a learnt lookup table (entity embedding, seed 002; PDG ids,
     seed 003) instead of as a number.  Values not listed share one extra row."""
 
+    #: The category codes with a row of their own.
     values: list[int] = Field(min_length=1)
+    #: Width of the learnt vector per category.
     dim: Annotated[int, Field(ge=1)] = 4
 
 
@@ -173,11 +198,16 @@ class AutoencoderConfig(_Strict):
     """Seeds 001 and 004: ``object`` compresses each object's features (4D jets), ``event`` the whole
     event (padded objects flattened, plus event features: the NANOAOD vector)."""
 
+    #: `object`: each object's features; `event`: the whole event flattened.
     level: Literal["object", "event"] = "object"
     widths: Widths = Field(default_factory=lambda: [200, 100, 50])  # encoder; the decoder mirrors it
+    #: Width of the bottleneck (the compressed representation).
     latent: Annotated[int, Field(ge=1)] = 3
+    #: A variational autoencoder (seed 001): a Gaussian latent with a KL term.
     variational: bool = False
+    #: Weight of the KL term in the loss (variational only).
     kl_weight: Annotated[float, Field(ge=0)] = 1e-3
+    #: Reconstruction loss over real objects.
     loss: Literal["mse", "l1"] = "mse"
 
 
@@ -185,17 +215,24 @@ class GraphConfig(_Strict):
     """Seed 003: edges from each object's mother index (position of the mother in the same event,
     negative for none), symmetrised, with self loops, normalised D^-1/2 A D^-1/2."""
 
+    #: Object feature holding the mother's index within the event (negative: none).
     mother: str = "mother"
+    #: Widths of the graph convolution layers.
     gcn_widths: Widths = Field(default_factory=lambda: [128, 128, 128])
 
 
 class ModelConfig(_Strict):
+    #: `deepsets` (seed 000), `dense` (seed 002), `gcn` (seed 003) or `autoencoder` (seeds 001, 004).
     type: Literal["deepsets", "dense", "gcn", "autoencoder"] = "deepsets"
     phi_widths: Widths = Field(default_factory=lambda: [64, 64])  # per object (Deep Sets Phi, GCN's node Dense)
     f_widths: Widths = Field(default_factory=lambda: [64, 64])    # per event, after pooling (or the dense network)
+    #: Activation of the hidden layers (a Keras name).
     activation: str = "relu"
+    #: Dropout rate after each hidden layer.
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: Deep Sets pooling over the real objects (masked).
     pooling: Literal["sum", "mean"] = "sum"
+    #: Batch normalisation after each hidden layer.
     batch_norm: bool = False
     #: Each hidden layer sees all earlier layers' outputs concatenated (seed 002's dense connections).
     dense_connections: bool = False
@@ -204,6 +241,7 @@ class ModelConfig(_Strict):
     #: Feed the high-level features built from the objects (multiplicity, leading objects, scalar pT
     #: sums per collection; ``payload.highlevel``) to the network as event features, beside the set.
     high_level_inputs: bool = False
+    #: Object features fed through a learnt embedding instead of as numbers.
     embeddings: dict[str, Embedding] = Field(default_factory=dict)
     #: Members trained in one job (different seeds) and averaged into one model (seed 002).
     ensemble: Annotated[int, Field(ge=1, le=100)] = 1
@@ -219,12 +257,16 @@ class DecorrelationConfig(_Strict):
     """Loss + strength * dCorr^2(observable, output) per observable (seed 003's bias mitigation)."""
 
     features: list[str] = Field(min_length=1)  # spectators or event features
+    #: Multiplies the dCorr^2 penalty.
     strength: Annotated[float, Field(ge=0)] = 1.0
 
 
 class TrainingConfig(_Strict):
+    #: Epochs to train (early stopping may end sooner).
     epochs: Annotated[int, Field(ge=1)] = 20
+    #: Events per batch (over all devices when data parallel).
     batch_size: Annotated[int, Field(ge=1)] = 1024
+    #: Adam's (peak) learning rate.
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     #: seed000: constant for 2 epochs then x exp(-0.1) per epoch (seed 000); cosine; onecycle; constant.
     schedule: Literal["seed000", "cosine", "onecycle", "constant"] = "seed000"
@@ -233,14 +275,19 @@ class TrainingConfig(_Strict):
     #: schedule decaying to a small rate, the converged model, where a noisy validation loss would
     #: pick an early, still crude one).
     keep: Literal["best", "last"] = "best"
+    #: Give both samples the same total weight in the loss.
     class_balance: bool = True
+    #: Use the event weights in the loss.
     use_weights: bool = True
     #: Negative generator weights in the training loss: abs (default, stable), keep, or zero.
     negative_weights: Literal["abs", "keep", "zero"] = "abs"
-    #: Events read per contiguous HDF5 block, and blocks mixed in the shuffle buffer.
+    #: Events read per contiguous HDF5 block.
     block_size: Annotated[int, Field(ge=64)] = 8192
+    #: Blocks mixed in the shuffle buffer.
     shuffle_blocks: Annotated[int, Field(ge=1)] = 4
+    #: Seed of initialisation and shuffling (an ensemble's members use seed, seed + 1, ...).
     seed: int = 1
+    #: float16 compute: `auto` on a GPU, `on`, `off`.
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     #: Deep Sets: each training batch is cut to the largest real multiplicity it holds (rounded up to
     #: a multiple of 8), so padding is neither copied nor computed; masked pooling makes the result
@@ -251,6 +298,7 @@ class TrainingConfig(_Strict):
     data_parallel: Literal["auto", "all", "off"] = "auto"
     #: Random symmetry transformations of the objects of every training batch (seed 002).
     augment: list[Literal["phi_rotation", "eta_flip", "x_flip", "y_flip"]] = Field(default_factory=list)
+    #: Penalise correlation of the output with observables (seed 003).
     decorrelation: DecorrelationConfig | None = None
 
 
@@ -275,21 +323,25 @@ class EvaluationConfig(_Strict):
     #: Gradient-boosted classifier on high-level features, k-fold cross-validated, separating
     #: reweighted primary from secondary test events (shares nothing with the network).
     independent_test: bool = True
+    #: Folds of the independent test's cross-validation.
     independent_folds: Annotated[int, Field(ge=2, le=20)] = 5
     #: Label permutations for the independent test's null distribution (0 = analytic null only).
     permutations: Annotated[int, Field(ge=0, le=100)] = 5
     #: The field's standard reweighter trained beside the network and compared with it (reweight only).
     baseline: Literal["gbreweighter", "none"] = "gbreweighter"
     baseline_events: Annotated[int, Field(ge=100)] = 200_000  # training events per sample
+    #: Trees of the GBReweighter baseline.
     baseline_trees: Annotated[int, Field(ge=1, le=10_000)] = 50
     #: Train a fresh Deep Sets classifier on reweighted primary vs secondary (a second opinion: it
     #: shares the network's inputs and scaling, so it can share its blind spots).
     closure_classifier: bool = True
+    #: Epochs of the closure classifier.
     closure_epochs: Annotated[int, Field(ge=1)] = 5
     #: Test-time augmentation: average over this many phi rotations (times the configured flips); 0 = off.
     test_time_augment: Annotated[int, Field(ge=0, le=64)] = 0
     #: AMS regularisation term b_r (seed 002; 10 in the HiggsML challenge), for ``classify``.
     ams_b_r: Annotated[float, Field(ge=0)] = 10.0
+    #: Seed 003's speed-up of filtered simulation at the best threshold (classify).
     speedup: SpeedupConfig | None = None
     #: Autoencoders: relative residuals (out - in) / in are histogrammed in [-range, range].
     residual_range: Annotated[float, Field(gt=0)] = 0.5
@@ -301,7 +353,10 @@ class EvaluationConfig(_Strict):
 class JobConfig(_Strict):
     """The whole job: one config drives every stage and is dumped into every output."""
 
+    #: `reweight` (secondary / primary density ratio as weights), `classify` (primary = signal),
+    #: `autoencode` (the primary alone).
     task: Literal["reweight", "classify", "autoencode"] = "reweight"
+    #: The inputs: see `data` below.
     data: DataConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)

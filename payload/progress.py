@@ -1,5 +1,9 @@
 """Progress for long loops: a live line on a terminal, a log line every ``log_every`` seconds in grid
-logs (where a carriage-return line would be thousands of lines)."""
+logs (where a carriage-return line would be thousands of lines).
+
+Hand-written rather than tqdm or rich: off a terminal both either stay silent or write their
+carriage-return frames into the file, where a grid log needs a plain line now and then through the
+job's own logger (so it also lands in job.log, prefixed like every other line)."""
 
 from __future__ import annotations
 

@@ -52,6 +52,7 @@ def image() -> str:
         assert proc.returncode == 0, proc.stderr[-3000:]
     revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     docker("build", "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "TF_EXTRA=cpu",
+           "--build-arg", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
            "--build-arg", f"REVISION={revision or 'unknown'}", "-t", IMAGE, str(REPO))
     return IMAGE
 
@@ -92,6 +93,8 @@ def test_image_metadata(image):
     meta = json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
     assert meta["Entrypoint"] == ["/opt/payload/bin/payload-entrypoint"]
     assert meta["User"] and not meta["User"].startswith("0")
+    # Build-only settings (the proxy's CA bundle for pip) stay out of the image users run.
+    assert not [e for e in meta["Env"] if e.split("=")[0] in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")]
     labels = meta["Labels"]
     assert labels["org.opencontainers.image.version"] == __version__
     assert labels["org.opencontainers.image.source"] and labels["org.opencontainers.image.revision"]

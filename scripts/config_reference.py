@@ -1,0 +1,143 @@
+"""Write docs/config.md, the configuration reference, from the config model itself.
+
+Every field of ``payload.config.JobConfig`` and the sections under it: its dotted name, type, default
+and description.  Descriptions are the ``#:`` comment lines above a field in payload/config.py (or
+the comment at the end of its line); sections are described by their class docstrings.
+
+    python scripts/config_reference.py            # rewrite docs/config.md
+    python scripts/config_reference.py --check    # exit 1 when docs/config.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import json
+import sys
+import tokenize
+import types
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "payload" / "config.py"
+TARGET = REPO / "docs" / "config.md"
+
+
+def field_comments(source: str) -> dict[tuple[str, str], str]:
+    """(class, field) -> its comment text, from ``#:`` lines above the field or a comment after it."""
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string
+    out = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for item in node.body:
+            if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
+                continue
+            above, line = [], item.lineno - 1
+            while comments.get(line, "").lstrip().startswith("#:") and line not in range(item.lineno, item.end_lineno + 1):
+                above.insert(0, comments[line].lstrip()[2:].strip())
+                line -= 1
+            trailing = comments.get(item.end_lineno, "")
+            text = " ".join(above) or trailing.lstrip("# ").strip()
+            out[(node.name, item.target.id)] = text.replace("``", "`")
+    return out
+
+
+def type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is typing.Literal:
+        return " \\| ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(type_name(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def default_text(field) -> str:
+    if field.is_required():
+        return "required"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is PydanticUndefined:
+        return "required"
+    if isinstance(value, BaseModel):
+        return "(section)"
+    return f"`{json.dumps(value, default=str)}`"
+
+
+def nested_model(annotation) -> type[BaseModel] | None:
+    """The config section a field holds (directly, in a list or dict, or optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def render() -> str:
+    from payload.config import JobConfig
+
+    comments = field_comments(SOURCE.read_text())
+    lines = ["# Configuration reference", "",
+             "Generated from `payload/config.py` by `python scripts/config_reference.py`; "
+             "`tests/test_docs.py` fails when it is out of date. How to write a job config: "
+             "[configuration.md](configuration.md).", ""]
+    queue: list[tuple[str, type[BaseModel]]] = [("", JobConfig)]
+    seen = set()
+    while queue:
+        prefix, model = queue.pop(0)
+        if (prefix, model) in seen:
+            continue
+        seen.add((prefix, model))
+        lines += [f"## `{prefix or 'job'}` ({model.__name__})", ""]
+        doc = " ".join((model.__doc__ or "").split())
+        if doc and model.__doc__ != BaseModel.__doc__:
+            lines += [doc, ""]
+        lines += ["| field | type | default | description |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            dotted = f"{prefix}.{name}" if prefix else name
+            text = comments.get((model.__name__, name)) or next(
+                (comments[(base.__name__, name)] for base in model.__mro__ if (base.__name__, name) in comments), "")
+            child = nested_model(field.annotation)
+            if child is not None and not text:
+                text = f"a section: `{dotted}` below"
+            lines.append(f"| `{dotted}` | {type_name(field.annotation)} | {default_text(field)} | {text} |")
+            if child is not None:
+                queue.append((dotted + ("[]" if typing.get_origin(field.annotation) in (list, dict) else ""), child))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/config.md is out of date")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        current = TARGET.read_text() if TARGET.exists() else ""
+        if current != text:
+            print(f"{TARGET.relative_to(REPO)} is out of date: run python scripts/config_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
