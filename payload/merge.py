@@ -4,13 +4,16 @@ Inputs are job tarballs or output directories (globs allowed).  Each is checked:
 (``error.json``), incomplete (no ``manifest.json``), truncated or corrupt output is reported in the
 summary and skipped (``strict`` makes it an error).  The output directory holds:
 
-    summary.json      every input with its status or the reason it was skipped, the best job, the ensemble
+    summary.json      every input with its status or the reason it was skipped, the best job, the ensemble;
+                      for k folds the points (jobs equal but for the fold) with the metric's mean and
+                      spread over folds, and the best point
     jobs.csv, jobs.md every merged job's varying config keys and metrics, best first; jobs.png the metric
     best/             the best job's model bundle (model.keras, scaler.json, config.yaml, metrics.json)
-    ensemble/         the average of the jobs' models as one bundle (k folds, or ``ensemble=True``)
+    ensemble/         the average of the jobs' models as one bundle (k folds: the best point's folds;
+                      or ``ensemble=True``)
     predictions.h5    per-event predictions of all jobs, keyed by source file and entry (evaluation
-                      fan-out: every row; k folds: each event's test-split row, i.e. from the model
-                      that did not train on it), with metrics and plots over the whole dataset
+                      fan-out: every row; k folds: each event's test-split row from the best point's
+                      fold that did not train on it), with metrics and plots over the whole dataset
     friends/          the jobs' ROOT friend trees, one per input file (inputs each held by one job)
 
 Predictions are copied job by job in bounded chunks; the result does not depend on input order, and
@@ -251,10 +254,33 @@ def _check_applies(dest: Path, built) -> None:
         raise InputCorruptError("ensemble: the saved ensemble does not reproduce its members' scores; not written")
 
 
-def _is_kfold(jobs: list[Job]) -> bool:
-    folds = {(j.config.split.folds, j.config.split.seed) for j in jobs}
-    return len(folds) == 1 and jobs[0].config.split.folds >= 2 and \
-        len({j.config.split.fold for j in jobs}) == len(jobs)
+def fold_points(jobs: list[Job], metric: str) -> list[dict[str, Any]]:
+    """k-fold jobs grouped by point (configs equal but for ``split.fold``), best first: per point its
+    jobs, folds, whether every fold is there exactly once, and the metric's mean and spread over folds."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        config = config_to_dict(job.config)
+        config["split"].pop("fold", None)
+        groups.setdefault(json.dumps(config, sort_keys=True), []).append(job)
+    flat = {key: _flatten(json.loads(key)) for key in groups}
+    keys = sorted({k for f in flat.values() for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    points = []
+    for key, members in groups.items():
+        folds = sorted(j.config.split.fold for j in members)
+        values = [v for v in (metric_value(j, metric) for j in members) if v is not None]
+        points.append({
+            "jobs": [j.name for j in sorted(members, key=lambda j: j.config.split.fold)],
+            "overrides": {k: flat[key].get(k) for k in varying}, "folds": folds,
+            "complete": folds == list(range(members[0].config.split.folds)),
+            f"{metric}_mean": float(np.mean(values)) if values else None,
+            f"{metric}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        })
+    sign = 1 if HEADLINE[metric][0] == "min" else -1
+    points.sort(key=lambda p: (not p["complete"], p[f"{metric}_mean"] is None, sign * (p[f"{metric}_mean"] or 0.0)))
+    for i, point in enumerate(points):
+        point["point"] = f"p{i:03d}"
+    return points
 
 
 def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str, Any]:
@@ -374,7 +400,19 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
         summary: dict[str, Any] = {"inputs": len(jobs) + len(skipped), "merged": [j.name for j in jobs],
                                    "skipped": skipped, "metric": metric}
         trained = [j for j in jobs if j.metrics.get("mode") == "train"]
-        kfold = bool(trained) and _is_kfold(trained)
+        kfold = any(j.config.split.folds >= 2 for j in trained)
+        chosen = trained  # the jobs an ensemble and out-of-fold predictions are built from
+        if kfold:
+            points = fold_points(trained, metric)
+            summary["points"] = points
+            best_point = points[0]
+            if not best_point["complete"]:
+                log.warning("no point has every fold exactly once (folds %s): the best incomplete point is used",
+                            best_point["folds"])
+            summary["best_point"] = best_point
+            chosen = [j for j in trained if j.name in best_point["jobs"]]
+            log.info("best point %s (%s mean %.5g over folds %s)", best_point["point"], metric,
+                     best_point[f"{metric}_mean"] or float("nan"), best_point["folds"])
         if trained:
             columns, rows = job_table(trained, metric)
             _write_table(columns, rows, metric, tmp)
@@ -384,7 +422,7 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
                 _copy_bundle(best_job, tmp / "best")
                 summary["best"] = {"job": best_job.name, metric: best[metric], "directory": "best"}
         if trained and (ensemble or (ensemble is None and kfold)):
-            summary["ensemble"] = _ensemble(trained, tmp / "ensemble")
+            summary["ensemble"] = _ensemble(chosen, tmp / "ensemble")
         mode = predictions
         if mode == "auto":
             mode = "all" if all(j.metrics.get("mode") == "evaluate" for j in jobs) else "test" if kfold else "none"
@@ -392,7 +430,8 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
             from payload import plots
             from payload.evaluate import Evaluation
 
-            merged = merge_predictions(jobs, tmp / "predictions.h5", test_only=mode == "test")
+            merged = merge_predictions(chosen if mode == "test" else jobs, tmp / "predictions.h5",
+                                       test_only=mode == "test")
             summary["predictions"] = merged["metrics"]
             (tmp / "plots").mkdir()
             if merged["scores"] is not None:

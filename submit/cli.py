@@ -33,12 +33,12 @@ def _sandbox_path(path: str, what: str, tool: str) -> str:
     return resolved.relative_to(here).as_posix()
 
 
-def _execute(argv: list[str], failed: str) -> None:
+def _execute(argv: list[str], failed: str, cwd: Path | None = None) -> None:
     """Run a panda-client command; a missing client or a failure is one clear error."""
     if shutil.which(argv[0]) is None:
         raise ConfigError(f"{argv[0]} not found: set up panda-client first (e.g. 'lsetup panda' or "
                           "'pip install panda-client')")
-    if subprocess.run(argv).returncode:
+    if subprocess.run(argv, cwd=cwd).returncode:
         raise PayloadError(failed)
 
 
@@ -61,21 +61,46 @@ def _points(args: argparse.Namespace, directory: Path) -> tuple[list[Path], list
 
 
 def cmd_prun(args: argparse.Namespace) -> int:
+    from submit import sandbox
     from submit.prun import PrunJob, fan_out
 
-    here = Path.cwd()
-    _sandbox_path(args.config, "config", "prun")
-    configs, names = _points(args, here / args.points_dir)
-    job = PrunJob(image=args.image, in_ds=args.in_ds, out_ds=args.out_ds, config="", secondary_ds=args.secondary_ds,
-                  secondary_files_per_job=args.secondary_files_per_job, n_files_per_job=args.n_files_per_job,
+    box = sandbox.stage(Path(args.sandbox).resolve())
+    job = PrunJob(image=args.image, in_ds=args.in_ds, out_ds=args.out_ds, secondary_ds=args.secondary_ds,
+                  mode=args.mode, n_files_per_job=args.n_files_per_job,
+                  secondary_files_per_job=args.secondary_files_per_job, max_files=args.max_files_per_job,
                   n_files=args.n_files, site=args.site, dest_se=args.dest_se, gpu=_gpu(args),
                   force_staged=not args.no_force_staged)
-    commands = fan_out(job, configs, None if names == ["job"] else names, here, args.nickname)
+    reads: set[str] = set()
+    if args.mode == "evaluate":
+        if not args.model:
+            raise ConfigError("--mode evaluate needs --model: a Rucio DID of the trained job's tarball, or its "
+                              "output directory or tarball here")
+        if Path(args.model).exists():  # a local bundle travels in the sandbox, slimmed to what applies it
+            sandbox.slim_bundle(args.model, box / "model.tgz")
+            job.model, job.model_in_sandbox = "model.tgz", True
+            reads.add("model.tgz")
+        else:
+            job.model = args.model
+        configs, names = [], ["job"]
+    else:
+        if not args.config:
+            raise ConfigError("--mode train needs --config")
+        configs, names = _points(args, box / "points")
+        if names == ["job"]:  # under a plain name: panda-client's archiver drops names holding quotes
+            shutil.copyfile(args.config, box / "job.yaml")
+            configs = [box / "job.yaml"]
+        configs = [Path(c).resolve().relative_to(box).as_posix() for c in configs]
+        reads.update(configs)
+        reads.update(p.relative_to(box).as_posix() for p in box.glob("points/points.json"))  # the points' record
+    commands = fan_out(job, configs, None if names == ["job"] else names, args.nickname)
+    if not sandbox.check(commands[0], box, reads):
+        print("payload-submit: panda-client not installed: the sandbox was not checked (pip install "
+              "'grid-payload[submit]')", file=sys.stderr)
     for argv in commands:
-        print(shlex.join(argv))
+        print(f"cd {shlex.quote(str(box))} && {shlex.join(argv)}")
         if args.execute:
             out_ds = argv[argv.index("--outDS") + 1]
-            _execute(argv, f"prun failed for {out_ds}; the tasks listed before it were submitted")
+            _execute(argv, f"prun failed for {out_ds}; the tasks listed before it were submitted", cwd=box)
     return 0
 
 
@@ -149,19 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--cuda", help="at least this CUDA version, e.g. 12.0")
     gpu.add_argument("--gpu-model", help="regular expression on the GPU model, e.g. '.*A100.*'")
 
-    p = sub.add_parser("prun", parents=[common, gpu], help="print (and with --execute run) prun commands")
+    optional = argparse.ArgumentParser(add_help=False)
+    optional.add_argument("--config", help="the job config YAML (training)")
+    optional.add_argument("--scan", help="hyperparameter scan YAML: one job per point")
+    optional.add_argument("--folds", type=int, default=0, help="k-fold: one job per fold (crossed with --scan)")
+    p = sub.add_parser("prun", parents=[optional, gpu], help="print (and with --execute run) prun commands")
+    p.add_argument("--mode", choices=["train", "evaluate"], default="train",
+                   help="train (default) or evaluate: apply --model to every file, a few files per job")
+    p.add_argument("--model", help="evaluate: a Rucio DID holding the trained job's tarball, or its output "
+                                   "directory or tarball here (shipped slimmed in the sandbox, at most 10 MB)")
     p.add_argument("--image", required=True, help="container image, e.g. docker.io/NICK/grid-payload:0.1.0")
     p.add_argument("--in-ds", required=True, help="primary input dataset (%%IN)")
     p.add_argument("--secondary-ds", help="secondary input dataset (%%IN2)")
-    p.add_argument("--secondary-files-per-job", type=int, default=1)
     p.add_argument("--out-ds", required=True, help="user.NICK.name (points get .pNNN appended)")
     p.add_argument("--nickname", help="your grid nickname, checked against --out-ds")
-    p.add_argument("--n-files-per-job", type=int)
+    p.add_argument("--n-files-per-job", type=int,
+                   help="primary files per job (training default: one job over all files; evaluation: 5)")
+    p.add_argument("--secondary-files-per-job", type=int,
+                   help="secondary files per job, required with --n-files-per-job when there is a secondary")
+    p.add_argument("--max-files-per-job", type=int, default=200,
+                   help="training's one job takes up to this many files of each dataset (default %(default)s)")
     p.add_argument("--n-files", type=int)
     p.add_argument("--site")
     p.add_argument("--dest-se")
     p.add_argument("--no-force-staged", action="store_true", help="let unstaged inputs arrive as root:// URLs")
-    p.add_argument("--points-dir", default="points", help="where scan point configs are written (in the sandbox)")
+    p.add_argument("--sandbox", default="prun-sandbox",
+                   help="the directory staged with exactly what the jobs read, where prun runs (default %(default)s)")
     p.add_argument("--execute", action="store_true", help="run the prun commands, not only print them")
     p.set_defaults(func=cmd_prun)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,26 @@ os.environ.setdefault("PANDA_BEHIND_REAL_LB", "1")
 def submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "submit.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def prun_commands(stdout: str) -> list[tuple[Path, list[str]]]:
+    """(directory, argv) of each printed ``cd SANDBOX && prun ...`` line."""
+    out = []
+    for line in stdout.strip().splitlines():
+        words = shlex.split(line)
+        assert words[0] == "cd" and words[2] == "&&", line
+        out.append((Path(words[1]), words[3:]))
+    return out
+
+
+def sandbox_members(argv: list[str], cwd: Path) -> list[str]:
+    """The files of the sandbox panda-client's own archiver builds for this prun command (its
+    credential checks stubbed, as no proxy or server is reachable here; see submit.sandbox)."""
+    from submit.sandbox import archive
+
+    members = archive(argv, cwd)
+    assert members is not None, "panda-client is in the test extra"
+    return members
 
 
 def task_params(argv: list[str], cwd: Path, monkeypatch) -> dict:
@@ -60,12 +81,11 @@ def test_prun_single_task(submit_dir, monkeypatch):
     proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "docker.io/jdoe/grid-payload:0.1.0",
                   "--in-ds", "mc23_13p6TeV.sherpa.NTUP", "--secondary-ds", "mc23_13p6TeV.mgpy8.NTUP",
                   "--out-ds", "user.jdoe.reweight.v1", "--nickname", "jdoe", "--n-files-per-job", "5",
-                  "--vram-mb", "40960", "--cuda", "12.0", "--site", "CERN-GPU", cwd=submit_dir)
+                  "--secondary-files-per-job", "3", "--vram-mb", "40960", "--cuda", "12.0", "--site", "CERN-GPU", cwd=submit_dir)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1
-    argv = shlex.split(lines[0])
-    params = task_params(argv, submit_dir, monkeypatch)
+    (box, argv), = prun_commands(proc.stdout)
+    assert box == submit_dir / "prun-sandbox"
+    params = task_params(argv, box, monkeypatch)
     assert params["container_name"] == "docker://docker.io/jdoe/grid-payload:0.1.0"
     assert params["architecture"] == "#&nvidia:vram>=40960:cuda>=12.0"
     assert params["nFilesPerJob"] == 5 and params["site"] == "CERN-GPU"
@@ -79,10 +99,17 @@ def test_prun_single_task(submit_dir, monkeypatch):
     command = shlex.split(exec_string(params))
     assert command[:3] == ["payload", "-q", "run"]
     assert command[command.index("--primary") + 1] == "%IN" and command[command.index("--secondary") + 1] == "%IN2"
-    assert command[command.index("--config") + 1] == "jdoe's \"job\" config.yaml"
+    # The user's config (a name with quotes and a space, which panda-client's archiver would drop) is
+    # shipped as job.yaml, and panda-client's own sandbox holds it and nothing else.
+    assert command[command.index("--config") + 1] == "job.yaml"
+    assert (box / "job.yaml").read_text() == (submit_dir / "jdoe's \"job\" config.yaml").read_text()
+    assert sandbox_members(argv, box) == ["job.yaml"]
     assert command[command.index("--tarball") + 1] == "out.tgz"
     assert "--require-gpu" in command  # brokered to a GPU: a node whose GPU is gone fails at once
-    assert "--forceStaged" in argv and "*.root" in argv[argv.index("--excludeFile") + 1].split(",")
+    assert "--forceStaged" in argv
+    # Each job gets 5 primary and 3 secondary files: the proportion stated, not prun's default of one.
+    secondary = next(p for p in inputs if p["dataset"] == "mc23_13p6TeV.mgpy8.NTUP")
+    assert secondary["nFilesPerJob"] == 3
 
 
 def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
@@ -92,24 +119,90 @@ def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
                   "--in-ds", "data.A", "--secondary-ds", "data.B", "--out-ds", "user.jdoe.scan", "--gpu", "none",
                   cwd=submit_dir)
     assert proc.returncode == 0, proc.stderr
-    commands = [shlex.split(line) for line in proc.stdout.strip().splitlines()]
+    commands = prun_commands(proc.stdout)
     assert len(commands) == 2 * 2 * 2
-    points = json.loads((submit_dir / "points" / "points.json").read_text())
+    box = submit_dir / "prun-sandbox"
+    points = json.loads((box / "points" / "points.json").read_text())
     seen = set()
-    for argv, point in zip(commands, points):
-        params = task_params(argv, submit_dir, monkeypatch)
+    for (cwd, argv), point in zip(commands, points):
+        assert cwd == box
+        params = task_params(argv, box, monkeypatch)
+        # One training job per task: every file of both datasets, so each fold is exactly one training.
+        assert params["nFilesPerJob"] == 200
+        assert [p["nFilesPerJob"] for p in params["jobParameters"] if p.get("dataset") == "data.B"] == [200]
         assert params["taskName"] == f"user.jdoe.scan.{point['name']}/"
         assert "architecture" not in params or not params["architecture"]
         command = shlex.split(exec_string(params))
         assert "--require-gpu" not in command  # --gpu none: CPU jobs
-        config_path = submit_dir / command[command.index("--config") + 1]
-        assert config_path == submit_dir / "points" / point["config"]
+        config_path = box / command[command.index("--config") + 1]
+        assert config_path == box / "points" / point["config"]
         config = load_config(config_path)  # each point is a complete, valid job config
         assert config.training.learning_rate == point["overrides"]["training.learning_rate"]
         assert config.model.phi_widths == point["overrides"]["model.phi_widths"]
         assert (config.split.folds, config.split.fold) == (2, point["overrides"]["split.fold"])
         seen.add((config.training.learning_rate, tuple(config.model.phi_widths), config.split.fold))
     assert len(seen) == 8
+
+
+def test_prun_training_split_over_jobs_needs_both_file_counts(submit_dir):
+    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "img:1", "--in-ds", "data.A",
+                  "--secondary-ds", "data.B", "--out-ds", "user.jdoe.x", "--n-files-per-job", "5", cwd=submit_dir)
+    assert proc.returncode == 2
+    assert "--secondary-files-per-job" in proc.stderr and "proportion" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_prun_evaluation_fan_out_reads_the_model_dataset_in_every_job(submit_dir, monkeypatch):
+    proc = submit("prun", "--mode", "evaluate", "--model", "user.jdoe.reweight.v1_out.tgz", "--image", "img:1",
+                  "--in-ds", "mc23.sherpa.NTUP", "--out-ds", "user.jdoe.applied", "--n-files-per-job", "3",
+                  "--gpu", "none", cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    (box, argv), = prun_commands(proc.stdout)
+    params = task_params(argv, box, monkeypatch)
+    inputs = {p["dataset"]: p for p in params["jobParameters"] if p.get("param_type") == "input"}
+    assert params["nFilesPerJob"] == 3
+    model = inputs["user.jdoe.reweight.v1_out.tgz"]
+    assert model["nFilesPerJob"] == 1 and model.get("reusable")  # one tarball, read by every job
+    command = shlex.split(exec_string(params))
+    assert command[command.index("--mode") + 1] == "evaluate" and "--config" not in command
+    assert command[command.index("--model") + 1] == "%MODEL" and command[command.index("--primary") + 1] == "%IN"
+    assert sandbox_members(argv, box) == []  # nothing of the submission directory travels
+
+
+@pytest.mark.slow
+def test_prun_evaluation_with_the_model_in_the_sandbox_runs_as_a_worker_would(submit_dir, tmp_path, monkeypatch):
+    """A local bundle travels slimmed in the sandbox; the worker (sandbox unpacked, inputs linked in,
+    the exec run with %IN replaced) applies it."""
+    import tarfile
+
+    from payload.job import run_job
+    from tests.helpers import quick_job_config
+
+    trained = tmp_path / "trained"
+    run_job(load_config(quick_job_config(tmp_path / "q.yaml")), str(DATA / "sample_A.root"),
+            str(DATA / "sample_B.root"), trained, progress=False)
+    (trained / "plots" / "big.png").write_bytes(os.urandom(3 << 20))  # run outputs must not travel
+    proc = submit("prun", "--mode", "evaluate", "--model", str(trained), "--image", "img:1", "--in-ds", "data.new",
+                  "--out-ds", "user.jdoe.applied", "--gpu", "none", cwd=submit_dir)
+    assert proc.returncode == 0, proc.stderr
+    (box, argv), = prun_commands(proc.stdout)
+    assert argv[argv.index("--extFile") + 1] == "model.tgz"
+    assert sandbox_members(argv, box) == ["model.tgz"]
+    with tarfile.open(box / "model.tgz") as tar:
+        assert sorted(tar.getnames()) == ["config.yaml", "metrics.json", "model.keras", "scaler.json"]
+    params = task_params(argv, box, monkeypatch)
+    assert "reusableSecondary" not in argv and len([p for p in params["jobParameters"] if p.get("param_type") == "input"]) == 1
+
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    shutil.copy(box / "model.tgz", worker)
+    (worker / "sample_A.root").symlink_to(DATA / "sample_A.root")
+    command = shlex.split(exec_string(params).replace("%IN", "sample_A.root"))
+    assert command[0] == "payload"
+    run = subprocess.run([sys.executable, "-m", "payload", *command[1:], "--no-job-report"], cwd=worker,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (worker / "out.tgz").stat().st_size > 0 and (worker / "out" / "friends" / "sample_A.friend.root").exists()
 
 
 @pytest.mark.parametrize(("out_ds", "message"), [
