@@ -5,7 +5,8 @@
     payload-submit local  --config job.yaml --primary FILES --secondary FILES --workdir DIR [--image IMG]
     payload-submit phpo   --config job.yaml --search-space space.json --image IMG --training-ds DS ...
 
-prun, condor and local take ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``).
+prun, condor and local take ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``),
+and ``--mode evaluate --model TRAINED`` to apply a trained model to many files, a few per job.
 """
 
 from __future__ import annotations
@@ -122,10 +123,27 @@ def cmd_phpo(args: argparse.Namespace) -> int:
 
 
 def cmd_condor(args: argparse.Namespace) -> int:
-    from submit.condor import CondorJob, write_dag, write_submit
+    from submit.condor import CondorJob, write_dag, write_evaluation_dag, write_submit
 
     directory = Path(args.directory)
     directory.mkdir(parents=True, exist_ok=True)
+    job = CondorJob(args.image, expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
+                    request_gpus=args.request_gpus, gpu_memory_mb=args.gpu_memory_mb,
+                    request_memory=args.request_memory, request_disk=args.request_disk)
+    if args.mode == "evaluate":
+        from submit.groups import file_groups
+        from submit.sandbox import slim_bundle
+
+        if not args.model:
+            raise ConfigError("--mode evaluate needs --model: the trained job's output directory or tarball")
+        groups = file_groups(job.primary, job.secondary, args.files_per_job, args.secondary_files_per_job)
+        slim_bundle(args.model, directory / "model.tgz")  # transferred to every node
+        path = write_evaluation_dag(job, "model.tgz", groups, directory)
+        print(f"wrote {path} ({len(groups)} evaluation jobs, then the merge); submit with: "
+              f"cd {shlex.quote(str(directory))} && condor_submit_dag {path.name}")
+        return 0
+    if not args.config:
+        raise ConfigError("--mode train needs --config")
     configs, names = _points(args, directory)
     items = []
     for config, name in zip(configs, names):
@@ -135,9 +153,6 @@ def cmd_condor(args: argparse.Namespace) -> int:
         if config.resolve() != target.resolve():
             shutil.copyfile(config, target)
         items.append((name, target.name))
-    job = CondorJob(args.image, expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
-                    request_gpus=args.request_gpus, gpu_memory_mb=args.gpu_memory_mb,
-                    request_memory=args.request_memory, request_disk=args.request_disk)
     path = write_dag(job, items, directory) if args.dag else write_submit(job, items, directory)
     submit = "condor_submit_dag" if args.dag else "condor_submit"
     print(f"wrote {path}; submit with: cd {shlex.quote(str(directory))} && {submit} {path.name}")
@@ -145,18 +160,31 @@ def cmd_condor(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from submit.local import LocalRun, run_points
+    from submit.local import LocalRun, run_evaluations, run_points
 
     workdir = Path(args.workdir)
-    configs, names = _points(args, workdir / "points")
     run = LocalRun(expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
                    image=args.image, parallel=args.parallel, gpus=args.gpus)
-    results = run_points(run, configs, names, workdir)
+    if args.mode == "evaluate":
+        from submit.groups import file_groups
+
+        if not args.model:
+            raise ConfigError("--mode evaluate needs --model: the trained job's output directory or tarball")
+        run.model = args.model
+        results = run_evaluations(run, file_groups(run.primary, run.secondary, args.files_per_job,
+                                                   args.secondary_files_per_job), workdir)
+    else:
+        if not args.config:
+            raise ConfigError("--mode train needs --config")
+        configs, names = _points(args, workdir / "points")
+        results = run_points(run, configs, names, workdir)
     for r in results:
         auc = r["metrics"].get("test_auc")
-        status = f"test AUC {auc:.4f}" if auc is not None else f"failed: {r['error']}"
+        status = "ok" if r["exit_code"] == 0 and auc is None else f"test AUC {auc:.4f}" if auc is not None \
+            else f"failed: {r['error']}"
         print(f"{r['name']}: exit {r['exit_code']}, {status}")
-    print(f"summary in {workdir / 'summary.json'}")
+    print(f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "
+          f"{shlex.quote(str(workdir))}/*/out.tgz --output merged")
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
@@ -164,20 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payload-submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", required=True, help="the job config YAML")
-    common.add_argument("--scan", help="hyperparameter scan YAML: one job per point")
-    common.add_argument("--folds", type=int, default=0, help="k-fold: one job per fold (crossed with --scan)")
+    optional = argparse.ArgumentParser(add_help=False)
+    optional.add_argument("--config", help="the job config YAML (training)")
+    optional.add_argument("--scan", help="hyperparameter scan YAML: one job per point")
+    optional.add_argument("--folds", type=int, default=0, help="k-fold: one job per fold (crossed with --scan)")
     gpu = argparse.ArgumentParser(add_help=False)
     gpu.add_argument("--gpu", default="nvidia", help="GPU vendor to request, or 'none' (default: %(default)s)")
     gpu.add_argument("--vram-mb", type=int, help="at least this much GPU memory")
     gpu.add_argument("--cuda", help="at least this CUDA version, e.g. 12.0")
     gpu.add_argument("--gpu-model", help="regular expression on the GPU model, e.g. '.*A100.*'")
 
-    optional = argparse.ArgumentParser(add_help=False)
-    optional.add_argument("--config", help="the job config YAML (training)")
-    optional.add_argument("--scan", help="hyperparameter scan YAML: one job per point")
-    optional.add_argument("--folds", type=int, default=0, help="k-fold: one job per fold (crossed with --scan)")
     p = sub.add_parser("prun", parents=[optional, gpu], help="print (and with --execute run) prun commands")
     p.add_argument("--mode", choices=["train", "evaluate"], default="train",
                    help="train (default) or evaluate: apply --model to every file, a few files per job")
@@ -220,7 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute", action="store_true")
     p.set_defaults(func=cmd_phpo)
 
-    p = sub.add_parser("condor", parents=[common], help="write an HTCondor submit file or DAG")
+    evaluation = argparse.ArgumentParser(add_help=False)
+    evaluation.add_argument("--mode", choices=["train", "evaluate"], default="train",
+                            help="train (default) or evaluate: apply --model to the inputs, a few files per job")
+    evaluation.add_argument("--model", help="evaluate: the trained job's output directory or tarball")
+    evaluation.add_argument("--files-per-job", type=int, default=5, help="evaluate: primary files per job")
+    evaluation.add_argument("--secondary-files-per-job", type=int, help="evaluate: secondary files per job")
+
+    p = sub.add_parser("condor", parents=[optional, evaluation], help="write an HTCondor submit file or DAG")
     p.add_argument("--image", required=True)
     p.add_argument("--primary", required=True, nargs="+", action="extend")
     p.add_argument("--secondary", nargs="+", action="extend")
@@ -232,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-disk", default="20 GB")
     p.set_defaults(func=cmd_condor)
 
-    p = sub.add_parser("local", parents=[common], help="run the jobs on this machine")
+    p = sub.add_parser("local", parents=[optional, evaluation], help="run the jobs on this machine")
     p.add_argument("--primary", required=True, nargs="+", action="extend")
     p.add_argument("--secondary", nargs="+", action="extend")
     p.add_argument("--workdir", required=True)

@@ -79,6 +79,37 @@ class CondorJob:
         seen = [f if is_url(f) else Path(f).name for f in files]
         return transfer, ",".join(seen)
 
+    def _resources(self) -> list[str]:
+        lines = [f"request_cpus = {self.request_cpus}", f"request_memory = {self.request_memory}",
+                 f"request_disk = {self.request_disk}", f"request_gpus = {self.request_gpus}"]
+        if self.request_gpus and self.gpu_memory_mb:
+            lines.append(f"require_gpus = GlobalMemoryMb >= {int(self.gpu_memory_mb)}")
+        return lines + ["output = logs/$(name).out", "error = logs/$(name).err", "log = logs/jobs.log"]
+
+    def evaluation_body(self, model: str) -> str:
+        """One evaluation node applying the bundle ``model`` (a file beside the submit file) to its
+        inputs: the node variables ``primary``/``secondary`` (names as the job sees them) and
+        ``primary_files``/``secondary_files`` (what is transferred) say which."""
+        args = ["-q", "run", "--mode", "evaluate", "--model", literal(model), "--primary", "$(primary)"]
+        if self.secondary:
+            args += ["--secondary", "$(secondary)"]
+        args += ["--output", "out", "--tarball", "$(name).tgz"]
+        if self.request_gpus:
+            args.append("--require-gpu")
+        inputs = [model, "$(primary_files)"] + (["$(secondary_files)"] if self.secondary else [])
+        lines = _container_job(self.image, args, inputs) + [
+            "transfer_output_files = $(name).tgz, userJobMetadata.json",
+            'transfer_output_remaps = "userJobMetadata.json = $(name).json"', *self._resources(), "queue"]
+        return "\n".join(lines) + "\n"
+
+    def evaluation_vars(self, primary: list[str], secondary: list[str]) -> dict[str, str]:
+        p_files, p_names = self._inputs(primary)
+        s_files, s_names = self._inputs(secondary)
+        out = {"primary": literal(p_names), "primary_files": _list(p_files)}
+        if self.secondary:
+            out.update(secondary=literal(s_names), secondary_files=_list(s_files))
+        return out
+
     def description(self, items: list[tuple[str, str]]) -> str:
         """A submit description running ``payload run`` once per (name, config) item."""
         if not items:
@@ -98,16 +129,8 @@ class CondorJob:
             args.append("--require-gpu")
         lines = _container_job(self.image, args, ["$(config)", *primary_files, *secondary_files]) + [
             "transfer_output_files = $(name).tgz, userJobMetadata.json",
-            'transfer_output_remaps = "userJobMetadata.json = $(name).json"',
-            f"request_cpus = {self.request_cpus}",
-            f"request_memory = {self.request_memory}",
-            f"request_disk = {self.request_disk}",
-            f"request_gpus = {self.request_gpus}",
-        ]
-        if self.request_gpus and self.gpu_memory_mb:
-            lines.append(f"require_gpus = GlobalMemoryMb >= {int(self.gpu_memory_mb)}")
-        lines += ["output = logs/$(name).out", "error = logs/$(name).err", "log = logs/jobs.log",
-                  "queue name, config from ("]
+            'transfer_output_remaps = "userJobMetadata.json = $(name).json"', *self._resources(),
+            "queue name, config from ("]
         lines += [f"  {name}, {config}" for name, config in items] + [")"]
         return "\n".join(lines) + "\n"
 
@@ -123,29 +146,40 @@ def write_submit(job: CondorJob, items: list[tuple[str, str]], directory: str | 
 
 def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Path,
               merge_args: list[str] | None = None) -> Path:
-    """A DAG: one training node per item, then a merge node whose parents are all of them.
+    """A DAG: one training node per (name, config) item, then a merge node whose parents are all of them."""
+    description = job.description(items)
+    # The layer holds the per-node variables; the submit description keeps everything else.
+    body = description[:description.index("queue name, config from (")] + "queue\n"
+    return _dag(job, "train", body, [{"name": n, "config": c} for n, c in items], directory, merge_args)
 
-    The merge node runs ``payload merge`` (the default arguments) on the tarballs in the DAG
-    directory, in the same image, on the submit side's files.
-    """
+
+def write_evaluation_dag(job: CondorJob, model: str, groups: list[tuple[str, list[str], list[str]]],
+                         directory: str | Path) -> Path:
+    """An evaluation fan-out: one node per (name, primary files, secondary files) group applying the
+    bundle ``model`` (a file in ``directory``), then the merge node gathering their outputs."""
+    node_vars = [{"name": name, **job.evaluation_vars(primary, secondary)} for name, primary, secondary in groups]
+    return _dag(job, "evaluate", job.evaluation_body(model), node_vars, directory, None)
+
+
+def _dag(job: CondorJob, layer: str, body: str, node_vars: list[dict[str, str]], directory: str | Path,
+         merge_args: list[str] | None) -> Path:
+    """The nodes of ``layer`` then a merge node running ``payload merge`` (the default arguments) on
+    their tarballs, in the same image, on the submit side's files."""
     import htcondor2
     from htcondor2 import dags
 
     directory = Path(directory)
     (directory / "logs").mkdir(parents=True, exist_ok=True)
-    description = job.description(items)
-    # The layer holds the per-node variables; the submit description keeps everything else.
-    body = description[:description.index("queue name, config from (")] + "queue\n"
     dag = dags.DAG()
     # A failed job still hands back its tarball (holding error.json); the POST script makes its node
     # succeed so the merge node runs and reports it, instead of DAGMan stopping before the merge.
-    train = dag.layer(name="train", submit_description=htcondor2.Submit(body),
-                      vars=[{"name": n, "config": c} for n, c in items], post=dags.Script(executable="/bin/true"))
-    tarballs = [f"{n}.tgz" for n, _ in items]
+    nodes = dag.layer(name=layer, submit_description=htcondor2.Submit(body), vars=node_vars,
+                      post=dags.Script(executable="/bin/true"))
+    tarballs = [f"{v['name']}.tgz" for v in node_vars]
     merge_args = [literal(a) for a in merge_args] if merge_args else ["-q", "merge", *tarballs, "--output", "merged"]
     merge = htcondor2.Submit("\n".join([
         *_container_job(job.image, merge_args, tarballs), "transfer_output_files = merged",
         "request_cpus = 1", "request_memory = 4 GB", "request_gpus = 0",
         "output = logs/merge.out", "error = logs/merge.err", "log = logs/jobs.log", "queue"]))
-    train.child_layer(name="merge", submit_description=merge)
+    nodes.child_layer(name="merge", submit_description=merge)
     return dags.write_dag(dag, directory, dag_file_name="scan.dag")

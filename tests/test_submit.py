@@ -476,3 +476,49 @@ def test_a_dag_with_a_failing_node_still_merges(tmp_path):
     assert summary["merged"] == ["p000"]
     (skipped,) = summary["skipped"]
     assert skipped["name"] == "p001" and "loss" in skipped["reason"]
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    """A trained job output and three new files of the primary's configuration to apply it to."""
+    from payload.job import run_job
+    from payload.samples import write_sample
+    from tests.helpers import quick_job_config
+
+    root = tmp_path_factory.mktemp("trained")
+    run_job(load_config(quick_job_config(root / "q.yaml")), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"),
+            root / "out", progress=False)
+    files = [str(write_sample(root / f"new_{k}.root", 800 + 100 * k, "A", batch=500)) for k in range(3)]
+    return root / "out", files
+
+
+@pytest.mark.slow
+def test_condor_evaluation_fan_out_dag_applies_and_merges(trained_model, tmp_path):
+    htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
+    model, files = trained_model
+    dag = tmp_path / "dag"
+    proc = submit("condor", "--mode", "evaluate", "--model", str(model), "--image", "img:1", "--request-gpus", "0",
+                  "--primary", *files, "--files-per-job", "2", "--directory", str(dag), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 evaluation jobs" in proc.stdout
+    body = htcondor2.Submit((dag / "evaluate.sub").read_text())
+    assert "--mode evaluate --model model.tgz" in body["arguments"] and "model.tgz" in body["transfer_input_files"]
+    status = _run_dag(dag)
+    assert status == {"evaluate:0": 0, "evaluate:1": 0, "merge:0": 0}, status
+    summary = json.loads((dag / "merged" / "summary.json").read_text())
+    assert summary["merged"] == ["e000", "e001"]
+    assert sorted(f["file"] for f in summary["friends"]["files"]) == [f"new_{k}.friend.root" for k in range(3)]
+    assert summary["predictions"]["rows"] == 800 + 900 + 1000
+
+
+@pytest.mark.slow
+def test_local_evaluation_fan_out(trained_model, tmp_path):
+    from payload.merge import merge
+
+    model, files = trained_model
+    proc = submit("local", "--mode", "evaluate", "--model", str(model), "--primary", *files, "--files-per-job", "1",
+                  "--workdir", str(tmp_path / "runs"), "--parallel", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()[:3]] == ["e000", "e001", "e002"]
+    summary = merge([str(tmp_path / "runs" / f"e00{k}" / "out.tgz") for k in range(3)], tmp_path / "merged")
+    assert len(summary["friends"]["files"]) == 3 and summary["predictions"]["rows"] == 2700
