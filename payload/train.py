@@ -8,6 +8,7 @@ from.  Rerunning the same job in the same directory continues from there.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import json
 import shutil
@@ -98,6 +99,18 @@ class FiniteLoss(keras.callbacks.Callback):
             raise TrainingError(f"training: the loss became {', '.join(f'{k} {v}' for k, v in bad.items())} in "
                                 f"epoch {epoch + 1}; lower training.learning_rate, check the inputs' scaling "
                                 "warnings, or use data.nonfinite to deal with NaN inputs")
+
+
+#: Functions called with (epoch, logs) after every epoch's checkpoint, e.g. to report to a tuner
+#: (``submit.raytune``); set for the duration of a job with ``epoch_hooks.set([...])``.
+epoch_hooks: contextvars.ContextVar[tuple[Callable[[int, dict[str, float]], None], ...]] = \
+    contextvars.ContextVar("epoch_hooks", default=())
+
+
+class EpochHooks(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        for hook in epoch_hooks.get():
+            hook(epoch, {k: float(v) for k, v in (logs or {}).items()})
 
 
 class TrainingProgress(keras.callbacks.Callback):
@@ -298,7 +311,8 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
                           verbose=0, shuffle=False, **fit_kwargs,
                           callbacks=[FiniteLoss(), *([TrainingProgress(steps, config.training.batch_size,
                                                                         config.training.epochs)] if progress else []),
-                                     Checkpointer(checkpoints, history, config.training.early_stopping_patience, state)])
+                                     Checkpointer(checkpoints, history, config.training.early_stopping_patience, state),
+                                     EpochHooks()])
     kept = load_model(checkpoints / ("best.keras" if config.training.keep == "best" else state["checkpoint"]))
     return TrainResult(kept, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
                        state.get("best", float("nan")), steps, replicas)

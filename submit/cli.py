@@ -4,8 +4,9 @@
     payload-submit condor --config job.yaml --image IMG --primary FILES --secondary FILES --directory DIR [--dag]
     payload-submit local  --config job.yaml --primary FILES --secondary FILES --workdir DIR [--image IMG]
     payload-submit phpo   --config job.yaml --search-space space.json --image IMG --training-ds DS ...
+    payload-submit ray    --config job.yaml --scan scan.yaml --primary FILES --secondary FILES --workdir DIR
 
-prun, condor and local take ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``),
+prun, condor, local and ray take ``--scan scan.yaml`` and/or ``--folds K`` to fan out (see ``submit.scan``),
 and ``--mode evaluate --model TRAINED`` to apply a trained model to many files, a few per job.
 """
 
@@ -188,6 +189,26 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
+def cmd_ray(args: argparse.Namespace) -> int:
+    from submit.raytune import RayScan, run_scan
+
+    if not args.config:
+        raise ConfigError("payload-submit ray needs --config (and --scan and/or --folds for several points)")
+    workdir = Path(args.workdir)
+    configs, names = _points(args, workdir / "points")
+    scan = RayScan(expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [], workdir,
+                   address=args.address, metric=args.metric, scheduler=args.scheduler,
+                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    rows = run_scan(scan, configs, names)
+    for r in rows:
+        value = r.get(args.metric)
+        print(f"{r['name']}: {r['status']} after {r['epochs']} epoch(s)"
+              + (f", {args.metric} {value:.4g}" if isinstance(value, float) else ""))
+    print(f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "
+          f"{shlex.quote(str(workdir))}/*/out.tgz --output merged")
+    return 0 if all(r["status"] != "error" for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payload-submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", action="store_true", help="docker run --gpus all")
     p.add_argument("--parallel", type=int, default=1)
     p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("ray", parents=[optional], help="run the points as Ray Tune trials (local or a cluster)")
+    p.add_argument("--primary", required=True, nargs="+", action="extend")
+    p.add_argument("--secondary", nargs="+", action="extend")
+    p.add_argument("--workdir", required=True, help="one directory per point, and Tune's experiment (resumable)")
+    p.add_argument("--address", help="an existing Ray cluster ('auto', 'ray://HOST:10001'); default: a local runtime")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha stops poor points early on the per-epoch metric (default); fifo runs all to the end")
+    p.add_argument("--metric", default="val_loss", help="per-epoch metric the scheduler minimises (default %(default)s)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, help="default: 1 when the cluster has GPUs, else 0")
+    p.set_defaults(func=cmd_ray)
     return parser
 
 

@@ -522,3 +522,42 @@ def test_local_evaluation_fan_out(trained_model, tmp_path):
     assert [line.split(":")[0] for line in proc.stdout.splitlines()[:3]] == ["e000", "e001", "e002"]
     summary = merge([str(tmp_path / "runs" / f"e00{k}" / "out.tgz") for k in range(3)], tmp_path / "merged")
     assert len(summary["friends"]["files"]) == 3 and summary["predictions"]["rows"] == 2700
+
+
+@pytest.mark.slow
+def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
+    """A real local Ray runtime runs a 4-point scan as Tune trials; ASHA stops the points whose
+    validation loss lags after their first epoch; the finished points' outputs merge; rerunning the
+    command restores the experiment instead of training again."""
+    pytest.importorskip("ray", reason="pip install 'grid-payload[ray]' (in the test extra)")
+    from payload.merge import merge
+
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update(epochs=4, early_stopping_patience=0)
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    # Two good learning rates first, then two that barely move the loss: ASHA's rung after epoch 1
+    # compares each trial with those that reached it before.
+    (tmp_path / "scan.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "parameters": {"training.learning_rate": [0.003, 0.002, 1e-7, 2e-7]}}))
+    args = ["ray", "--config", "job.yaml", "--scan", "scan.yaml", "--primary", str(DATA / "sample_A.root"),
+            "--secondary", str(DATA / "sample_B.root"), "--workdir", "runs", "--cpus-per-trial", "1"]
+    proc = submit(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((tmp_path / "runs" / "summary.json").read_text())}
+    assert set(rows) == {"p000", "p001", "p002", "p003"}
+    assert rows["p000"]["status"] == "finished" and rows["p000"]["epochs"] == 4
+    stopped = [n for n, r in rows.items() if r["status"] == "stopped early"]
+    assert stopped and set(stopped) <= {"p002", "p003"}, rows
+    assert all(rows[n]["epochs"] < 4 for n in stopped)
+    finished = [n for n, r in rows.items() if r["status"] == "finished"]
+    summary = merge([str(tmp_path / "runs" / n / "out") for n in rows], tmp_path / "merged")
+    assert summary["merged"] == sorted(finished)
+    skipped = {s["name"]: s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == set(stopped) and all("stopped early by the Tune scheduler" in r for r in skipped.values())
+
+    # The same command again: Tune restores the experiment; no finished point trains again.
+    before = {n: (tmp_path / "runs" / n / "out.tgz").stat().st_mtime_ns for n in finished}
+    again = submit(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {n: (tmp_path / "runs" / n / "out.tgz").stat().st_mtime_ns for n in finished} == before
