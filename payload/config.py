@@ -7,6 +7,7 @@ errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -350,9 +351,41 @@ class EvaluationConfig(_Strict):
     friend_trees: bool = True
 
 
+#: The config format's version, written into every dumped config.  A change that a config written
+#: before could not be read under bumps it and adds ``MIGRATIONS[old]``, which turns a version-``old``
+#: mapping into version ``old + 1``: bundles made today load after tomorrow's change.
+CONFIG_VERSION = 2
+
+
+def _from_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1: the configs written before the format carried a version; their fields are today's."""
+    return raw
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_v1}
+
+
+def migrate(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
+    """``raw`` brought to ``CONFIG_VERSION`` (no ``version`` key: version 1)."""
+    version = raw.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"config {source}: version {version!r} is not a config version (a whole number from 1)")
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"config {source}: version {version} was written by a newer grid-payload (this one reads "
+                          f"up to {CONFIG_VERSION}); upgrade grid-payload to use it")
+    out = dict(raw)
+    while version < CONFIG_VERSION:
+        out = MIGRATIONS[version](out)
+        version += 1
+    out["version"] = CONFIG_VERSION
+    return out
+
+
 class JobConfig(_Strict):
     """The whole job: one config drives every stage and is dumped into every output."""
 
+    #: The config format's version (configs without one are version 1 and are migrated on loading).
+    version: Literal[2] = CONFIG_VERSION
     #: `reweight` (secondary / primary density ratio as weights), `classify` (primary = signal),
     #: `autoencode` (the primary alone).
     task: Literal["reweight", "classify", "autoencode"] = "reweight"
@@ -431,7 +464,7 @@ def parse_config(raw: Any, source: str = "<config>") -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"config {source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return JobConfig.model_validate(raw)
+        return JobConfig.model_validate(migrate(raw, source))
     except ValidationError as err:
         raise ConfigError(f"config {source}: {_format_validation_error(err)}") from None
 

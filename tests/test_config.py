@@ -118,3 +118,43 @@ def test_categorical_inputs_are_never_scaled():
     graph = {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "sort_by": None}, "model": {"type": "gcn",
                                                                                              "graph": {"mother": "m"}}}
     assert "m" in parse_config(graph).scaling.passthrough
+
+
+def test_configs_without_a_version_load_as_version_one(tmp_path):
+    """Every bundle written before the format had a version (their config.yaml has none) still loads."""
+    import yaml
+
+    raw = config_to_dict(load_config(default_config_path()))
+    assert raw["version"] == 2
+    del raw["version"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(raw))
+    config = load_config(tmp_path / "old.yaml")
+    assert config.version == 2 and config_to_dict(config) == {**raw, "version": 2}
+
+
+@pytest.mark.parametrize(("version", "words"), [(3, "newer grid-payload"), (0, "not a config version"),
+                                                ("2", "not a config version")])
+def test_config_versions_that_cannot_be_read(version, words):
+    raw = config_to_dict(load_config(default_config_path()))
+    with pytest.raises(ConfigError, match=words):
+        parse_config({**raw, "version": version})
+
+
+def test_a_migration_step_brings_an_old_config_to_today(monkeypatch):
+    """The mechanism a format change uses: version 2 configs named the learning rate `lr`; a
+    migration renames it and the config loads as the current version."""
+    from payload import config as module
+
+    def from_v2(raw):
+        training = dict(raw.get("training", {}))
+        if "lr" in training:
+            training["learning_rate"] = training.pop("lr")
+        return {**raw, "training": training}
+
+    raw = config_to_dict(load_config(default_config_path()))
+    raw["training"]["lr"] = raw["training"].pop("learning_rate") * 3
+    monkeypatch.setattr(module, "CONFIG_VERSION", 3)
+    monkeypatch.setitem(module.MIGRATIONS, 2, from_v2)
+    migrated = module.migrate(raw)
+    assert migrated["version"] == 3 and "lr" not in migrated["training"]
+    assert migrated["training"]["learning_rate"] == raw["training"]["lr"]
