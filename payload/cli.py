@@ -85,30 +85,32 @@ def _report(directory: Path, code: int, output, error: str) -> None:
 def _summary(result) -> None:
     """The job's last lines: what was done, the headline figures, where the outputs are."""
     from payload.progress import duration
+    from payload.results import parse_metrics
 
-    m, manifest = result.metrics, result.manifest
+    m, manifest = parse_metrics(result.metrics), result.manifest
     timings = manifest.get("timings", {})
-    done = f"{m['mode']} {m['task']}"
-    if "training" in m:
-        done += f", {m['training']['epochs_run']} epoch(s)"
+    done = f"{m.mode} {m.task}"
+    if m.training and m.training.epochs_run is not None:
+        done += f", {m.training.epochs_run} epoch(s)"
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(timings.items(), key=lambda kv: -kv[1])[:4] if v >= 1)
     log.info("done: %s in %s%s", done, duration(sum(timings.values())), f" ({stages})" if stages else "")
-    parts = [f"test AUC {m['test']['auc']:.4f}"] if "test" in m else []
-    if "closure_classifier_auc" in m:
-        parts.append(f"closure-classifier AUC {m['closure_classifier_auc']:.4f}")
-    if "ams" in m:
-        parts.append(f"best AMS {m['ams']['ams']:.3f}")
-    if "autoencoder" in m:
-        ae = m["autoencoder"]
+    parts = [f"test AUC {m.test.auc:.4f}"] if m.test and m.test.auc is not None else []
+    if m.closure_classifier_auc is not None:
+        parts.append(f"closure-classifier AUC {m.closure_classifier_auc:.4f}")
+    extra = m.model_extra or {}
+    if "ams" in extra:
+        parts.append(f"best AMS {extra['ams']['ams']:.3f}")
+    if "autoencoder" in extra:
+        ae = extra["autoencoder"]
         parts.append(f"test MSE {ae['test_mse']:.4g} (predicting the mean: {ae['baseline_mse']:.4g})")
     log.info("%s", ", ".join(parts))
-    verdict = m.get("closure", {}).get("verdict")
+    verdict = m.closure.verdict if m.closure else None
     if verdict is not None:
-        state = "closed" if verdict["closed"] else "NOT closed"
+        state = "closed" if verdict.closed else "NOT closed"
         beats = {True: ", at or below the GBReweighter baseline", False: ", worse than the GBReweighter baseline",
-                 None: ""}[verdict["beats_baseline"]]
+                 None: ""}[verdict.beats_baseline]
         log.info("reweighting %s on the test events%s%s", state, beats,
-                 f": {len(m['warnings'])} warning(s) above and in metrics.json" if m.get("warnings") else "")
+                 f": {len(m.warnings)} warning(s) above and in metrics.json" if m.warnings else "")
     friends = manifest.get("friends", [])
     shown = [name for name in ("model.keras", "model.onnx", "predictions.h5", "metrics.json")
              if name in manifest.get("outputs", {})]

@@ -11,29 +11,31 @@ from pathlib import Path
 from typing import Any
 
 from payload.atomic import write_json
+from payload.results import parse_metrics
 
 FILENAME = "userJobMetadata.json"
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar headline metrics of a finished job."""
-    out: dict[str, Any] = {"task": metrics.get("task"), "mode": metrics.get("mode")}
-    for key, value in metrics.get("test", {}).items():
-        if isinstance(value, (int, float)):
+    m = parse_metrics(metrics)
+    out: dict[str, Any] = {"task": m.task, "mode": m.mode}
+    for key, value in (m.test.model_dump() if m.test else {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"test_{key}"] = value
-    for key in ("epochs_run", "best_epoch", "best_loss"):
-        if key in metrics.get("training", {}):
-            out[key] = metrics["training"][key]
-    if "closure_classifier_auc" in metrics:
-        out["closure_classifier_auc"] = metrics["closure_classifier_auc"]
-    closure = metrics.get("closure", {})
+    if m.training:
+        out.update({k: v for k in ("epochs_run", "best_epoch", "best_loss")
+                    if (v := getattr(m.training, k)) is not None})
+    if m.closure_classifier_auc is not None:
+        out["closure_classifier_auc"] = m.closure_classifier_auc
+    closure = (m.closure.model_extra or {}) if m.closure else {}
     for key, value in closure.get("event_level_total", {}).items():
         out[f"closure_chi2_ndf_{key}"] = value["chi2_ndf"]
     for key, value in closure.get("independent_test", {}).get("results", {}).items():
         out[f"independent_auc_{key}"] = value["auc"]
-    if "verdict" in closure:
-        out["closure_closed"] = closure["verdict"]["closed"]
-    out["warnings"] = len(metrics.get("warnings", []))
+    if m.closure and m.closure.verdict:
+        out["closure_closed"] = m.closure.verdict.closed
+    out["warnings"] = len(m.warnings)
     return out
 
 

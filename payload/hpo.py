@@ -19,7 +19,7 @@ from typing import Any
 from payload.atomic import write_json
 from payload.config import apply_overrides, config_to_dict, parse_config
 from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
-from payload.metrics import HEADLINE
+from payload.results import parse_metrics
 
 
 @dataclass
@@ -59,11 +59,13 @@ def read_point(input_json: Path, input_ds_json: Path, primary_match: str, second
 def objective(metrics: dict[str, Any], name: str) -> float:
     """The number the steering minimises: best validation loss, 1 - test AUC, or the closure
     classifier's distance from 0.5 (0 when the reweighted primary cannot be told from the secondary)."""
-    if name == "closure" and "closure_classifier_auc" not in metrics:
+    typed = parse_metrics(metrics)
+    if name == "closure" and typed.closure_classifier_auc is None:
         raise ConfigError("objective 'closure' needs task reweight with evaluation.closure_classifier on")
-    if name == "auc":
-        return 1.0 - float(HEADLINE["test_auc"][1](metrics))
-    return float(HEADLINE["best_loss" if name == "loss" else "closure"][1](metrics))
+    value = typed.headline({"auc": "test_auc", "loss": "best_loss", "closure": "closure"}[name])
+    if value is None:
+        raise ConfigError(f"objective {name!r}: the job's metrics hold no such figure")
+    return 1.0 - value if name == "auc" else value
 
 
 def run_point(base_config: Any, directory: Path, output: Path, primary_match: str, secondary_match: str | None,

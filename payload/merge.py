@@ -39,8 +39,8 @@ from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
 from payload.manifest import adler32
-from payload.metrics import HEADLINE
 from payload.progress import log
+from payload.results import HEADLINES, Metrics, parse_metrics
 
 CHUNK = 1 << 20
 
@@ -51,7 +51,7 @@ class Job:
     source: str
     directory: Path
     manifest: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: Metrics
     config: JobConfig
 
 
@@ -112,7 +112,7 @@ def open_job(source: str, scratch: Path, name: str) -> Job:
     manifest = _read_json(directory / "manifest.json", "manifest.json (the job did not finish)")
     if manifest.get("status") != "success":
         raise InputCorruptError(f"manifest status is {manifest.get('status')!r}")
-    metrics = _read_json(directory / "metrics.json", "metrics.json")
+    metrics = parse_metrics(_read_json(directory / "metrics.json", "metrics.json"))
     for friend in manifest.get("friends", []):
         path = directory / "friends" / friend["file"]
         if not path.is_file() or adler32(path) != friend["adler32"]:
@@ -154,10 +154,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def metric_value(job: Job, metric: str) -> float | None:
-    try:
-        return float(HEADLINE[metric][1](job.metrics))
-    except (KeyError, TypeError, ValueError):
-        return None
+    return job.metrics.headline(metric)
 
 
 def job_table(jobs: list[Job], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -169,12 +166,12 @@ def job_table(jobs: list[Job], metric: str) -> tuple[list[str], list[dict[str, A
     for job, f in zip(jobs, flat):
         row: dict[str, Any] = {"job": job.name}
         row.update({k: json.dumps(f.get(k)) if isinstance(f.get(k), (list, dict)) else f.get(k) for k in varying})
-        row.update({m: metric_value(job, m) for m in HEADLINE})
-        row["epochs_run"] = job.metrics.get("training", {}).get("epochs_run")
+        row.update({m: metric_value(job, m) for m in HEADLINES})
+        row["epochs_run"] = job.metrics.training.epochs_run if job.metrics.training else None
         rows.append(row)
-    sign = 1 if HEADLINE[metric][0] == "min" else -1
+    sign = 1 if HEADLINES[metric] == "min" else -1
     rows.sort(key=lambda r: (r[metric] is None, sign * (r[metric] or 0.0), r["job"]))
-    return ["job", *varying, *HEADLINE, "epochs_run"], rows
+    return ["job", *varying, *HEADLINES, "epochs_run"], rows
 
 
 def _write_table(columns: list[str], rows: list[dict[str, Any]], metric: str, out: Path) -> None:
@@ -276,7 +273,7 @@ def fold_points(jobs: list[Job], metric: str) -> list[dict[str, Any]]:
             f"{metric}_mean": float(np.mean(values)) if values else None,
             f"{metric}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
         })
-    sign = 1 if HEADLINE[metric][0] == "min" else -1
+    sign = 1 if HEADLINES[metric] == "min" else -1
     points.sort(key=lambda p: (not p["complete"], p[f"{metric}_mean"] is None, sign * (p[f"{metric}_mean"] or 0.0)))
     for i, point in enumerate(points):
         point["point"] = f"p{i:03d}"
@@ -388,8 +385,8 @@ def merge_friends(jobs: list[Job], dest: Path) -> dict[str, Any]:
 
 def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ensemble: bool | None = None,
           predictions: str = "auto", strict: bool = False) -> dict[str, Any]:
-    if metric not in HEADLINE:
-        raise ConfigError(f"merge metric {metric!r}: choose one of {', '.join(HEADLINE)}")
+    if metric not in HEADLINES:
+        raise ConfigError(f"merge metric {metric!r}: choose one of {', '.join(HEADLINES)}")
     output = Path(output)
     with atomic_path(output, "merge output") as tmp:
         tmp.mkdir()
@@ -399,7 +396,7 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
                                   f"({'; '.join(s['name'] + ': ' + s['reason'] for s in skipped[:3])})")
         summary: dict[str, Any] = {"inputs": len(jobs) + len(skipped), "merged": [j.name for j in jobs],
                                    "skipped": skipped, "metric": metric}
-        trained = [j for j in jobs if j.metrics.get("mode") == "train"]
+        trained = [j for j in jobs if j.metrics.mode == "train"]
         kfold = any(j.config.split.folds >= 2 for j in trained)
         chosen = trained  # the jobs an ensemble and out-of-fold predictions are built from
         if kfold:
@@ -425,7 +422,7 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
             summary["ensemble"] = _ensemble(chosen, tmp / "ensemble")
         mode = predictions
         if mode == "auto":
-            mode = "all" if all(j.metrics.get("mode") == "evaluate" for j in jobs) else "test" if kfold else "none"
+            mode = "all" if all(j.metrics.mode == "evaluate" for j in jobs) else "test" if kfold else "none"
         if mode != "none":
             from payload import plots
             from payload.evaluate import Evaluation

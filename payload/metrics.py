@@ -14,16 +14,6 @@ SCORE_BINS = 10_000
 
 #: A finished job's headline numbers, read from its metrics.json, and which way is better: what
 #: ``payload merge`` ranks jobs by and what a phpo evaluation reports to the steering.
-HEADLINE: dict[str, tuple[str, Any]] = {
-    "best_loss": ("min", lambda m: m["training"]["best_loss"]),
-    "test_loss": ("min", lambda m: m["test"]["loss"]),
-    "test_auc": ("max", lambda m: m["test"]["auc"]),
-    "test_accuracy": ("max", lambda m: m["test"]["accuracy"]),
-    # The closure classifier's distance from 0.5: 0 when reweighted primary and secondary look alike.
-    "closure": ("min", lambda m: abs(m["closure_classifier_auc"] - 0.5)),
-}
-
-
 class WeightedHist:
     """A weighted 1-d histogram with variances (boost-histogram's Weight storage).
 

@@ -1,11 +1,12 @@
-"""Write docs/config.md, the configuration reference, from the config model itself.
+"""Write docs/config.md, the configuration reference, and the JSON schemas of the on-disk contracts
+(docs/schemas/config.schema.json, metrics.schema.json) from the models themselves.
 
 Every field of ``payload.config.JobConfig`` and the sections under it: its dotted name, type, default
 and description.  Descriptions are the ``#:`` comment lines above a field in payload/config.py (or
 the comment at the end of its line); sections are described by their class docstrings.
 
-    python scripts/config_reference.py            # rewrite docs/config.md
-    python scripts/config_reference.py --check    # exit 1 when docs/config.md is out of date
+    python scripts/config_reference.py            # rewrite them
+    python scripts/config_reference.py --check    # exit 1 when one is out of date
 """
 
 from __future__ import annotations
@@ -124,18 +125,34 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def schemas() -> dict[Path, str]:
+    """docs/schemas/*.schema.json: the job config (``config.yaml`` in every output) and ``metrics.json``."""
+    from payload.config import JobConfig
+    from payload.results import Metrics
+
+    out = {}
+    for name, model in (("config", JobConfig), ("metrics", Metrics)):
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **model.model_json_schema()}
+        out[REPO / "docs" / "schemas" / f"{name}.schema.json"] = json.dumps(schema, indent=1, sort_keys=True) + "\n"
+    return out
+
+
+def outputs() -> dict[Path, str]:
+    return {TARGET: render(), **schemas()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/config.md is out of date")
     args = parser.parse_args()
-    text = render()
+    stale = [path for path, text in outputs().items() if not path.exists() or path.read_text() != text]
     if args.check:
-        current = TARGET.read_text() if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET.relative_to(REPO)} is out of date: run python scripts/config_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
+        for path in stale:
+            print(f"{path.relative_to(REPO)} is out of date: run python scripts/config_reference.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from payload.atomic import write_json
 from payload.errors import ConfigError
+from payload.results import read_metrics
 from payload.signals import Terminated
 
 INSTALL = "pip install 'grid-payload[ray]'"
@@ -135,8 +136,8 @@ def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[
             status, error = _status(workdir / point["name"] / "out", metrics.get("epoch"), result.error is not None)
             epochs = metrics.get("epoch")
             if status == "finished":  # its last epoch is not reported to Tune: the job's own record
-                job = json.loads((workdir / point["name"] / "out" / "metrics.json").read_text())
-                epochs = job.get("training", {}).get("epochs_run", epochs)
+                job = read_metrics(workdir / point["name"] / "out" / "metrics.json")
+                epochs = job.training.epochs_run if job.training else epochs
             rows.append({"name": point["name"], "directory": str(workdir / point["name"]), "status": status,
                          "epochs": epochs, scan.metric: metrics.get(scan.metric),
                          "error": error or (str(result.error) if result.error else None)})

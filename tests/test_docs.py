@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,31 @@ def test_config_reference_is_up_to_date_and_complete():
     assert "| `training.keep` |" in text and "| `data.collections[].type_code` |" in text
     undocumented = [row.split("`")[1] for row in rows if row.rstrip().endswith("|  |")]
     assert not undocumented, f"fields without a #: comment in payload/config.py: {undocumented}"
+
+
+def test_json_schemas_are_up_to_date_and_validate_real_files(tmp_path):
+    """docs/schemas/ matches the models, and a real job's config.yaml and metrics.json validate."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    from payload.config import config_to_dict, default_config_path, load_config
+
+    reference = _reference()
+    for path, text in reference.schemas().items():
+        assert path.read_text() == text, f"{path.name} is out of date: run python scripts/config_reference.py"
+    schema = json.loads((REPO / "docs" / "schemas" / "config.schema.json").read_text())
+    config = config_to_dict(load_config(default_config_path()))
+    jsonschema.validate(config, schema)
+    bad = yaml.safe_load(yaml.safe_dump(config))
+    bad["training"]["epochs"] = 0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    metrics = {"task": "reweight", "mode": "train", "warnings": [], "test": {"auc": 0.6, "loss": 0.68, "events": 10},
+               "training": {"epochs_run": 3, "best_loss": 0.67, "files": {"primary": ["a.root"]}},
+               "closure": {"verdict": {"closed": True, "beats_baseline": None, "messages": []}, "other": 1}}
+    jsonschema.validate(metrics, json.loads((REPO / "docs" / "schemas" / "metrics.schema.json").read_text()))
 
 
 def test_config_reference_sees_a_field_comment():

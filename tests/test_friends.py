@@ -88,6 +88,16 @@ def trained(tmp_path_factory):
 def test_friends_of_a_training_job_line_up_with_their_inputs(trained):
     tmp, inputs = trained
     check_friends(tmp / "train", inputs)
+    # The job's metrics.json is what its published schema and typed model say.
+    import jsonschema
+
+    from payload.results import read_metrics
+
+    raw = json.loads((tmp / "train" / "metrics.json").read_text())
+    jsonschema.validate(raw, json.loads((DATA.parents[1] / "docs" / "schemas" / "metrics.schema.json").read_text()))
+    metrics = read_metrics(tmp / "train" / "metrics.json")
+    assert metrics.mode == "train" and metrics.test.auc == raw["test"]["auc"] > 0.5
+    assert metrics.headline("best_loss") == raw["training"]["best_loss"]
 
 
 @pytest.mark.slow
