@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import awkward as ak
@@ -116,6 +117,33 @@ def shared_samples() -> tuple[Path, Path]:
     if not (a.exists() and b.exists()):
         pytest.skip(f"reference samples not found in {SHARED_DATA} (set PAYLOAD_SHARED_DATA to their folder)")
     return a, b
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``payload.cli.main`` called in this process, its exit code and captured output: the CLI's error
+    handling without a process start (``run_payload`` keeps a few end-to-end checks of exit codes)."""
+    from payload.cli import main
+
+    def run(*args: str, cwd: Path | None = None) -> CliResult:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 def run_payload(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
