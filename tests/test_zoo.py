@@ -54,12 +54,17 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     chained = np.asarray(decoder.predict_on_batch(encoder.predict_on_batch(block.inputs["objects"])))
     real = block.inputs["mask"] > 0
     np.testing.assert_allclose(chained[real], direct[real], rtol=1e-4, atol=1e-5)
-    # model.onnx: ONNX Runtime reconstructs as Keras does.
-    assert ae["compression"] and result.metrics["onnx"]["check"]["max_abs_difference"] <= 1e-4
-    ort = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'grid-payload[onnx]'")
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {i.name: block.inputs[i.name] for i in session.get_inputs()})[0]
-    np.testing.assert_allclose(onnx_out, direct, atol=1e-5)
+    # model.onnx (TensorFlow backend): ONNX Runtime reconstructs as Keras does.
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        assert result.metrics["onnx"]["check"]["max_abs_difference"] <= 1e-4
+        ort = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'grid-payload[onnx]'")
+        session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {i.name: block.inputs[i.name] for i in session.get_inputs()})[0]
+        np.testing.assert_allclose(onnx_out, direct, atol=1e-5)
+    else:
+        assert "skipped" in result.metrics["onnx"] and not (tmp_path / "model.onnx").exists()
     # The MSE recomputed from the model's output on these events is of the reported size.
     mse = float((((direct - block.inputs["objects"]) ** 2).sum(-1) * block.inputs["mask"]).sum()
                 / (block.inputs["mask"].sum() * 4))
