@@ -29,7 +29,7 @@ def check_writable_dir(directory: Path, what: str) -> None:
 def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is renamed to ``final``, on failure removed."""
     final = Path(final)
-    check_writable_dir(final.parent if str(final.parent) else Path("."), what)
+    check_writable_dir(final.parent if str(final.parent) else Path(), what)
     # The suffix is kept (Keras insists on .keras), the leading dot hides it from listings.
     tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
     try:
@@ -38,11 +38,11 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
             if tmp.is_dir() and final.is_dir():
                 # os.replace cannot overwrite a non-empty directory: the old one is moved aside first.
                 old = final.with_name(f".old-{os.getpid()}-{final.name}")
-                os.replace(final, old)
-                os.replace(tmp, final)
+                Path(final).replace(old)
+                Path(tmp).replace(final)
                 shutil.rmtree(old, ignore_errors=True)
             else:
-                os.replace(tmp, final)
+                Path(tmp).replace(final)
         except OSError as err:  # e.g. a directory, or a file where a directory goes, under that name
             raise OutputError(f"{what} {final}: cannot be put in place ({err.strerror}); remove what is there "
                               "or choose another name") from None
@@ -72,10 +72,10 @@ def hdf5_writing(file, path: Path, finish=None) -> Iterator[None]:
         target = os.path.realpath(path)
         with contextlib.suppress(OSError):
             null = os.open(os.devnull, os.O_RDWR)
-            for fd in os.listdir("/proc/self/fd"):  # HDF5's own descriptors of this file
+            for fd in Path("/proc/self/fd").iterdir():  # HDF5's own descriptors of this file
                 with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/self/fd/{fd}") == target:
-                        os.dup2(null, int(fd))
+                    if str(fd.readlink()) == target:
+                        os.dup2(null, int(fd.name))
             os.close(null)
         with contextlib.suppress(Exception):
             file.flush()

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -323,7 +323,7 @@ def _task_ranges(tree: InputTree, chunk_size: int) -> list[tuple[int, int]]:
             cuts.append(edge)
     if cuts[-1] != n:
         cuts.append(n)
-    return list(zip(cuts[:-1], cuts[1:]))
+    return list(pairwise(cuts))
 
 
 class _Worker:

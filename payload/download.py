@@ -26,15 +26,15 @@ ORIGINS: dict[str, dict[str, Any]] = {}
 
 def is_did(item: str) -> bool:
     """``scope:name`` that is not an existing local path (a file name may contain a colon)."""
-    return bool(_DID.match(item)) and not os.path.exists(item)
+    return bool(_DID.match(item)) and not Path(item).exists()
 
 
 def cache_dir() -> Path:
     """``$PAYLOAD_RUCIO_CACHE``, else ``$XDG_CACHE_HOME/grid-payload/rucio`` (``~/.cache`` by default)."""
     if os.environ.get("PAYLOAD_RUCIO_CACHE"):
         return Path(os.environ["PAYLOAD_RUCIO_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "grid-payload" / "rucio"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path("~").expanduser() / ".cache")
+    return base / "grid-payload" / "rucio"
 
 
 def _client() -> Any:

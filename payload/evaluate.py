@@ -362,7 +362,7 @@ def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict
         for v in evaluation.variables:
             if key in v.hists:
                 v.hists[key] = v.hists[key].scaled(weighting.normalisation)
-    x0, w0, factors = sample.arrays(0)
+    _x0, w0, factors = sample.arrays(0)
     for key in weightings:
         diagnostics = weight_diagnostics(w0, factors[key]) if key in factors else {}
         target = metrics.setdefault("nn_weights" if key == "nn" else "baseline", {})

@@ -84,7 +84,7 @@ def run_point(base_config: Any, directory: Path, output: Path, primary_match: st
         out = {"status": 0, "loss": loss, "message": f"{objective_name} {loss:.6g} for {point.overrides}"}
     except PayloadError as err:
         out = {"status": err.exit_code, "loss": None, "message": err.message}
-    except Exception as err:  # noqa: BLE001 - the steering must hear of every failure
+    except Exception as err:
         out = {"status": EXIT_INTERNAL, "loss": None, "message": f"{type(err).__name__}: {err}"}
         write_json(directory / output_json, out)
         raise

@@ -8,9 +8,9 @@ downloaded into a cache by ``payload.download``).  Remote URLs are left to uproo
 from __future__ import annotations
 
 import glob
-import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from payload.download import fetch, is_did
 from payload.errors import InputMissingError
@@ -49,12 +49,12 @@ def expand_inputs(specs: str | Iterable[str]) -> list[str]:
                 continue
         if is_did(item):
             files.extend(fetch(item))
-        elif os.path.isdir(item):
-            matches = sorted(os.path.join(item, n) for n in os.listdir(item) if n.endswith(".root"))
+        elif Path(item).is_dir():
+            matches = sorted(str(p) for p in Path(item).iterdir() if p.name.endswith(".root"))
             if not matches:
                 raise InputMissingError(f"input {item}: directory holds no .root file")
             files.extend(matches)
-        elif os.path.exists(item):  # before globbing: a file may be named run[1].root
+        elif Path(item).exists():  # before globbing: a file may be named run[1].root
             files.append(item)
         elif _GLOB_CHARS & set(item):
             matches = sorted(glob.glob(item))

@@ -124,7 +124,7 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
                     log.info("device: %d GPU(s) on the %s backend: %s", found["gpus"], found["backend"],
                              ", ".join(found["gpu_names"]))
                 return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - recorded in error.json, then re-raised
             _fail(output, err, timer)
             if tarball:
                 _failure_tarball(output, Path(tarball))

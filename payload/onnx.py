@@ -46,7 +46,7 @@ def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) ->
             with warnings.catch_warnings():  # the converter's NumPy 2 deprecations are not the user's business
                 warnings.simplefilter("ignore")
                 model.export(str(tmp), format="onnx", verbose=False)
-        except Exception as err:  # a layer the converter cannot express: the job's real outputs stand
+        except Exception as err:  # noqa: BLE001 - a layer the converter cannot express: the job's outputs stand
             log.warning("no model.onnx: the ONNX converter failed (%s: %s)", type(err).__name__, str(err)[:200])
             return {"skipped": f"the ONNX converter failed: {type(err).__name__}"}
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])

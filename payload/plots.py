@@ -9,11 +9,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from payload.evaluate import Evaluation  # noqa: E402
-from payload.metrics import WeightedHist  # noqa: E402
+from payload.evaluate import Evaluation
+from payload.metrics import WeightedHist
 
 
 def _save(fig, path: Path) -> Path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import awkward as ak
@@ -150,7 +150,7 @@ def _open_file(location: str, attempts: int = REMOTE_ATTEMPTS, backoff_s: float 
 
 def open_tree(location: str, tree_name: str) -> InputTree:
     """Open ``location`` and return its tree, with a clear error for every way this fails."""
-    if not is_url(location) and not os.path.exists(location):
+    if not is_url(location) and not Path(location).exists():
         raise InputMissingError(f"input {location}: no such file")
     file = _open_file(location)
     try:

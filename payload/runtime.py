@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 #: XRootD client defaults (read once, when the client library loads): a lost server is reported in
 #: about a minute instead of the library's default of up to ten, and the reader retries on top.
@@ -40,9 +41,9 @@ def preload_xrootd() -> bool:
 def prepare_environment() -> None:
     preload_xrootd()
     home = os.environ.get("HOME")
-    if home and os.path.isdir(home) and os.access(home, os.W_OK):
+    if home and Path(home).is_dir() and os.access(home, os.W_OK):
         return
     scratch = tempfile.mkdtemp(prefix=".payload-scratch-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    os.environ.setdefault("KERAS_HOME", os.path.join(scratch, "keras"))
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(scratch, "matplotlib"))
+    os.environ.setdefault("KERAS_HOME", str(Path(scratch) / "keras"))
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(scratch) / "matplotlib"))

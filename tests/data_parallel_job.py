@@ -15,11 +15,11 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from helpers import DATA, quick_job_config  # noqa: E402
+from helpers import DATA, quick_job_config
 
-from payload.config import config_to_dict, load_config, parse_config  # noqa: E402
-from payload.errors import ConfigError  # noqa: E402
-from payload.job import run_job  # noqa: E402
+from payload.config import config_to_dict, load_config, parse_config
+from payload.errors import ConfigError
+from payload.job import run_job
 
 
 def main(out: Path) -> None:

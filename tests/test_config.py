@@ -27,7 +27,7 @@ def test_bundled_default_config_is_valid():
 
 
 @pytest.mark.parametrize(
-    "data, message",
+    ("data", "message"),
     [
         ({"collections": []}, "collections"),
         ({"collections": [{"name": "j", "branches": {"pt": "a"}}]}, "no branch for feature(s) ['eta', 'phi', 'm']"),
@@ -89,7 +89,7 @@ def test_kfold_bad_values(split):
 
 
 @pytest.mark.parametrize(
-    "sections, message",
+    ("sections", "message"),
     [
         ({"task": "autoencode"}, "task autoencode and model.type autoencoder go together"),
         ({"model": {"type": "autoencoder"}}, "task autoencode and model.type autoencoder go together"),

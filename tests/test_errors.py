@@ -152,7 +152,7 @@ def test_unwritable_output(tmp_path, jagged_file, cli):
 
 
 @pytest.mark.parametrize(
-    "changes, words",
+    ("changes", "words"),
     [
         ({"max_objects": 0}, ["data.max_objects", "greater than or equal to 1"]),
         ({"compression": "zip"}, ["data.compression"]),

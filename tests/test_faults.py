@@ -220,7 +220,7 @@ def _tmpfs(path: Path, size: str, *options: str):
 
 @pytest.mark.slow
 @needs_root
-@pytest.mark.parametrize("size,stage", [("300k", "convert_primary"), (None, "evaluate")])
+@pytest.mark.parametrize(("size", "stage"), [("300k", "convert_primary"), (None, "evaluate")])
 def test_a_full_disk_is_exit_9_with_nothing_half_written(tmp_path, trained, size, stage):
     """A disk that fills during conversion, or while predictions.h5 is written (sized from the same
     job run before: room for the work files and the model, not the predictions)."""
@@ -304,7 +304,7 @@ def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, temporary", [("convert_primary", "work/.tmp-*-primary.h5"),
+@pytest.mark.parametrize(("stage", "temporary"), [("convert_primary", "work/.tmp-*-primary.h5"),
                                               ("evaluate", ".tmp-*-predictions.h5")])
 def test_a_signal_while_a_file_is_written_leaves_nothing_half_written(tmp_path, stage, temporary):
     """SIGTERM while the work file, or predictions.h5, is being written (twelve copies of the
@@ -483,7 +483,7 @@ def test_a_gzip_bomb_as_model_is_refused_before_it_is_written(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("selection, words", [
+@pytest.mark.parametrize(("selection", "words"), [
     ("met > 9**9**9**9", ["power", "at most 16"]),
     ("(" * 200 + "met" + ")" * 200 + " > 1", ["limit"]),
     ("met > " + "+".join(["1"] * 400), ["syntax nodes", "limit"]),
@@ -507,7 +507,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make, words", [
+@pytest.mark.parametrize(("make", "words"), [
     (lambda d: _write(d / "alias.yaml", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
         f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
@@ -545,7 +545,7 @@ def _short_scaler(bundle: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage, words", [
+@pytest.mark.parametrize(("damage", "words"), [
     (lambda b: _unsafe_model(b / "model.keras"), ["model.keras", "safe mode"]),
     (_zero_scale, ["scaler.json", "scale"]),
     (_short_scaler, ["scaler.json"]),

@@ -111,9 +111,13 @@ def test_prefetch_keeps_order_and_raises_producer_errors():
         raise ValueError("bad chunk")
 
     seen = []
-    with pytest.raises(ValueError, match="bad chunk"):
+
+    def consume():
         for item in prefetch(numbers(), depth=2):
             seen.append(item)
+
+    with pytest.raises(ValueError, match="bad chunk"):
+        consume()
     assert seen == [0, 1, 2, 3, 4]
 
 

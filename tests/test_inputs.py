@@ -26,7 +26,7 @@ def test_globs_directories_and_urls(tmp_path):
     assert expand_inputs(f"file://{tmp_path / 'x1.root'}") == [str(tmp_path / "x1.root")]
 
 
-@pytest.mark.parametrize("spec, message", [("missing.root", "no such file"), ("*.nothing", "no file matches"),
+@pytest.mark.parametrize(("spec", "message"), [("missing.root", "no such file"), ("*.nothing", "no file matches"),
                                            (",", "no input files")])
 def test_missing_inputs(tmp_path, monkeypatch, spec, message):
     monkeypatch.chdir(tmp_path)
@@ -35,7 +35,7 @@ def test_missing_inputs(tmp_path, monkeypatch, spec, message):
 
 
 def test_directory_without_root_files(tmp_path):
-    with pytest.raises(InputMissingError, match="holds no .root file"):
+    with pytest.raises(InputMissingError, match=r"holds no \.root file"):
         expand_inputs(str(tmp_path))
 
 

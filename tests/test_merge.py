@@ -158,7 +158,7 @@ def test_kfold_merge_groups_points_and_folds(folds, tmp_path):
 
 
 def test_strict_makes_a_bad_job_an_error(folds, tmp_path):
-    root, tarballs = folds
+    _root, tarballs = folds
     bad = broken_inputs(tmp_path, tarballs[0])
     proc = merge_cli(*map(str, tarballs), bad[1], "--output", str(tmp_path / "strict"), "--strict")
     assert proc.returncode == 4 and "truncated.tgz" in proc.stderr and "Traceback" not in proc.stderr
@@ -169,7 +169,7 @@ def test_strict_makes_a_bad_job_an_error(folds, tmp_path):
 
 def test_evaluation_fan_out_concatenates_predictions(folds, tmp_path):
     """One evaluation job per input file, as a grid fan-out does; merged predictions cover both files."""
-    root, tarballs = folds
+    _root, tarballs = folds
     outs = []
     for name, sample in (("A", SAMPLE_A), ("B", SAMPLE_B)):
         staged = tmp_path / f"{name}.root"

@@ -22,12 +22,12 @@ import pytest
 if importlib.util.find_spec("rucio") is None or importlib.util.find_spec("rucio.web.rest.flaskapi") is None:
     pytest.skip("needs the Rucio server package: pip install rucio (the test extra)", allow_module_level=True)
 
-from helpers import quick_job_config  # noqa: E402
-from rucio_loopback import RucioServer  # noqa: E402
-from xrootd_loopback import xrootd_server  # noqa: E402
+from helpers import quick_job_config
+from rucio_loopback import RucioServer
+from xrootd_loopback import xrootd_server
 
-from payload.manifest import adler32  # noqa: E402
-from payload.samples import write_sample  # noqa: E402
+from payload.manifest import adler32
+from payload.samples import write_sample
 
 pytestmark = pytest.mark.servers
 

@@ -15,7 +15,7 @@ ARRAYS = {
 
 
 @pytest.mark.parametrize(
-    "expression, expected",
+    ("expression", "expected"),
     [
         ("njets >= 2 and met > 50", [False, True, False, True]),
         ("not (met > 50) or njets == 1", [True, False, True, False]),
