@@ -57,8 +57,8 @@ class Baseline:
         self.model = GBReweighter(n_estimators=cfg.baseline_trees, learning_rate=0.1, max_depth=3,
                                   min_samples_leaf=max(100, min(1000, len(x0) // 100)),
                                   gb_args={"subsample": 0.4, "random_state": seed})
-        self.model.fit(x0.astype(np.float64), x1.astype(np.float64), original_weight=w0, target_weight=w1)
+        self.model.fit(x0.astype(np.float64), x1.astype(np.float64), original_weight=w0, target_weight=w1)  # type: ignore[attr-defined]
         return self
 
     def factors(self, features: np.ndarray) -> np.ndarray:
-        return self.model.predict_weights(features.astype(np.float64), np.ones(len(features)))
+        return self.model.predict_weights(features.astype(np.float64), np.ones(len(features)))  # type: ignore[attr-defined]

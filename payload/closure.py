@@ -72,8 +72,8 @@ def edges_for(values: np.ndarray, bins: int, integer: bool) -> np.ndarray | None
                 acc = 0
         edges[-1] = hi + 0.5
         return np.asarray(edges) if len(edges) > 2 else None
-    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))
-    return edges if len(edges) > 2 else None
+    quantiles = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)))
+    return quantiles if len(quantiles) > 2 else None
 
 
 def event_level(sample: ClosureSample, bins: int) -> dict[str, Any]:
@@ -83,7 +83,8 @@ def event_level(sample: ClosureSample, bins: int) -> dict[str, Any]:
     x0, w0, factors = sample.arrays(0)
     x1, w1, _ = sample.arrays(1)
     weightings = {"unweighted": np.ones(len(w0)), **factors}
-    variables, hists = {}, {}
+    variables: dict[str, Any] = {}
+    hists: dict[str, Any] = {}
     totals = {k: [0.0, 0] for k in weightings}
     for i, name in enumerate(sample.names):
         edges = edges_for(x1[:, i], bins, name in sample.integer)

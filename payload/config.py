@@ -385,7 +385,7 @@ class JobConfig(_Strict):
     """The whole job: one config drives every stage and is dumped into every output."""
 
     #: The config format's version (configs without one are version 1 and are migrated on loading).
-    version: Literal[2] = CONFIG_VERSION
+    version: Literal[2] = 2
     #: `reweight` (secondary / primary density ratio as weights), `classify` (primary = signal),
     #: `autoencode` (the primary alone).
     task: Literal["reweight", "classify", "autoencode"] = "reweight"

@@ -267,10 +267,10 @@ class ChunkBuilder:
         negative = {}
         for j, name in enumerate(self.features):
             values = sort_values if j == self.sort_col else column(j)
-            rows[:, j] = values[order]
-            stats["objects"].features[name].update(rows[:, j] if clipped else values, sample)
+            rows[:, j] = values[order]  # type: ignore[index]
+            stats["objects"].features[name].update(rows[:, j] if clipped else values, sample)  # type: ignore[arg-type]
             if name in self.data.energy_features:
-                below = int(np.count_nonzero(values < 0))
+                below = int(np.count_nonzero(values < 0))  # type: ignore[operator]
                 if below:
                     negative[name] = below
         n_objects = np.minimum(counts, m).astype(np.int16)
@@ -523,7 +523,7 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
                     f"selection {data.selection!r} rejected all {total_entries} events; loosen data.selection"
                 )
             stats_dict = {k: v.to_dict() for k, v in stats.items()}
-            stats_dict["clipped_objects"] = n_clipped
+            stats_dict["clipped_objects"] = n_clipped  # type: ignore[assignment]
             seconds = time.perf_counter() - started
             sources = [{"location": t.location, "entries": t.num_entries, "selected": selected[i], "bytes": t.num_bytes}
                        for i, t in enumerate(trees)]

@@ -247,7 +247,7 @@ class _ShuffledRows:
                 return {k: v[order] for k, v in buf.items()}
             ranges = self.source.block_ranges()
             order = self.rng.permutation(len(ranges))
-            self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half, leave_out=self.leave_out)
+            self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half, leave_out=self.leave_out)  # type: ignore[call-arg,misc]
                             for i in order)
         raise RuntimeError(f"{self.source.path}: no events in the requested split")
 
@@ -301,7 +301,7 @@ class TrainingStream:
         if augment and config.training.augment:
             from payload.augment import Augmenter
 
-            self.augmenter = Augmenter(config, sources[0][0].scaler)
+            self.augmenter = Augmenter(config, sources[0][0].scaler)  # type: ignore[arg-type]
         self.level = config.model.autoencoder.level if config.task == "autoencode" else None
         #: Whether ``groups(..., trim=True)`` may cut padding (the model takes any number of slots).
         self.trimmable = config.training.trim_padding and config.model.type == "deepsets"

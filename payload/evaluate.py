@@ -263,7 +263,8 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     # Rows (score, observables...) of test events, the same number from each sample, for distance correlations.
     kept: list[list[np.ndarray]] = [[] for _ in sources]
     type_index = first.object_names.index("type") if "type" in first.object_names else None
-    extra = {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
+    extra: dict[str, tuple[tuple[int, ...], Any]] | None = \
+        {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
     bar = Progress(sum(s.size for s, _ in sources), "evaluate") if progress else None
     with atomic_path(predictions) as tmp:
         writer = PredictionWriter(tmp, extra)
@@ -300,6 +301,7 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                     rate = min(1.0, ev.closure_events / max(expected[index], 1))
                     u = uniform(block.entry, source.file_keys[block.file_index], config.split.seed + _CLOSURE_DRAW)
                     drawn = test & (u < rate)
+                    assert features is not None  # computed whenever the closure is checked
                     sample.add(index, features[drawn], w[drawn], {k: f[drawn] for k, f in factors.items()} if index == 0 else {})
                     sub = block.take(np.flatnonzero(test))
                     for key, weighting in weightings.items():

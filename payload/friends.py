@@ -60,8 +60,9 @@ def write_friends(predictions: Path, directory: Path) -> list[dict[str, Any]]:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         for group in _groups(todo):
-            arrays = {(s, i): {k: np.full(n, DEFAULTS.get(k, 1.0), dtype=t) for k, t in fields.items()}
-                      for s, i, _, n in group}
+            arrays: dict[tuple[int, int], dict[str, np.ndarray]] = {
+                (s, i): {k: np.full(n, DEFAULTS.get(k, 1.0), dtype=t) for k, t in fields.items()}
+                for s, i, _, n in group}
             filled = {key: 0 for key in arrays}
             _fill(f, arrays, filled)
             for s, i, location, n in group:

@@ -31,7 +31,7 @@ import h5py
 try:  # registers the Blosc filter with HDF5: writing Blosc datasets and h5py's own reads of them need it
     import hdf5plugin
 except ImportError:  # read_rows decompresses Blosc chunks itself; other compressions need nothing more
-    hdf5plugin = None
+    hdf5plugin = None  # type: ignore[assignment]
 import numpy as np
 from h5py._objects import phil  # h5py's HDF5 library lock
 

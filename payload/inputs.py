@@ -65,5 +65,4 @@ def expand_inputs(specs: str | Iterable[str]) -> list[str]:
             raise InputMissingError(f"input {item}: no such file (check the path, or the dataset's staging)")
     if not files:
         raise InputMissingError("no input files given")
-    seen: set[str] = set()
-    return [f for f in files if not (f in seen or seen.add(f))]
+    return list(dict.fromkeys(files))

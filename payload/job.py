@@ -225,7 +225,9 @@ def disk_full(err: BaseException) -> OutputError | None:
     """A full disk anywhere in the exception chain, as the user error it is (exit 9).  HDF5 reports it
     inside its own message (a RuntimeError or OSError naming errno 28 and the file)."""
     seen = set()
-    while err is not None and id(err) not in seen:
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        err = current
         seen.add(id(err))
         text = str(err)
         if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text \
@@ -236,7 +238,7 @@ def disk_full(err: BaseException) -> OutputError | None:
                 where = found.group(1) if found else None
             at = f" at {where}" if where else ""
             return OutputError(f"no space left on device{at}; free space or choose another --output")
-        err = err.__cause__ or err.__context__
+        current = err.__cause__ or err.__context__
     return None
 
 
@@ -300,6 +302,7 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
             else (None, None)
     metrics: dict[str, Any] = {"task": config.task, "mode": mode, "warnings": []}
     if mode == "train":
+        assert fitted is not None  # training always has its samples (checked before conversion)
         scaler = fitted
         with atomic_path(output / "scaler.json") as tmp:
             scaler.save(tmp)
@@ -347,7 +350,7 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
         from payload.highlevel import HighLevel
 
         first = sources[0][0]
-        expected = [t.counts.get(TRAIN, 0) for t in tallies]
+        expected = [t.counts.get(TRAIN, 0) for t in tallies or []]
         if all(expected):
             with timer.stage("baseline"):
                 baseline = Baseline(config, HighLevel(config, first.object_names, first.event_names,

@@ -74,14 +74,14 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
     for source in raw + [s for s, _ in sources]:
         source.close()
     lr = np.array([r[0] for r in rows])
-    smooth = np.array([r[2] for r in rows])
-    suggested = float(lr[_steepest_fall(np.log10(lr), smooth)])
+    smoothed = np.array([r[2] for r in rows])
+    suggested = float(lr[_steepest_fall(np.log10(lr), smoothed)])
     with atomic_path(output / "lr_range.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["learning_rate", "loss", "smoothed_loss"])
         writer.writerows(rows)
-    _plot(lr, smooth, suggested, output / "lr_range.png")
-    summary = {"suggested_learning_rate": suggested, "min_loss_learning_rate": float(lr[int(np.argmin(smooth))]),
+    _plot(lr, smoothed, suggested, output / "lr_range.png")
+    summary = {"suggested_learning_rate": suggested, "min_loss_learning_rate": float(lr[int(np.argmin(smoothed))]),
                "batches": len(rows), "start": start, "stop": stop}
     write_json(output / "lr_range.json", summary)
     log.info("lr-find: loss falls fastest at learning rate %.3g (plot: %s)", suggested, output / "lr_range.png")

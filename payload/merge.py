@@ -262,7 +262,7 @@ def fold_points(jobs: list[Job], metric: str) -> list[dict[str, Any]]:
     flat = {key: _flatten(json.loads(key)) for key in groups}
     keys = sorted({k for f in flat.values() for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
-    points = []
+    points: list[dict[str, Any]] = []
     for key, members in groups.items():
         folds = sorted(j.config.split.fold for j in members)
         values = [v for v in (metric_value(j, metric) for j in members) if v is not None]
@@ -274,7 +274,8 @@ def fold_points(jobs: list[Job], metric: str) -> list[dict[str, Any]]:
             f"{metric}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
         })
     sign = 1 if HEADLINES[metric] == "min" else -1
-    points.sort(key=lambda p: (not p["complete"], p[f"{metric}_mean"] is None, sign * (p[f"{metric}_mean"] or 0.0)))
+    mean = f"{metric}_mean"
+    points.sort(key=lambda p: (not p["complete"], p[mean] is None, sign * float(p[mean] or 0.0)))
     for i, point in enumerate(points):
         point["point"] = f"p{i:03d}"
     return points
@@ -313,9 +314,9 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
             with src:
                 per_sample = json.loads(src.attrs["source_files"])
                 labelled &= len(per_sample) == 2
-                remap = {}
+                remap: dict[int, np.ndarray] = {}
                 for sample, names in per_sample.items():
-                    table = []
+                    table: list[int] = []
                     for fname in names:
                         key = fname.rstrip("/").rsplit("/", 1)[-1]
                         if key not in index:
@@ -333,7 +334,7 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
                     keep = cols["split"] == TEST if test_only else np.ones(len(cols["entry"]), dtype=bool)
                     cols = {k: v[keep] for k, v in cols.items()}
                     file_index = np.empty(len(cols["entry"]), dtype=np.int32)
-                    for sample, table in remap.items():
+                    for sample, table in remap.items():  # type: ignore[assignment]
                         sel = cols["sample"] == sample
                         file_index[sel] = table[cols["file_index"][sel]]
                     cols["file_index"] = file_index

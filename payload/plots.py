@@ -65,7 +65,7 @@ def weights(hists: dict[str, tuple[WeightedHist, float]], path: Path) -> Path:
     before normalisation, normalisation)})."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (hist, factor) in hists.items():
-        ax.stairs(hist.sumw, hist.edges * factor, label=LABELS.get(name, name), **STYLE.get(name, {}))
+        ax.stairs(hist.sumw, hist.edges * factor, label=LABELS.get(name, name), **STYLE.get(name, {}))  # type: ignore[arg-type]
     ax.set(xscale="log", xlabel="weight (normalised)", ylabel="weighted events", title="per-event weights (primary, test)")
     ax.legend(fontsize=8)
     return _save(fig, path)

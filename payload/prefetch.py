@@ -76,5 +76,5 @@ def prefetched(iterator: Iterator[T], depth: int = 4) -> Iterator[Iterator[T]]:
         yield stream
     finally:
         with contextlib.suppress(ValueError):  # still running in the consumer's thread: it stops at exit
-            stream.close()
+            stream.close()  # type: ignore[attr-defined]
 

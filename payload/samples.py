@@ -102,7 +102,7 @@ def write_sample(path: str | Path, events: int, name: str = "A", batch: int = 50
     seed = cfg.pop("seed")
     with uproot.recreate(path) as f:
         for i, start in enumerate(range(0, events, batch)):
-            parts = _split(generate(min(batch, events - start), **cfg, seed=seed * 100_003 + i))
+            parts = _split(generate(min(batch, events - start), **cfg, seed=int(seed) * 100_003 + i))
             if i == 0:
                 types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in parts.items()}
                 f.mktree("nominal", types, counter_name=lambda coll: f"n_{coll}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def _transform(name: str, x: np.ndarray, floor: float, zero: float) -> np.ndarra
     return x
 
 
-_INVERSE = {"log": np.exp, "log10": lambda x: np.power(10.0, x), "log1p": np.expm1}
+_INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {"log": np.exp, "log10": lambda x: np.power(10.0, x), "log1p": np.expm1}
 
 
 @dataclass
@@ -59,8 +60,9 @@ class ColumnScaling:
     transforms: list[str]
     offset: np.ndarray
     scale: np.ndarray
-    floor: np.ndarray | None = None
-    zero: np.ndarray | None = None
+    # Filled in by __post_init__ when not given (scaler.json version 1 has neither).
+    floor: np.ndarray = None  # type: ignore[assignment]
+    zero: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self):
         n = len(self.names)
@@ -142,8 +144,8 @@ class Scaler:
             raise InputCorruptError(f"scaler {path}: not a valid scaler file ({err})") from None
         for group, columns in (("objects", scaler.objects), ("events", scaler.events)):
             n = len(columns.names)
-            arrays = {"transforms": columns.transforms, "offset": columns.offset, "scale": columns.scale,
-                      "floor": columns.floor, "zero": columns.zero}
+            arrays: dict[str, Any] = {"transforms": columns.transforms, "offset": columns.offset,
+                                      "scale": columns.scale, "floor": columns.floor, "zero": columns.zero}
             wrong = [k for k, v in arrays.items() if len(v) != n]
             if wrong:
                 raise InputCorruptError(f"scaler {path}: {group}: {', '.join(wrong)} do not have one entry per "
@@ -199,8 +201,8 @@ class ScalerFitter:
         self.config = config
         self.object_names, self.event_names = object_names, event_names
         aliases = aliases or {}
-        self.obj_tf = [config.transforms.get(n, "none") for n in object_names]
-        self.evt_tf = [config.transforms.get(n, config.transforms.get(aliases.get(n, n), "none")) for n in event_names]
+        self.obj_tf: list[str] = [config.transforms.get(n, "none") for n in object_names]
+        self.evt_tf: list[str] = [config.transforms.get(n, config.transforms.get(aliases.get(n, n), "none")) for n in event_names]
         self.obj_stats = [FeatureStats(SAMPLE, seed=j) for j in range(len(object_names))]
         self.evt_stats = [FeatureStats(SAMPLE, seed=100 + j) for j in range(len(event_names))]
 

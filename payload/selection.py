@@ -69,7 +69,7 @@ class _ElementWise(ast.NodeTransformer):
             left = right
         result = parts[0]
         for part in parts[1:]:
-            result = ast.BinOp(left=result, op=ast.BitAnd(), right=part)
+            result = ast.BinOp(left=result, op=ast.BitAnd(), right=part)  # type: ignore[assignment]
         return result
 
 
@@ -117,7 +117,7 @@ def _check_limits(expression: str, tree: ast.AST) -> None:
             exponent = node.right
             if isinstance(exponent, ast.UnaryOp) and isinstance(exponent.op, (ast.USub, ast.UAdd)):
                 exponent = exponent.operand
-            if not (isinstance(exponent, ast.Constant) and abs(exponent.value) <= MAX_EXPONENT):
+            if not (isinstance(exponent, ast.Constant) and abs(exponent.value) <= MAX_EXPONENT):  # type: ignore[arg-type]
                 raise ConfigError(f"selection {expression!r}: a power needs a constant exponent of at most "
                                   f"{MAX_EXPONENT} (e.g. pt**2)")
 

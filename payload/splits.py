@@ -35,7 +35,7 @@ def file_key(location: str) -> int:
 
 def uniform(entry: np.ndarray, file_keys: np.ndarray, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) per event, fixed by (file, entry, seed)."""
-    h = _mix(entry.astype(np.uint64) ^ (file_keys.astype(np.uint64) << np.uint64(32)) ^ _mix(np.uint64(seed)))
+    h = _mix(entry.astype(np.uint64) ^ (file_keys.astype(np.uint64) << np.uint64(32)) ^ _mix(np.uint64(seed)))  # type: ignore[arg-type]
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

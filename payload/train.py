@@ -289,8 +289,8 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     # Model building, loading and fitting happen on every replica when data parallel.
     with replicated(config) as replicas:
         state, model = _resume_point(checkpoints) if resume else ({}, None)
-        resumed_from = state.get("epoch") if model is not None else None
-        if model is not None:
+        resumed_from: int | None = state.get("epoch") if model is not None else None
+        if resumed_from is not None:
             _truncate_history(history, resumed_from)
             log.info("resuming after epoch %d from %s", resumed_from + 1, state["checkpoint"])
         else:
@@ -307,7 +307,7 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
                 if val_streams is not None:
                     fit_kwargs = {"validation_data": ValidationBatches(lambda: val_streams(0))}
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
-                model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,
+                model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,  # type: ignore[union-attr]
                           verbose=0, shuffle=False, **fit_kwargs,
                           callbacks=[FiniteLoss(), *([TrainingProgress(steps, config.training.batch_size,
                                                                         config.training.epochs)] if progress else []),

@@ -83,17 +83,18 @@ def cmd_prun(args: argparse.Namespace) -> int:
             reads.add("model.tgz")
         else:
             job.model = args.model
-        configs, names = [], ["job"]
+        paths: list[Path] = []
+        names = ["job"]
     else:
         if not args.config:
             raise ConfigError("--mode train needs --config")
-        configs, names = _points(args, box / "points")
+        paths, names = _points(args, box / "points")
         if names == ["job"]:  # under a plain name: panda-client's archiver drops names holding quotes
             shutil.copyfile(args.config, box / "job.yaml")
-            configs = [box / "job.yaml"]
-        configs = [Path(c).resolve().relative_to(box).as_posix() for c in configs]
-        reads.update(configs)
+            paths = [box / "job.yaml"]
         reads.update(p.relative_to(box).as_posix() for p in box.glob("points/points.json"))  # the points' record
+    configs = [Path(c).resolve().relative_to(box).as_posix() for c in paths]
+    reads.update(configs)
     commands = fan_out(job, configs, None if names == ["job"] else names, args.nickname)
     if not sandbox.check(commands[0], box, reads):
         print("payload-submit: panda-client not installed: the sandbox was not checked (pip install "

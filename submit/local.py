@@ -44,7 +44,7 @@ class LocalRun:
         # The inputs and the config are mounted read-only at their own paths; the point's
         # directory is the working directory, as on the grid.  --mount, not -v: a path holding ':'
         # would split -v's SRC:DST:MODE, and --mount's CSV value quotes commas.
-        mounts = {str(Path(p).resolve().parent) for p in [*self.primary, *self.secondary,
+        mounts = {str(Path(p).resolve().parent) for p in [*self.primary, *self.secondary,  # type: ignore[arg-type]
                                                             *([config] if config is not None else []),
                                                             *([self.model] if self.model else [])]}
         argv = ["docker", "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}",

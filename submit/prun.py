@@ -146,7 +146,7 @@ def prun_argv(job: PrunJob, nickname: str | None = None) -> list[str]:
         argv += ["--secondaryDSs", ",".join(streams)]
     if job.mode == "evaluate" and not job.model_in_sandbox:
         argv += ["--reusableSecondary", MODEL_STREAM]  # the one tarball serves every job
-    if job.mode == "evaluate" and job.model_in_sandbox:
+    if job.mode == "evaluate" and job.model_in_sandbox and job.model:
         argv += ["--extFile", job.model]  # prun leaves files over 1 MB out of the sandbox without it
     if job.n_files:
         argv += ["--nFiles", str(job.n_files)]

@@ -130,16 +130,16 @@ def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[
                 run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(workdir), verbose=0))
         grid = tuner.fit()
         rows = []
-        for result in grid:
-            point = result.config["point"]
+        for result in (grid[i] for i in range(len(grid))):
+            point = (result.config or {})["point"]
             metrics = result.metrics or {}
             status, error = _status(workdir / point["name"] / "out", metrics.get("epoch"), result.error is not None)
-            epochs = metrics.get("epoch")
+            ran: int | None = metrics.get("epoch")
             if status == "finished":  # its last epoch is not reported to Tune: the job's own record
                 job = read_metrics(workdir / point["name"] / "out" / "metrics.json")
-                epochs = job.training.epochs_run if job.training else epochs
+                ran = job.training.epochs_run if job.training else ran
             rows.append({"name": point["name"], "directory": str(workdir / point["name"]), "status": status,
-                         "epochs": epochs, scan.metric: metrics.get(scan.metric),
+                         "epochs": ran, scan.metric: metrics.get(scan.metric),
                          "error": error or (str(result.error) if result.error else None)})
     finally:
         ray.shutdown()
