@@ -30,7 +30,8 @@ def allocator_env(choice: str) -> tuple[dict[str, str], str]:
     if choice == "glibc" or (choice == "auto" and library is None):
         return env, "glibc"
     if library is None:
-        raise SystemExit("--allocator tcmalloc: libtcmalloc_minimal is not installed "
-                         "(apt-get install libtcmalloc-minimal4)")
+        raise SystemExit(
+            "--allocator tcmalloc: libtcmalloc_minimal is not installed (apt-get install libtcmalloc-minimal4)"
+        )
     env["LD_PRELOAD"] = library
     return env, "tcmalloc"

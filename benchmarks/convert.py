@@ -58,8 +58,14 @@ def measure(path: Path, out: Path, repeat: int, env: dict[str, str]) -> dict[str
             # The last conversion's output is still being written back to disk by the kernel, on
             # these same cores: each run starts once that is done, so it pays for its own writes only.
             os.sync()
-            proc = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(out)],
-                                  capture_output=True, text=True, check=True, cwd=REPO, env=env)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", mode, str(path), str(out)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=REPO,
+                env=env,
+            )
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return {mode: min(r, key=lambda x: x["seconds"]) for mode, r in runs.items()}
 
@@ -69,9 +75,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[500_000, 4_000_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept")
-    parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
-                        help="memory allocator of the measured processes (default: tcmalloc where installed, as in "
-                             "the image)")
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="auto",
+        help="memory allocator of the measured processes (default: tcmalloc where installed, as in the image)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,20 +102,30 @@ def main() -> None:
         mb = path.stat().st_size / 1e6
         best = measure(path, args.workdir / f"toy_{size}.h5", args.repeat, env)
         raw, conv = best["raw"], best["convert"]
-        rows.append({
-            "events": size, "file_mb": round(mb, 1),
-            "raw_events_per_s": raw["events"] / raw["seconds"], "raw_mb_per_s": mb / raw["seconds"],
-            "convert_events_per_s": conv["events"] / conv["seconds"], "convert_mb_per_s": mb / conv["seconds"],
-            "ratio": raw["seconds"] / conv["seconds"],
-            "raw_peak_rss_mb": raw["peak_rss_mb"], "convert_peak_rss_mb": conv["peak_rss_mb"],
-        })
+        rows.append(
+            {
+                "events": size,
+                "file_mb": round(mb, 1),
+                "raw_events_per_s": raw["events"] / raw["seconds"],
+                "raw_mb_per_s": mb / raw["seconds"],
+                "convert_events_per_s": conv["events"] / conv["seconds"],
+                "convert_mb_per_s": mb / conv["seconds"],
+                "ratio": raw["seconds"] / conv["seconds"],
+                "raw_peak_rss_mb": raw["peak_rss_mb"],
+                "convert_peak_rss_mb": conv["peak_rss_mb"],
+            }
+        )
     print(f"allocator: {allocator}")
-    print(f"{'events':>10} {'file MB':>8} {'raw ev/s':>10} {'raw MB/s':>9} {'conv ev/s':>10} {'conv MB/s':>10} "
-          f"{'ratio':>6} {'raw RSS MB':>11} {'conv RSS MB':>12}")
+    print(
+        f"{'events':>10} {'file MB':>8} {'raw ev/s':>10} {'raw MB/s':>9} {'conv ev/s':>10} {'conv MB/s':>10} "
+        f"{'ratio':>6} {'raw RSS MB':>11} {'conv RSS MB':>12}"
+    )
     for r in rows:
-        print(f"{r['events']:>10} {r['file_mb']:>8.1f} {r['raw_events_per_s']:>10,.0f} {r['raw_mb_per_s']:>9.1f} "
-              f"{r['convert_events_per_s']:>10,.0f} {r['convert_mb_per_s']:>10.1f} {r['ratio']:>6.2f} "
-              f"{r['raw_peak_rss_mb']:>11.0f} {r['convert_peak_rss_mb']:>12.0f}")
+        print(
+            f"{r['events']:>10} {r['file_mb']:>8.1f} {r['raw_events_per_s']:>10,.0f} {r['raw_mb_per_s']:>9.1f} "
+            f"{r['convert_events_per_s']:>10,.0f} {r['convert_mb_per_s']:>10.1f} {r['ratio']:>6.2f} "
+            f"{r['raw_peak_rss_mb']:>11.0f} {r['convert_peak_rss_mb']:>12.0f}"
+        )
     if len(rows) > 1:
         growth = rows[-1]["convert_peak_rss_mb"] / rows[0]["convert_peak_rss_mb"]
         print(f"convert peak RSS {rows[-1]['events'] / rows[0]['events']:.0f}x events: x{growth:.2f}")

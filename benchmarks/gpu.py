@@ -40,8 +40,16 @@ class GpuSampler:
         self.path, self.proc = path, None
         if shutil.which("nvidia-smi"):
             self.proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                 "-lms", "500"], stdout=path.open("w"), stderr=subprocess.DEVNULL)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "500",
+                ],
+                stdout=path.open("w"),
+                stderr=subprocess.DEVNULL,
+            )
             self.start = time.time()
 
     def window(self, t0: float, t1: float) -> dict | None:
@@ -54,8 +62,12 @@ class GpuSampler:
         if not picked:
             return None
         utils = sorted(u for u, _ in picked)
-        return {"samples": len(picked), "util_mean": sum(utils) / len(utils), "util_median": utils[len(utils) // 2],
-                "memory_used_max_mib": max(m for _, m in picked)}
+        return {
+            "samples": len(picked),
+            "util_mean": sum(utils) / len(utils),
+            "util_median": utils[len(utils) // 2],
+            "memory_used_max_mib": max(m for _, m in picked),
+        }
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -147,8 +159,13 @@ def main() -> int:
     from payload.splits import TEST, TRAIN, VALIDATION
     from payload.train import Tally, compile_model, make_stream_factory, prepare
 
-    result: dict = {"device": describe(), "events_per_sample": args.events, "batch_size": args.batch_size,
-                    "steps": args.steps, "config": str(args.config)}
+    result: dict = {
+        "device": describe(),
+        "events_per_sample": args.events,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "config": str(args.config),
+    }
     on_gpu = bool(gpus())
     if not on_gpu:
         result["note"] = "no GPU visible to the backend: ran on the CPU, utilisation not sampled"
@@ -199,14 +216,29 @@ def main() -> int:
             waiting = Waiting(iter(batches))
             timer = steady_timer(keras, warmup, waiting)
             # tf.data (TensorFlow) pulls batches in its own threads: the wait is measured for other backends.
-            model.fit(waiting.batches() if keras.backend.backend() != "tensorflow" else batches,
-                      steps_per_epoch=warmup + steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
-        row = {"variant": name, "mixed_precision": mp == "mp", "jit": jit == "jit", "steps": steps,
-               "samples_per_s": steps * args.batch_size / timer.seconds,
-               "input_wait_share": waiting.waited / timer.seconds, "gpu": sampler.window(timer.w0, timer.w1)}
+            model.fit(
+                waiting.batches() if keras.backend.backend() != "tensorflow" else batches,
+                steps_per_epoch=warmup + steps,
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[timer],
+            )
+        row = {
+            "variant": name,
+            "mixed_precision": mp == "mp",
+            "jit": jit == "jit",
+            "steps": steps,
+            "samples_per_s": steps * args.batch_size / timer.seconds,
+            "input_wait_share": waiting.waited / timer.seconds,
+            "gpu": sampler.window(timer.w0, timer.w1),
+        }
         variants.append(row)
-        print(f"payload-gpu: {name}: {row['samples_per_s']:,.0f} samples/s, input wait "
-              f"{100 * row['input_wait_share']:.1f} %, gpu {row['gpu']}", file=sys.stderr)
+        print(
+            f"payload-gpu: {name}: {row['samples_per_s']:,.0f} samples/s, input wait "
+            f"{100 * row['input_wait_share']:.1f} %, gpu {row['gpu']}",
+            file=sys.stderr,
+        )
     result["training"] = variants
     keras.mixed_precision.set_global_policy("float32")
 
@@ -224,9 +256,13 @@ def main() -> int:
 
     best = max(variants, key=lambda r: r["samples_per_s"])
     train_events = 2 * args.events * sc.train
-    result["estimate"] = {"variant": best["variant"], "epoch_s": train_events / best["samples_per_s"],
-                          "training_h": args.epochs * train_events / best["samples_per_s"] / 3600,
-                          "epochs": args.epochs, "training_events_per_epoch": train_events}
+    result["estimate"] = {
+        "variant": best["variant"],
+        "epoch_s": train_events / best["samples_per_s"],
+        "training_h": args.epochs * train_events / best["samples_per_s"] / 3600,
+        "epochs": args.epochs,
+        "training_events_per_epoch": train_events,
+    }
     (args.out / "gpu.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("training", "inference", "estimate")}, indent=1))
     with contextlib.suppress(OSError):

@@ -147,8 +147,9 @@ def gb_weights(train_a: list[str], train_b: list[str], primary, seed: int) -> np
     xa = np.column_stack([a[v] for v in VARIABLES])
     xb = np.column_stack([b[v] for v in VARIABLES])
     np.random.seed(seed)  # noqa: NPY002 - hep_ml's GBReweighter draws its subsamples from the global RNG
-    gb = GBReweighter(n_estimators=50, learning_rate=0.1, max_depth=3, min_samples_leaf=1000,
-                      gb_args={"subsample": 0.4})
+    gb = GBReweighter(
+        n_estimators=50, learning_rate=0.1, max_depth=3, min_samples_leaf=1000, gb_args={"subsample": 0.4}
+    )
     gb.fit(xa, xb, original_weight=a["weight"], target_weight=b["weight"])
     w = gb.predict_weights(np.column_stack([primary[v] for v in VARIABLES]), primary["weight"])
     w = w / primary["weight"]
@@ -172,10 +173,13 @@ def main(argv=None) -> int:
     rows = {"unweighted": table(primary, secondary, np.ones(n), args.bins)}
     for spec in args.predictions:
         label, _, path = spec.rpartition("=")
-        rows[label or path] = table(primary, secondary, nn_weights(path, args.primary, entries(args.primary)), args.bins)
+        rows[label or path] = table(
+            primary, secondary, nn_weights(path, args.primary, entries(args.primary)), args.bins
+        )
     if args.train_primary and args.train_secondary:
-        rows["GBReweighter"] = table(primary, secondary, gb_weights(args.train_primary, args.train_secondary,
-                                                                    primary, args.seed), args.bins)
+        rows["GBReweighter"] = table(
+            primary, secondary, gb_weights(args.train_primary, args.train_secondary, primary, args.seed), args.bins
+        )
     head = ["", *VARIABLES, "total", "n_leptons", "jet m"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

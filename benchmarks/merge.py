@@ -44,8 +44,9 @@ def child(mode: str, workdir: str, n: int) -> None:
 
 
 def measure(mode: str, workdir: Path, n: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(workdir), str(n)], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(workdir), str(n)], capture_output=True, text=True, cwd=REPO
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -73,10 +74,18 @@ def main() -> None:
         raw["training"]["epochs"] = 1
         raw["evaluation"]["closure_classifier"] = False
         data = REPO / "payload" / "data"
-        run_job(parse_config(raw), str(data / "sample_A.root"), str(data / "sample_B.root"), args.workdir / "job",
-                tarball=tarball, progress=False)
+        run_job(
+            parse_config(raw),
+            str(data / "sample_A.root"),
+            str(data / "sample_B.root"),
+            args.workdir / "job",
+            tarball=tarball,
+            progress=False,
+        )
     print(f"one job tarball: {tarball.stat().st_size / 1e6:.1f} MB")
-    print(f"{'jobs':>6} {'extract s':>10} {'merge s':>9} {'merge/extract':>14} {'extract RSS MB':>15} {'merge RSS MB':>13}")
+    print(
+        f"{'jobs':>6} {'extract s':>10} {'merge s':>9} {'merge/extract':>14} {'extract RSS MB':>15} {'merge RSS MB':>13}"
+    )
     for n in args.jobs:
         jobs = args.workdir / f"jobs{n}"
         if not jobs.exists():
@@ -84,8 +93,10 @@ def main() -> None:
             for i in range(n):
                 shutil.copyfile(tarball, jobs / f"user.nick.1234._{i:06d}.out.tgz")
         extract, merged = measure("extract", args.workdir, n), measure("merge", args.workdir, n)
-        print(f"{n:>6} {extract['seconds']:>10.1f} {merged['seconds']:>9.1f} {merged['seconds'] / extract['seconds']:>14.2f} "
-              f"{extract['peak_rss_mb']:>15.0f} {merged['peak_rss_mb']:>13.0f}")
+        print(
+            f"{n:>6} {extract['seconds']:>10.1f} {merged['seconds']:>9.1f} {merged['seconds'] / extract['seconds']:>14.2f} "
+            f"{extract['peak_rss_mb']:>15.0f} {merged['peak_rss_mb']:>13.0f}"
+        )
 
 
 if __name__ == "__main__":

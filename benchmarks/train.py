@@ -72,15 +72,17 @@ def child(mode: str, a: str, b: str, steps: int, model_config: str) -> None:
             model.fit(batches, steps_per_epoch=warm + steps, epochs=1, verbose=0, shuffle=False, callbacks=[rate])
     else:
         blocks = [blk for src, _ in sources for blk in src.iterate((TRAIN,))]
-        labels = np.concatenate([np.full(len(blk), lab, np.float32) for (src, lab) in sources
-                                 for blk in src.iterate((TRAIN,))])
+        labels = np.concatenate(
+            [np.full(len(blk), lab, np.float32) for (src, lab) in sources for blk in src.iterate((TRAIN,))]
+        )
         data = concat(blocks)
         # Repeated when the split is shorter than the run: fit stops early when its arrays run out.
         order = np.resize(np.random.default_rng(0).permutation(len(data)), (warm + steps) * bs)
         x = {k: v[order] for k, v in data.inputs.items()}
         y, w = labels[order][:, None], data.weights[order].astype(np.float32)
-        model.fit(x, y, sample_weight=w, batch_size=bs, steps_per_epoch=warm + steps, epochs=1, verbose=0,
-                  callbacks=[rate])
+        model.fit(
+            x, y, sample_weight=w, batch_size=bs, steps_per_epoch=warm + steps, epochs=1, verbose=0, callbacks=[rate]
+        )
     seconds = rate.seconds
     rss = peak_rss_mb()
     from payload.device import allocator
@@ -89,15 +91,21 @@ def child(mode: str, a: str, b: str, steps: int, model_config: str) -> None:
 
 
 def _once(mode: str, a: Path, b: Path, steps: int, model_config: Path, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(a), str(b), str(steps), str(model_config)],
-                          capture_output=True, text=True, cwd=REPO, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(a), str(b), str(steps), str(model_config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(modes: tuple[str, ...], a: Path, b: Path, steps: int, repeat: int, model_config: Path,
-            env: dict[str, str]) -> dict:
+def measure(
+    modes: tuple[str, ...], a: Path, b: Path, steps: int, repeat: int, model_config: Path, env: dict[str, str]
+) -> dict:
     """Best of ``repeat`` fresh processes per mode (a shared machine only ever slows a run down),
     the modes taking turns so that a slow spell of the machine hits them alike."""
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
@@ -113,11 +121,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best kept")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-bench"))
-    parser.add_argument("--model-config", type=Path, default=REPO / "examples" / "seed000_reweight.yaml",
-                        help="job config whose model is trained (default: the seed-000 Deep Sets)")
-    parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
-                        help="memory allocator of the measured processes, the same for every mode (default: "
-                             "tcmalloc where installed, as in the image)")
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        default=REPO / "examples" / "seed000_reweight.yaml",
+        help="job config whose model is trained (default: the seed-000 Deep Sets)",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="auto",
+        help="memory allocator of the measured processes, the same for every mode (default: "
+        "tcmalloc where installed, as in the image)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,20 +158,27 @@ def main() -> None:
                 root = write_sample(args.workdir / f"train_{name}_{size}.root", size, name)
                 convert(config, str(root), path, progress=False)
             h5.append(path)
-        row = {"events_per_sample": size,
-               **measure(("stream", "generator", "memory"), *h5, args.steps, args.repeat, args.model_config, env)}
+        row = {
+            "events_per_sample": size,
+            **measure(("stream", "generator", "memory"), *h5, args.steps, args.repeat, args.model_config, env),
+        }
         row["ratio"] = row["stream"]["samples_per_s"] / row["memory"]["samples_per_s"]
         rows.append(row)
     print(f"model: {args.model_config}; allocator: {allocator}")
-    print(f"{'events/sample':>14} {'stream samples/s':>17} {'per-batch gen.':>15} {'in-memory':>10} {'ratio':>6} "
-          f"{'stream RSS MB':>14} {'in-memory RSS MB':>17}")
+    print(
+        f"{'events/sample':>14} {'stream samples/s':>17} {'per-batch gen.':>15} {'in-memory':>10} {'ratio':>6} "
+        f"{'stream RSS MB':>14} {'in-memory RSS MB':>17}"
+    )
     for r in rows:
-        print(f"{r['events_per_sample']:>14} {r['stream']['samples_per_s']:>17,.0f} "
-              f"{r['generator']['samples_per_s']:>15,.0f} {r['memory']['samples_per_s']:>10,.0f} {r['ratio']:>6.2f} "
-              f"{r['stream']['peak_rss_mb']:>14.0f} {r['memory']['peak_rss_mb']:>17.0f}")
+        print(
+            f"{r['events_per_sample']:>14} {r['stream']['samples_per_s']:>17,.0f} "
+            f"{r['generator']['samples_per_s']:>15,.0f} {r['memory']['samples_per_s']:>10,.0f} {r['ratio']:>6.2f} "
+            f"{r['stream']['peak_rss_mb']:>14.0f} {r['memory']['peak_rss_mb']:>17.0f}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"model_config": str(args.model_config), "allocator": allocator, "rows": rows},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps({"model_config": str(args.model_config), "allocator": allocator, "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

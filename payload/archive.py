@@ -13,8 +13,9 @@ from payload.atomic import atomic_path
 from payload.errors import ConfigError, InputCorruptError
 
 
-def make_tarball(source: Path, target: Path, exclude: tuple[str, ...] = ("work", "checkpoints"),
-                 only: tuple[str, ...] | None = None) -> Path:
+def make_tarball(
+    source: Path, target: Path, exclude: tuple[str, ...] = ("work", "checkpoints"), only: tuple[str, ...] | None = None
+) -> Path:
     """``source``'s files (but ``exclude``d directories and hidden files, or only those named in
     ``only``) as a gzipped tarball, written atomically."""
     with atomic_path(target) as tmp, tarfile.open(tmp, "w:gz") as tar:
@@ -44,8 +45,13 @@ def _limit(name: str, default: int) -> int:
         raise ConfigError(f"{name}={value!r}: must be a whole number of bytes or members") from None
 
 
-def safe_extract(tarball: Path, destination: Path, only: tuple[str, ...] | None = None,
-                 max_bytes: int | None = None, max_members: int | None = None) -> Path:
+def safe_extract(
+    tarball: Path,
+    destination: Path,
+    only: tuple[str, ...] | None = None,
+    max_bytes: int | None = None,
+    max_members: int | None = None,
+) -> Path:
     """Extract ``tarball`` (all members, or those named in ``only``) into ``destination`` after checking
     every member: no absolute path, no '..', no link or device, at most ``max_members`` members and
     ``max_bytes`` bytes to write (as the headers declare them, checked before anything is written)."""
@@ -60,7 +66,9 @@ def safe_extract(tarball: Path, destination: Path, only: tuple[str, ...] | None 
             for member in tar:
                 name = Path(member.name)
                 if name.is_absolute() or ".." in name.parts:
-                    raise InputCorruptError(f"tarball {tarball}: member {member.name!r} escapes the extraction directory")
+                    raise InputCorruptError(
+                        f"tarball {tarball}: member {member.name!r} escapes the extraction directory"
+                    )
                 if not (member.isfile() or member.isdir()):
                     raise InputCorruptError(f"tarball {tarball}: member {member.name!r} is a link or device; refused")
                 if only is not None and str(name) not in only:
@@ -68,11 +76,14 @@ def safe_extract(tarball: Path, destination: Path, only: tuple[str, ...] | None 
                 members.append(member)
                 total += member.size
                 if len(members) > max_members:
-                    raise InputCorruptError(f"tarball {tarball}: more than {max_members} members "
-                                            f"({members_hint}); refused")
+                    raise InputCorruptError(
+                        f"tarball {tarball}: more than {max_members} members ({members_hint}); refused"
+                    )
                 if total > max_bytes:
-                    raise InputCorruptError(f"tarball {tarball}: member {member.name!r} takes what it would write "
-                                            f"past {max_bytes} bytes ({bytes_hint}); refused")
+                    raise InputCorruptError(
+                        f"tarball {tarball}: member {member.name!r} takes what it would write "
+                        f"past {max_bytes} bytes ({bytes_hint}); refused"
+                    )
             destination.mkdir(parents=True, exist_ok=True)
             for member in members:
                 if hasattr(tarfile, "data_filter"):

@@ -44,8 +44,9 @@ def atomic_path(final: str | os.PathLike, what: str = "output") -> Iterator[Path
             else:
                 Path(tmp).replace(final)
         except OSError as err:  # e.g. a directory, or a file where a directory goes, under that name
-            raise OutputError(f"{what} {final}: cannot be put in place ({err.strerror}); remove what is there "
-                              "or choose another name") from None
+            raise OutputError(
+                f"{what} {final}: cannot be put in place ({err.strerror}); remove what is there or choose another name"
+            ) from None
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

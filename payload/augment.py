@@ -28,8 +28,9 @@ class Augmenter:
         self.flip_phi = bool(modes & {"x_flip", "y_flip"})
         self.flip_x_only = modes & {"x_flip", "y_flip"} == {"x_flip"}
 
-    def _apply(self, objects: np.ndarray, mask: np.ndarray, angle: np.ndarray, phi_sign: np.ndarray,
-               eta_sign: np.ndarray) -> np.ndarray:
+    def _apply(
+        self, objects: np.ndarray, mask: np.ndarray, angle: np.ndarray, phi_sign: np.ndarray, eta_sign: np.ndarray
+    ) -> np.ndarray:
         out = objects.copy()
         real = mask > 0
         j = self.phi
@@ -55,11 +56,15 @@ class Augmenter:
 
     def group(self, rotations: int) -> list[tuple[float, float, float]]:
         """(angle, phi sign, eta sign) of each test-time transformation."""
-        return [(2 * np.pi * k / rotations, s, e) for k in range(rotations)
-                for s in ((1.0, -1.0) if self.flip_phi else (1.0,))
-                for e in ((1.0, -1.0) if self.flip_eta else (1.0,))]
+        return [
+            (2 * np.pi * k / rotations, s, e)
+            for k in range(rotations)
+            for s in ((1.0, -1.0) if self.flip_phi else (1.0,))
+            for e in ((1.0, -1.0) if self.flip_eta else (1.0,))
+        ]
 
-    def transformed(self, objects: np.ndarray, mask: np.ndarray, angle: float, phi_sign: float,
-                    eta_sign: float) -> np.ndarray:
+    def transformed(
+        self, objects: np.ndarray, mask: np.ndarray, angle: float, phi_sign: float, eta_sign: float
+    ) -> np.ndarray:
         n = len(objects)
         return self._apply(objects, mask, np.full(n, angle), np.full(n, phi_sign), np.full(n, eta_sign))

@@ -47,16 +47,23 @@ class Baseline:
         seed = self.config.training.seed
         data = []
         for source, n in zip(sources, expected):
-            parts = [(self.high_level.compute(b), training_weights(b, self.config, 1.0))
-                     for b in _draw(source, (TRAIN,), cfg.baseline_events, n, seed)]
+            parts = [
+                (self.high_level.compute(b), training_weights(b, self.config, 1.0))
+                for b in _draw(source, (TRAIN,), cfg.baseline_events, n, seed)
+            ]
             data.append((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
         (x0, w0), (x1, w1) = data
         self.trained_on = (len(x0), len(x1))
-        log.info("baseline: GBReweighter on %d + %d training events, %d high-level features",
-                 len(x0), len(x1), x0.shape[1])
-        self.model = GBReweighter(n_estimators=cfg.baseline_trees, learning_rate=0.1, max_depth=3,
-                                  min_samples_leaf=max(100, min(1000, len(x0) // 100)),
-                                  gb_args={"subsample": 0.4, "random_state": seed})
+        log.info(
+            "baseline: GBReweighter on %d + %d training events, %d high-level features", len(x0), len(x1), x0.shape[1]
+        )
+        self.model = GBReweighter(
+            n_estimators=cfg.baseline_trees,
+            learning_rate=0.1,
+            max_depth=3,
+            min_samples_leaf=max(100, min(1000, len(x0) // 100)),
+            gb_args={"subsample": 0.4, "random_state": seed},
+        )
         self.model.fit(x0.astype(np.float64), x1.astype(np.float64), original_weight=w0, target_weight=w1)  # type: ignore[attr-defined]
         return self
 

@@ -41,8 +41,9 @@ def locate(source: str | Path, scratch: Path) -> Path:
         path = safe_extract(path, scratch, only=FILES, max_bytes=MAX_BYTES)
     for needed in REQUIRED:
         if not (path / needed).exists():
-            raise InputMissingError(f"model {source}: no {needed}; give the output directory or tarball of a "
-                                    "'payload run --mode train' job")
+            raise InputMissingError(
+                f"model {source}: no {needed}; give the output directory or tarball of a 'payload run --mode train' job"
+            )
     return path
 
 
@@ -59,16 +60,22 @@ def load(directory: Path, source: str | Path | None = None) -> Bundle:
     try:
         model = load_model(directory / "model.keras")
     except Exception as err:  # noqa: BLE001 - Keras raises many types; all mean the same to the user
-        raise InputCorruptError(f"{where}: model.keras cannot be loaded in safe mode "
-                                f"({' '.join(str(err).split())[:200]}); only bundles written by payload run "
-                                "or payload merge can be applied") from None
+        raise InputCorruptError(
+            f"{where}: model.keras cannot be loaded in safe mode "
+            f"({' '.join(str(err).split())[:200]}); only bundles written by payload run "
+            "or payload merge can be applied"
+        ) from None
     shapes = dict(zip(input_names(model), (tuple(t.shape) for t in model.inputs)))
     for name, columns in (("objects", scaler.objects), ("events", scaler.events)):
         if name in shapes and shapes[name][-1] != len(columns.names):
-            raise InputCorruptError(f"{where}: model.keras takes {shapes[name][-1]} {name} features but scaler.json "
-                                    f"scales {len(columns.names)}; the files belong to different jobs")
+            raise InputCorruptError(
+                f"{where}: model.keras takes {shapes[name][-1]} {name} features but scaler.json "
+                f"scales {len(columns.names)}; the files belong to different jobs"
+            )
     if "objects" in shapes and len(scaler.objects.names) != len(config.data.object_features):
-        raise InputCorruptError(f"{where}: scaler.json scales {len(scaler.objects.names)} object features but "
-                                f"config.yaml lists {len(config.data.object_features)}; the files belong to "
-                                "different jobs")
+        raise InputCorruptError(
+            f"{where}: scaler.json scales {len(scaler.objects.names)} object features but "
+            f"config.yaml lists {len(config.data.object_features)}; the files belong to "
+            "different jobs"
+        )
     return Bundle(directory, config, scaler, model)

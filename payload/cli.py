@@ -43,8 +43,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from payload.convert import convert
 
     result = convert(_config(args.config), args.inputs, args.output, progress=not args.quiet)
-    log.info("wrote %s: %d events from %d entries in %.1f s", result.output, result.events, result.entries,
-             result.seconds)
+    log.info(
+        "wrote %s: %d events from %d entries in %.1f s", result.output, result.events, result.entries, result.seconds
+    )
     return 0
 
 
@@ -54,12 +55,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     report_dir = Path.cwd()  # where the PanDA pilot looks for userJobMetadata.json
     if args.job_report and not os.access(report_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"working directory {report_dir}: not writable, and the job report userJobMetadata.json "
-                          "goes there; run from a writable directory or pass --no-job-report")
+        raise OutputError(
+            f"working directory {report_dir}: not writable, and the job report userJobMetadata.json "
+            "goes there; run from a writable directory or pass --no-job-report"
+        )
     try:
         config = _config(args.config) if args.mode == "train" else None
-        result = run_job(config, args.primary, args.secondary, args.output, mode=args.mode, model=args.model,
-                         tarball=args.tarball, progress=not args.quiet, require_gpu=args.require_gpu)
+        result = run_job(
+            config,
+            args.primary,
+            args.secondary,
+            args.output,
+            mode=args.mode,
+            model=args.model,
+            tarball=args.tarball,
+            progress=not args.quiet,
+            require_gpu=args.require_gpu,
+        )
     except (PayloadError, Terminated) as err:
         if args.job_report:
             _report(report_dir, err.exit_code, args.output, error=err.message)
@@ -107,25 +119,46 @@ def _summary(result) -> None:
     verdict = m.closure.verdict if m.closure else None
     if verdict is not None:
         state = "closed" if verdict.closed else "NOT closed"
-        beats = {True: ", at or below the GBReweighter baseline", False: ", worse than the GBReweighter baseline",
-                 None: ""}[verdict.beats_baseline]
-        log.info("reweighting %s on the test events%s%s", state, beats,
-                 f": {len(m.warnings)} warning(s) above and in metrics.json" if m.warnings else "")
+        beats = {
+            True: ", at or below the GBReweighter baseline",
+            False: ", worse than the GBReweighter baseline",
+            None: "",
+        }[verdict.beats_baseline]
+        log.info(
+            "reweighting %s on the test events%s%s",
+            state,
+            beats,
+            f": {len(m.warnings)} warning(s) above and in metrics.json" if m.warnings else "",
+        )
     friends = manifest.get("friends", [])
-    shown = [name for name in ("model.keras", "model.onnx", "predictions.h5", "metrics.json")
-             if name in manifest.get("outputs", {})]
+    shown = [
+        name
+        for name in ("model.keras", "model.onnx", "predictions.h5", "metrics.json")
+        if name in manifest.get("outputs", {})
+    ]
     if friends:
         shown.append(f"friends/ ({len(friends)} ROOT friend tree file(s))")
     shown += ["plots/"] * any(k.startswith("plots/") for k in manifest.get("outputs", {}))
-    log.info("outputs in %s: %s%s", result.output, ", ".join(shown),
-             f"; tarball {manifest['tarball']}" if manifest.get("tarball") else "")
+    log.info(
+        "outputs in %s: %s%s",
+        result.output,
+        ", ".join(shown),
+        f"; tarball {manifest['tarball']}" if manifest.get("tarball") else "",
+    )
 
 
 def cmd_hpo(args: argparse.Namespace) -> int:
     from payload.hpo import run_point
 
-    out = run_point(_config(args.config), Path.cwd(), Path(args.output), args.primary_match, args.secondary_match,
-                    args.objective, progress=not args.quiet)
+    out = run_point(
+        _config(args.config),
+        Path.cwd(),
+        Path(args.output),
+        args.primary_match,
+        args.secondary_match,
+        args.objective,
+        progress=not args.quiet,
+    )
     if out["status"]:
         print(f"payload: error: {out['message']}", file=sys.stderr)
     else:
@@ -136,8 +169,14 @@ def cmd_hpo(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from payload.merge import merge
 
-    summary = merge(args.inputs, args.output, metric=args.metric, ensemble=args.ensemble,
-                    predictions=args.predictions, strict=args.strict)
+    summary = merge(
+        args.inputs,
+        args.output,
+        metric=args.metric,
+        ensemble=args.ensemble,
+        predictions=args.predictions,
+        strict=args.strict,
+    )
     for s in summary["skipped"]:
         log.info("skipped %s: %s", s["input"], s["reason"])
     if "best" in summary:
@@ -148,10 +187,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from payload.lrfind import lr_range_test
 
-    summary = lr_range_test(_config(args.config), args.primary, args.secondary, args.output, start=args.start,
-                            stop=args.stop, steps=args.steps, progress=not args.quiet)
-    print(f"suggested learning rate {summary['suggested_learning_rate']:.3g}: "
-          f"plot in {(Path(args.output) / 'lr_range.png').resolve()}")
+    summary = lr_range_test(
+        _config(args.config),
+        args.primary,
+        args.secondary,
+        args.output,
+        start=args.start,
+        stop=args.stop,
+        steps=args.steps,
+        progress=not args.quiet,
+    )
+    print(
+        f"suggested learning rate {summary['suggested_learning_rate']:.3g}: "
+        f"plot in {(Path(args.output) / 'lr_range.png').resolve()}"
+    )
     return 0
 
 
@@ -160,11 +209,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from payload.job import run_job
 
     data_dir = Path(__file__).parent / "data"
-    result = run_job(load_config(data_dir / "demo.yaml"), str(data_dir / "sample_A.root"),
-                     str(data_dir / "sample_B.root"), args.output, progress=not args.quiet)
+    result = run_job(
+        load_config(data_dir / "demo.yaml"),
+        str(data_dir / "sample_A.root"),
+        str(data_dir / "sample_B.root"),
+        args.output,
+        progress=not args.quiet,
+    )
     _summary(result)
-    print(f"demo finished: plots in {(Path(args.output) / 'plots').resolve()}, "
-          f"metrics in {(Path(args.output) / 'metrics.json').resolve()}")
+    print(
+        f"demo finished: plots in {(Path(args.output) / 'plots').resolve()}, "
+        f"metrics in {(Path(args.output) / 'metrics.json').resolve()}"
+    )
     return 0
 
 
@@ -181,54 +237,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", parents=[common], help="ROOT trees -> padded HDF5 event file")
     p.add_argument("--config", help="job config YAML (default: the bundled seed-000 style config)")
-    p.add_argument("--inputs", required=True, nargs="+", action="extend",
-                   help="files, comma-separated lists (PanDA %%IN), globs, directories or root:// URLs")
+    p.add_argument(
+        "--inputs",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="files, comma-separated lists (PanDA %%IN), globs, directories or root:// URLs",
+    )
     p.add_argument("--output", required=True, help="HDF5 file to write")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("run", parents=[common], help="the job: convert, train or evaluate, write one output directory")
-    p.add_argument("--primary", required=True, nargs="+", action="extend",
-                   help="primary dataset (PanDA %%IN): files, comma-separated lists, globs, directories, URLs")
+    p.add_argument(
+        "--primary",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="primary dataset (PanDA %%IN): files, comma-separated lists, globs, directories, URLs",
+    )
     p.add_argument("--secondary", nargs="+", action="extend", help="secondary dataset (PanDA %%IN2)")
     p.add_argument("--config", help="job config YAML (train mode; evaluate mode uses the model's)")
     p.add_argument("--output", default="output", help="output directory (default: %(default)s)")
     p.add_argument("--mode", choices=["train", "evaluate"], default="train")
     p.add_argument("--model", help="evaluate mode: a trained job's output directory or tarball")
     p.add_argument("--tarball", help="also pack the outputs into this .tar.gz (for PanDA --outputs)")
-    p.add_argument("--no-job-report", dest="job_report", action="store_false",
-                   help="do not write the grid summary userJobMetadata.json into the working directory")
-    p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction,
-                   default=os.environ.get("PAYLOAD_REQUIRE_GPU", "") not in ("", "0"),
-                   help="fail at once (exit 13) when no GPU is usable, instead of training on the CPU "
-                        "(default: on when PAYLOAD_REQUIRE_GPU=1; the submission helpers set it for GPU requests)")
+    p.add_argument(
+        "--no-job-report",
+        dest="job_report",
+        action="store_false",
+        help="do not write the grid summary userJobMetadata.json into the working directory",
+    )
+    p.add_argument(
+        "--require-gpu",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("PAYLOAD_REQUIRE_GPU", "") not in ("", "0"),
+        help="fail at once (exit 13) when no GPU is usable, instead of training on the CPU "
+        "(default: on when PAYLOAD_REQUIRE_GPU=1; the submission helpers set it for GPU requests)",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("hpo", parents=[common],
-                       help="one PanDA phpo evaluation: input.json + input_ds.json in, output.json out")
+    p = sub.add_parser(
+        "hpo", parents=[common], help="one PanDA phpo evaluation: input.json + input_ds.json in, output.json out"
+    )
     p.add_argument("--config", required=True, help="the base job config; the point's keys override it")
     p.add_argument("--primary-match", required=True, help="file-name pattern of the primary sample, e.g. '*sherpa*'")
     p.add_argument("--secondary-match", help="file-name pattern of the secondary sample")
-    p.add_argument("--objective", choices=["loss", "auc", "closure"], default="loss",
-                   help="what the steering minimises (default: best validation loss)")
+    p.add_argument(
+        "--objective",
+        choices=["loss", "auc", "closure"],
+        default="loss",
+        help="what the steering minimises (default: best validation loss)",
+    )
     p.add_argument("--output", default="output", help="output directory (default: %(default)s)")
     p.set_defaults(func=cmd_hpo)
 
     p = sub.add_parser("merge", parents=[common], help="gather many job outputs into one summary, best model, ensemble")
     p.add_argument("inputs", nargs="+", help="job tarballs or output directories (globs allowed)")
     p.add_argument("--output", required=True, help="directory to write")
-    p.add_argument("--metric", default="best_loss",
-                   help="what picks the best job: best_loss (validation), test_loss, test_auc, test_accuracy, "
-                        "closure (default: %(default)s)")
-    p.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=None,
-                   help="average the jobs' models into one (default: for k folds only)")
-    p.add_argument("--predictions", choices=["auto", "all", "test", "none"], default="auto",
-                   help="concatenate per-event predictions: all rows (evaluation fan-out), the test split of "
-                        "each job (k folds: out-of-fold), or none; auto picks by the jobs")
+    p.add_argument(
+        "--metric",
+        default="best_loss",
+        help="what picks the best job: best_loss (validation), test_loss, test_auc, test_accuracy, "
+        "closure (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ensemble",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the jobs' models into one (default: for k folds only)",
+    )
+    p.add_argument(
+        "--predictions",
+        choices=["auto", "all", "test", "none"],
+        default="auto",
+        help="concatenate per-event predictions: all rows (evaluation fan-out), the test split of "
+        "each job (k folds: out-of-fold), or none; auto picks by the jobs",
+    )
     p.add_argument("--strict", action="store_true", help="any bad job output is an error, not skipped")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("lr-find", parents=[common],
-                       help="learning-rate range test: loss against an exponentially rising rate, with a plot")
+    p = sub.add_parser(
+        "lr-find",
+        parents=[common],
+        help="learning-rate range test: loss against an exponentially rising rate, with a plot",
+    )
     p.add_argument("--primary", required=True, nargs="+", action="extend", help="primary dataset, as for run")
     p.add_argument("--secondary", nargs="+", action="extend", help="secondary dataset, as for run")
     p.add_argument("--config", help="job config YAML")

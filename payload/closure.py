@@ -37,8 +37,9 @@ class ClosureSample:
     integer: set[str]
     parts: dict[int, list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]] = field(default_factory=dict)
 
-    def add(self, sample: int, features: np.ndarray, weights: np.ndarray,
-            factors: dict[str, np.ndarray] | None = None) -> None:
+    def add(
+        self, sample: int, features: np.ndarray, weights: np.ndarray, factors: dict[str, np.ndarray] | None = None
+    ) -> None:
         if len(features):
             self.parts.setdefault(sample, []).append((features, weights.astype(np.float64), factors or {}))
 
@@ -90,8 +91,9 @@ def event_level(sample: ClosureSample, bins: int) -> dict[str, Any]:
         edges = edges_for(x1[:, i], bins, name in sample.integer)
         # A constant column, or one repeating another (the sum over a one-object collection is its
         # leading object's), adds nothing and would be counted twice in the total.
-        if edges is None or any(np.array_equal(x1[:, i], x1[:, k]) and np.array_equal(x0[:, i], x0[:, k])
-                                for k in range(i)):
+        if edges is None or any(
+            np.array_equal(x1[:, i], x1[:, k]) and np.array_equal(x0[:, i], x0[:, k]) for k in range(i)
+        ):
             continue
         target = WeightedHist(edges)
         target.fill(x1[:, i], w1)
@@ -108,17 +110,27 @@ def event_level(sample: ClosureSample, bins: int) -> dict[str, Any]:
                 totals[key][1] += c["ndf"]
     from scipy.stats import chi2 as chi2_dist
 
-    total = {k: {"chi2": c, "ndf": n, "chi2_ndf": c / max(n, 1), "p": float(chi2_dist.sf(c, n)) if n else float("nan")}
-             for k, (c, n) in totals.items()}
+    total = {
+        k: {"chi2": c, "ndf": n, "chi2_ndf": c / max(n, 1), "p": float(chi2_dist.sf(c, n)) if n else float("nan")}
+        for k, (c, n) in totals.items()
+    }
     return {"variables": variables, "total": total, "hists": hists}
 
 
 def _classifier(seed: int):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=100,
-                                          l2_regularization=1.0, early_stopping=True, validation_fraction=0.15,
-                                          n_iter_no_change=10, random_state=seed)
+    return HistGradientBoostingClassifier(
+        max_iter=200,
+        learning_rate=0.1,
+        max_leaf_nodes=15,
+        min_samples_leaf=100,
+        l2_regularization=1.0,
+        early_stopping=True,
+        validation_fraction=0.15,
+        n_iter_no_change=10,
+        random_state=seed,
+    )
 
 
 def quantized(x: np.ndarray, levels: int = 255) -> np.ndarray:
@@ -163,8 +175,9 @@ def null_sigma(w0: np.ndarray, w1: np.ndarray) -> float:
     return math.sqrt(inv / 12.0)
 
 
-def independent_test(sample: ClosureSample, folds: int = 5, permutations: int = 5, seed: int = 0,
-                     judged: str = "nn") -> dict[str, Any]:
+def independent_test(
+    sample: ClosureSample, folds: int = 5, permutations: int = 5, seed: int = 0, judged: str = "nn"
+) -> dict[str, Any]:
     """The out-of-fold AUC of a classifier separating weighted primary from secondary, per weighting,
     with its significance; the label-permutation null is run for the ``judged`` weighting."""
     from scipy.stats import norm
@@ -173,8 +186,12 @@ def independent_test(sample: ClosureSample, folds: int = 5, permutations: int = 
     x1, w1, _ = sample.arrays(1)
     x = quantized(np.concatenate([x0, x1]))
     y = np.concatenate([np.zeros(len(x0), np.int8), np.ones(len(x1), np.int8)])
-    out: dict[str, Any] = {"events": {"primary": len(x0), "secondary": len(x1)}, "folds": folds,
-                           "features": list(sample.names), "classifier": "HistGradientBoostingClassifier"}
+    out: dict[str, Any] = {
+        "events": {"primary": len(x0), "secondary": len(x1)},
+        "folds": folds,
+        "features": list(sample.names),
+        "classifier": "HistGradientBoostingClassifier",
+    }
     if min(len(x0), len(x1)) < 10 * folds:
         out["skipped"] = f"too few test events ({len(x0)} primary, {len(x1)} secondary)"
         return out
@@ -184,8 +201,13 @@ def independent_test(sample: ClosureSample, folds: int = 5, permutations: int = 
         auc = _auc(_out_of_fold(x, y, w, folds, seed), y, w)
         sigma = null_sigma(w0 * f, w1)
         z = (auc - 0.5) / sigma
-        results[name] = {"auc": auc, "null_sigma": sigma, "z": z, "p": float(norm.sf(z)),
-                         "significant": bool(norm.sf(z) < SIGNIFICANCE)}
+        results[name] = {
+            "auc": auc,
+            "null_sigma": sigma,
+            "z": z,
+            "p": float(norm.sf(z)),
+            "significant": bool(norm.sf(z) < SIGNIFICANCE),
+        }
     out["results"] = results
     if permutations and judged in results:
         rng = np.random.default_rng(seed + 1)
@@ -195,8 +217,12 @@ def independent_test(sample: ClosureSample, folds: int = 5, permutations: int = 
             perm = rng.permutation(len(y))
             # Labels move, each event keeps its weight: the features then say nothing about the label.
             null.append(_auc(_out_of_fold(x, y[perm], w, folds, seed + 10 + k), y[perm], w))
-        out["permutation_null"] = {"weighting": judged, "aucs": null, "mean": float(np.mean(null)),
-                                   "std": float(np.std(null, ddof=1)) if len(null) > 1 else float("nan")}
+        out["permutation_null"] = {
+            "weighting": judged,
+            "aucs": null,
+            "mean": float(np.mean(null)),
+            "std": float(np.std(null, ddof=1)) if len(null) > 1 else float("nan"),
+        }
     return out
 
 
@@ -205,15 +231,20 @@ def weight_diagnostics(weights: np.ndarray, factors: np.ndarray, clipped: int | 
     w = weights * factors
     n = len(w)
     ess = float(w.sum()) ** 2 / max(float((w * w).sum()), 1e-300) if n else 0.0
-    out = {"events": n, "ess_fraction": ess / max(n, 1), "max": float(factors.max()) if n else float("nan"),
-           "min": float(factors.min()) if n else float("nan")}
+    out = {
+        "events": n,
+        "ess_fraction": ess / max(n, 1),
+        "max": float(factors.max()) if n else float("nan"),
+        "min": float(factors.min()) if n else float("nan"),
+    }
     if clipped is not None:
         out["clipped_fraction"] = clipped / max(n, 1)
     return out
 
 
-def verdict(tables: dict[str, Any], test: dict[str, Any], judged: str = "nn",
-            baseline: str | None = "baseline") -> list[str]:
+def verdict(
+    tables: dict[str, Any], test: dict[str, Any], judged: str = "nn", baseline: str | None = "baseline"
+) -> list[str]:
     """Plain sentences for the log and metrics.json: what did not close, what got worse, and how the
     network compares with the baseline.  Empty when nothing is wrong."""
     lines = []
@@ -221,21 +252,29 @@ def verdict(tables: dict[str, Any], test: dict[str, Any], judged: str = "nn",
     open_ = sorted(n for n, v in variables.items() if judged in v and v[judged]["p"] < SIGNIFICANCE)
     worse = sorted(n for n in open_ if variables[n][judged]["chi2"] > variables[n]["unweighted"]["chi2"])
     if worse:
-        lines.append(f"the weights made {len(worse)} variable(s) worse than no reweighting and not closed "
-                     f"(chi2 p < {SIGNIFICANCE}): {', '.join(worse)}")
+        lines.append(
+            f"the weights made {len(worse)} variable(s) worse than no reweighting and not closed "
+            f"(chi2 p < {SIGNIFICANCE}): {', '.join(worse)}"
+        )
     rest = [n for n in open_ if n not in worse]
     if rest:
-        lines.append(f"{len(rest)} variable(s) not closed after reweighting (chi2 p < {SIGNIFICANCE}): {', '.join(rest)}")
+        lines.append(
+            f"{len(rest)} variable(s) not closed after reweighting (chi2 p < {SIGNIFICANCE}): {', '.join(rest)}"
+        )
     result = test.get("results", {}).get(judged)
     if result and result["significant"]:
-        lines.append(f"the independent classifier still separates reweighted primary from secondary: AUC "
-                     f"{result['auc']:.4f} against 0.5 +- {result['null_sigma']:.4f} (p = {result['p']:.2g})")
+        lines.append(
+            f"the independent classifier still separates reweighted primary from secondary: AUC "
+            f"{result['auc']:.4f} against 0.5 +- {result['null_sigma']:.4f} (p = {result['p']:.2g})"
+        )
     total = tables.get("total", {})
     if baseline and baseline in total and judged in total:
         mine, theirs = total[judged]["chi2_ndf"], total[baseline]["chi2_ndf"]
         ndf = total[judged]["ndf"]
         # The difference of two chi2/ndf is noise below ~2 sqrt(2/ndf) (each has sd sqrt(2/ndf)).
         if mine - theirs > 2 * math.sqrt(2 / max(ndf, 1)) * math.sqrt(2):
-            lines.append(f"the standard reweighter (baseline) closes better than the network: total chi2/ndf "
-                         f"{theirs:.2f} against {mine:.2f} over {ndf} bins")
+            lines.append(
+                f"the standard reweighter (baseline) closes better than the network: total chi2/ndf "
+                f"{theirs:.2f} against {mine:.2f} over {ndf} bins"
+            )
     return lines

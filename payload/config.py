@@ -75,7 +75,9 @@ class DataConfig(_Strict):
     energy_features: list[str] = Field(default_factory=lambda: ["pt", "m", "e", "met"])
     #: Entries read per conversion task.
     chunk_size: Annotated[int, Field(ge=100)] = 50_000
-    workers: Annotated[int, Field(ge=0, le=512)] = 0  # reading processes; 0 = one per core the job may use, less one (1 on two cores)
+    workers: Annotated[int, Field(ge=0, le=512)] = (
+        0  # reading processes; 0 = one per core the job may use, less one (1 on two cores)
+    )
     #: HDF5 compression of the work files.
     compression: Literal["blosc-lz4", "lzf", "gzip", "none"] = "blosc-lz4"
     #: NaN or infinite values in a stored branch: ``error`` stops the job (exit 7) naming the branch
@@ -173,7 +175,10 @@ class ScalingConfig(_Strict):
     transforms: dict[str, Literal["log", "log10", "log1p", "none"]] = Field(default_factory=dict)
     #: minmax maps these quantiles of the training split's real values (after the transform) to 0 and
     #: 1, so a few extreme values cannot squeeze the rest; [0, 1] is the exact min and max (seed 000).
-    range_quantiles: tuple[Annotated[float, Field(ge=0, lt=0.5)], Annotated[float, Field(gt=0.5, le=1)]] = (0.001, 0.999)
+    range_quantiles: tuple[Annotated[float, Field(ge=0, lt=0.5)], Annotated[float, Field(gt=0.5, le=1)]] = (
+        0.001,
+        0.999,
+    )
     #: Feature -> (offset, divisor), applied after the transform and not fitted (method `fixed`).
     fixed: dict[str, tuple[float, Annotated[float, Field(gt=0)]]] = Field(default_factory=dict)
     #: Drop events with any real object whose feature exceeds this value (seed 000: pt > 3000 GeV).
@@ -226,7 +231,7 @@ class ModelConfig(_Strict):
     #: `deepsets` (seed 000), `dense` (seed 002), `gcn` (seed 003) or `autoencoder` (seeds 001, 004).
     type: Literal["deepsets", "dense", "gcn", "autoencoder"] = "deepsets"
     phi_widths: Widths = Field(default_factory=lambda: [64, 64])  # per object (Deep Sets Phi, GCN's node Dense)
-    f_widths: Widths = Field(default_factory=lambda: [64, 64])    # per event, after pooling (or the dense network)
+    f_widths: Widths = Field(default_factory=lambda: [64, 64])  # per event, after pooling (or the dense network)
     #: Activation of the hidden layers (a Keras name).
     activation: str = "relu"
     #: Dropout rate after each hidden layer.
@@ -307,7 +312,7 @@ class SpeedupConfig(_Strict):
     """Seed 003's speed-up of filtered simulation, times relative to event generation."""
 
     simulation: Annotated[float, Field(gt=0)] = 1000.0  # simulation + reconstruction
-    network: Annotated[float, Field(ge=0)] = 10.0       # the network's prediction
+    network: Annotated[float, Field(ge=0)] = 10.0  # the network's prediction
     retention: Annotated[float, Field(gt=0, lt=1)] = 0.05  # fraction of events the skim keeps
 
 
@@ -371,8 +376,10 @@ def migrate(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError(f"config {source}: version {version!r} is not a config version (a whole number from 1)")
     if version > CONFIG_VERSION:
-        raise ConfigError(f"config {source}: version {version} was written by a newer grid-payload (this one reads "
-                          f"up to {CONFIG_VERSION}); upgrade grid-payload to use it")
+        raise ConfigError(
+            f"config {source}: version {version} was written by a newer grid-payload (this one reads "
+            f"up to {CONFIG_VERSION}); upgrade grid-payload to use it"
+        )
     out = dict(raw)
     while version < CONFIG_VERSION:
         out = MIGRATIONS[version](out)
@@ -400,7 +407,10 @@ class JobConfig(_Strict):
     @model_validator(mode="after")
     def _check_names(self) -> JobConfig:
         known = set(self.data.object_features) | set(self.data.event_features)
-        for section, names in (("scaling.transforms", self.scaling.transforms), ("scaling.outliers", self.scaling.outliers)):
+        for section, names in (
+            ("scaling.transforms", self.scaling.transforms),
+            ("scaling.outliers", self.scaling.outliers),
+        ):
             unknown = sorted(set(names) - known)
             if unknown:
                 raise ValueError(f"{section} names unknown feature(s) {unknown}; features are {sorted(known)}")
@@ -414,8 +424,10 @@ class JobConfig(_Strict):
         if model.ensemble_split == "folds" and model.ensemble < 2:
             raise ValueError("model.ensemble_split folds needs model.ensemble of at least 2 (the number of parts)")
         if model.type == "autoencoder" and (model.dense_connections or model.embeddings or model.ensemble > 1):
-            raise ValueError("model.dense_connections, model.embeddings and model.ensemble are for classifiers, "
-                             "not the autoencoder (a concatenating connection would bypass the bottleneck)")
+            raise ValueError(
+                "model.dense_connections, model.embeddings and model.ensemble are for classifiers, "
+                "not the autoencoder (a concatenating connection would bypass the bottleneck)"
+            )
         if self.scaling.method == "fixed":
             unknown = sorted(set(self.scaling.fixed) - known)
             if unknown:
@@ -510,8 +522,9 @@ def _check_yaml_size(root: yaml.Node, source: str) -> None:
         size = 1 + sum(measured[id(c)][0] for c in children)
         depth = 1 + max((measured[id(c)][1] for c in children), default=0)
         if size > MAX_CONFIG_VALUES:
-            raise ConfigError(f"config {source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are "
-                              "expanded; refused")
+            raise ConfigError(
+                f"config {source}: more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded; refused"
+            )
         if depth > MAX_CONFIG_DEPTH:
             raise ConfigError(f"config {source}: nested more than {MAX_CONFIG_DEPTH} levels deep; refused")
         measured[key] = (size, depth)

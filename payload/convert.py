@@ -60,13 +60,13 @@ class Block:
     file_index: int
     start: int
     stop: int
-    n_objects: np.ndarray   # (n,) int16, real objects per event after clipping
-    slots: np.ndarray       # (k,) int32 (int64 for huge chunks), flat slot event * M + position of each kept object
-    rows: np.ndarray        # (k, F) float32, the kept objects
-    events: np.ndarray      # (n, E) float32
+    n_objects: np.ndarray  # (n,) int16, real objects per event after clipping
+    slots: np.ndarray  # (k,) int32 (int64 for huge chunks), flat slot event * M + position of each kept object
+    rows: np.ndarray  # (k, F) float32, the kept objects
+    events: np.ndarray  # (n, E) float32
     spectators: np.ndarray  # (n, S) float32
-    weights: np.ndarray     # (n,) float32
-    entry: np.ndarray       # (n,) int64
+    weights: np.ndarray  # (n,) float32
+    entry: np.ndarray  # (n,) int64
     clipped: int
     stats: dict[str, GroupStats]
     #: Per branch: NaN or infinite values met (dealt with by ``data.nonfinite``); per energy
@@ -79,10 +79,15 @@ class Block:
 
     def chunk(self, max_objects: int) -> Chunk:
         """The block in the event file's layout; the writer pads the objects as it compresses them."""
-        return Chunk(objects=SparseObjects(self.n_objects, self.slots, self.rows, max_objects),
-                     n_objects=self.n_objects, events=self.events, spectators=self.spectators,
-                     weights=self.weights, file_index=np.full(len(self), self.file_index, dtype=np.int32),
-                     entry=self.entry)
+        return Chunk(
+            objects=SparseObjects(self.n_objects, self.slots, self.rows, max_objects),
+            n_objects=self.n_objects,
+            events=self.events,
+            spectators=self.spectators,
+            weights=self.weights,
+            file_index=np.full(len(self), self.file_index, dtype=np.int32),
+            entry=self.entry,
+        )
 
 
 def new_stats(data: DataConfig) -> dict[str, GroupStats]:
@@ -109,7 +114,7 @@ def _jagged_parts(arr: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     layout = ak.to_layout(arr)
     if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
         offsets = np.asarray(layout.offsets)
-        return np.diff(offsets).astype(np.int64), np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+        return np.diff(offsets).astype(np.int64), np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
     return ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64), ak.to_numpy(ak.flatten(arr, axis=1))
 
 
@@ -144,8 +149,9 @@ class ChunkBuilder:
             wanted += list(self.selection.branches)
         return list(dict.fromkeys(wanted))
 
-    def _collection(self, coll, arrays: dict[str, ak.Array], n: int,
-                    location: str) -> tuple[np.ndarray, list[np.ndarray | float]]:
+    def _collection(
+        self, coll, arrays: dict[str, ak.Array], n: int, location: str
+    ) -> tuple[np.ndarray, list[np.ndarray | float]]:
         """Counts per event and, per object feature, the flat values of one collection (a number
         where the feature is a constant)."""
         counts = None
@@ -177,8 +183,10 @@ class ChunkBuilder:
             columns[feature] = flat
         if counts is None:  # only constants: one object per event
             counts = np.ones(n, dtype=np.int64)
-        return counts, [coll.type_code if feature == TYPE_FEATURE else columns.get(feature, coll.branches[feature])
-                        for feature in self.features]
+        return counts, [
+            coll.type_code if feature == TYPE_FEATURE else columns.get(feature, coll.branches[feature])
+            for feature in self.features
+        ]
 
     def _nonfinite(self, arrays: dict[str, ak.Array], n: int, where: str) -> tuple[dict[str, int], np.ndarray | None]:
         """NaN or infinite values per stored branch and, for ``drop_event``, the events holding one.
@@ -201,8 +209,10 @@ class ChunkBuilder:
                 bad_events[owner[~finite]] = True
         if counts and self.data.nonfinite == "error":
             found = ", ".join(f"{b!r} ({k})" for b, k in counts.items())
-            raise InconsistentDataError(f"input {where}: NaN or infinite values in branch(es) {found}; set "
-                                        "data.nonfinite to drop_event or zero to accept them")
+            raise InconsistentDataError(
+                f"input {where}: NaN or infinite values in branch(es) {found}; set "
+                "data.nonfinite to drop_event or zero to accept them"
+            )
         return counts, bad_events
 
     def __call__(self, arrays: dict[str, ak.Array], file_index: int, start: int, stop: int, location: str) -> Block:
@@ -217,8 +227,9 @@ class ChunkBuilder:
             arrays = {k: v[~bad] for k, v in arrays.items()}
             entry = entry[~bad]
         elif nonfinite:  # zero
-            arrays = {k: ak.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if k in nonfinite else v
-                      for k, v in arrays.items()}
+            arrays = {
+                k: ak.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if k in nonfinite else v for k, v in arrays.items()
+            }
         n = len(entry)
         m, f = self.data.max_objects, len(self.features)
 
@@ -228,8 +239,10 @@ class ChunkBuilder:
 
         def column(j: int) -> np.ndarray:
             """Feature ``j`` of every object, collection after collection, as float32."""
-            pieces = [np.full(total, cols[j], dtype=np.float32) if np.isscalar(cols[j]) else cols[j]
-                      for total, (_, cols) in zip(totals, parts)]
+            pieces = [
+                np.full(total, cols[j], dtype=np.float32) if np.isscalar(cols[j]) else cols[j]
+                for total, (_, cols) in zip(totals, parts)
+            ]
             out = np.concatenate(pieces, dtype=np.float32)
             if self.scales[j] != 1:
                 out *= self.scales[j]
@@ -287,15 +300,28 @@ class ChunkBuilder:
                 out[:, j] = ak.to_numpy(arr) * self.data.energy_scale(name)
             return out
 
-        weights = (flat({"weight": self.data.weight})[:, 0] if self.data.weight
-                   else np.ones(n, dtype=np.float32))
+        weights = flat({"weight": self.data.weight})[:, 0] if self.data.weight else np.ones(n, dtype=np.float32)
         events, spectators = flat(self.data.event_features), flat(self.data.spectators)
         stats["events"].update(events, sample)
         stats["spectators"].update(spectators, sample)
         stats["weights"].update(weights[:, None], sample)
         slots = event_of * index(m) + position
-        return Block(file_index, start, stop, n_objects, slots, rows, events, spectators, weights, entry, clipped, stats,
-                     nonfinite, negative)
+        return Block(
+            file_index,
+            start,
+            stop,
+            n_objects,
+            slots,
+            rows,
+            events,
+            spectators,
+            weights,
+            entry,
+            clipped,
+            stats,
+            nonfinite,
+            negative,
+        )
 
 
 @dataclass(frozen=True)
@@ -333,12 +359,20 @@ class _Worker:
     next file begins.  ``trees`` are files already open (the check pass hands them over).
     """
 
-    def __init__(self, config: dict[str, Any], total_entries: int | None = None, decompress_threads: int = 1,
-                 trees: dict[str, InputTree] | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        total_entries: int | None = None,
+        decompress_threads: int = 1,
+        trees: dict[str, InputTree] | None = None,
+    ):
         self.data = parse_config(config).data
         # uproot decompresses a step's baskets in these threads (zlib, LZ4 and ZSTD release the GIL).
-        self.executor = (ThreadPoolExecutor(decompress_threads, thread_name_prefix="payload-decompress")
-                         if decompress_threads > 1 else None)
+        self.executor = (
+            ThreadPoolExecutor(decompress_threads, thread_name_prefix="payload-decompress")
+            if decompress_threads > 1
+            else None
+        )
         self.builder = ChunkBuilder(self.data, total_entries)
         self.branches = self.builder.branches()
         self.trees: dict[str, InputTree] = dict(trees or {})
@@ -352,8 +386,9 @@ class _Worker:
         tree = self.trees.get(task.location)
         if tree is None:
             tree = self.trees[task.location] = open_tree(task.location, self.data.tree)
-        for start, stop, arrays in tree.iterate(self.branches, self.data.chunk_size, task.start, task.stop,
-                                                self.executor):
+        for start, stop, arrays in tree.iterate(
+            self.branches, self.data.chunk_size, task.start, task.stop, self.executor
+        ):
             yield task, start, stop, arrays
 
     def build(self, task: Task, start: int, stop: int, arrays: dict[str, ak.Array]) -> Block:
@@ -404,8 +439,9 @@ def default_workers() -> int:
     return max(1, cores - 1) if cores > 2 else 1
 
 
-def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries: int,
-              trees: dict[str, InputTree] | None = None) -> Iterator[Block]:
+def run_tasks(
+    config: JobConfig, tasks: list[Task], workers: int, total_entries: int, trees: dict[str, InputTree] | None = None
+) -> Iterator[Block]:
     """Blocks of all tasks, in task order: in this process (reading a chunk ahead in a thread,
     decompressing on every core) for one worker, else from a process pool with at most one task
     per worker (plus one) in flight.  Open ``trees`` are read in this process, closed before a pool starts."""
@@ -421,8 +457,12 @@ def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries:
         tree.close()
     # fork starts workers in milliseconds with the modules already imported; elsewhere spawn.
     method = "fork" if sys.platform == "linux" else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_init_worker, initargs=(config_to_dict(config), total_entries))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(config_to_dict(config), total_entries),
+    )
     try:
         queue = iter(tasks)
         pending = deque(pool.submit(_run_task, t) for t in islice(queue, workers + 1))
@@ -436,15 +476,17 @@ def run_tasks(config: JobConfig, tasks: list[Task], workers: int, total_entries:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def convert(config: JobConfig, inputs: str | list[str], output: str | Path, progress: bool = True,
-            workers: int | None = None) -> ConvertResult:
+def convert(
+    config: JobConfig, inputs: str | list[str], output: str | Path, progress: bool = True, workers: int | None = None
+) -> ConvertResult:
     """Convert ROOT inputs (comma-separated lists, globs, directories, URLs, DIDs: see
     ``payload.inputs.expand_inputs``) into one HDF5 event file (written atomically)."""
     return convert_files(config, expand_inputs(inputs), output, progress, workers)
 
 
-def convert_files(config: JobConfig, files: list[str], output: str | Path, progress: bool = True,
-                  workers: int | None = None) -> ConvertResult:
+def convert_files(
+    config: JobConfig, files: list[str], output: str | Path, progress: bool = True, workers: int | None = None
+) -> ConvertResult:
     """``convert`` of files already resolved (expanded once: a file named ``run[1].root`` or
     ``x,y.root`` found in a directory is a file, not a pattern or a list).
 
@@ -484,8 +526,17 @@ def convert_files(config: JobConfig, files: list[str], output: str | Path, progr
             tree.close()
 
 
-def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: list[Task], workers: int,
-           total_entries: int, still_open: dict[str, InputTree], output: Path, progress: bool) -> ConvertResult:
+def _write(
+    config: JobConfig,
+    files: list[str],
+    trees: list[InputTree],
+    tasks: list[Task],
+    workers: int,
+    total_entries: int,
+    still_open: dict[str, InputTree],
+    output: Path,
+    progress: bool,
+) -> ConvertResult:
     """Runs the tasks and writes their blocks to ``output`` (the second half of ``convert``)."""
     data = config.data
     stats = new_stats(data)
@@ -511,8 +562,14 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
             yield block
 
     with atomic_path(output) as tmp:
-        writer = EventFileWriter(tmp, data.max_objects, data.object_features, list(data.event_features),
-                                 list(data.spectators), data.compression)
+        writer = EventFileWriter(
+            tmp,
+            data.max_objects,
+            data.object_features,
+            list(data.event_features),
+            list(data.spectators),
+            data.compression,
+        )
         with hdf5_writing(writer.file, tmp, finish=writer.close):
             for block in prefetch(merged(), depth=1):
                 writer.append(block.chunk(data.max_objects))
@@ -525,8 +582,10 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
             stats_dict = {k: v.to_dict() for k, v in stats.items()}
             stats_dict["clipped_objects"] = n_clipped  # type: ignore[assignment]
             seconds = time.perf_counter() - started
-            sources = [{"location": t.location, "entries": t.num_entries, "selected": selected[i], "bytes": t.num_bytes}
-                       for i, t in enumerate(trees)]
+            sources = [
+                {"location": t.location, "entries": t.num_entries, "selected": selected[i], "bytes": t.num_bytes}
+                for i, t in enumerate(trees)
+            ]
             provenance = {
                 "sources": sources,
                 "entries": total_entries,
@@ -540,8 +599,9 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
                 "nonfinite": {"mode": data.nonfinite, "values": nonfinite},
                 "negative_energies": negative,
             }
-            writer.set_attrs(config=config_to_dict(config), provenance=provenance, stats=stats_dict,
-                             source_files=list(files))
+            writer.set_attrs(
+                config=config_to_dict(config), provenance=provenance, stats=stats_dict, source_files=list(files)
+            )
             events = writer.size
     if bar:
         bar.finish()
@@ -549,9 +609,17 @@ def _write(config: JobConfig, files: list[str], trees: list[InputTree], tasks: l
         log.info("clipped %d objects beyond max_objects=%d", n_clipped, data.max_objects)
     if nonfinite:
         action = "events holding them left out" if data.nonfinite == "drop_event" else "stored as 0"
-        log.warning("%s: NaN or infinite values (data.nonfinite %s: %s): %s", output.name, data.nonfinite, action,
-                    ", ".join(f"{b} {k}" for b, k in nonfinite.items()))
+        log.warning(
+            "%s: NaN or infinite values (data.nonfinite %s: %s): %s",
+            output.name,
+            data.nonfinite,
+            action,
+            ", ".join(f"{b} {k}" for b, k in nonfinite.items()),
+        )
     if negative:
-        log.warning("%s: negative values of energy features, kept as they are (check the inputs): %s", output.name,
-                    ", ".join(f"{name} {k} object(s)" for name, k in negative.items()))
+        log.warning(
+            "%s: negative values of energy features, kept as they are (check the inputs): %s",
+            output.name,
+            ", ".join(f"{name} {k} object(s)" for name, k in negative.items()),
+        )
     return ConvertResult(output, events, total_entries, seconds, stats_dict, provenance)

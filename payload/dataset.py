@@ -26,15 +26,15 @@ class Block:
 
     inputs: dict[str, np.ndarray]  # objects, mask (and events when configured)
     weights: np.ndarray
-    rows: np.ndarray                # row numbers in the event file
-    raw_objects: np.ndarray         # unscaled, for plots of input features
+    rows: np.ndarray  # row numbers in the event file
+    raw_objects: np.ndarray  # unscaled, for plots of input features
     n_objects: np.ndarray
-    events: np.ndarray              # unscaled event features
+    events: np.ndarray  # unscaled event features
     spectators: np.ndarray
     entry: np.ndarray
     file_index: np.ndarray
     split: np.ndarray
-    outlier: np.ndarray             # fails the outlier cuts (kept only when not dropped)
+    outlier: np.ndarray  # fails the outlier cuts (kept only when not dropped)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -44,20 +44,31 @@ class Block:
         return Block({k: v[index] for k, v in self.inputs.items()}, *(getattr(self, f)[index] for f in _ROW_FIELDS))
 
 
-_ROW_FIELDS = ("weights", "rows", "raw_objects", "n_objects", "events", "spectators", "entry", "file_index", "split",
-               "outlier")
+_ROW_FIELDS = (
+    "weights",
+    "rows",
+    "raw_objects",
+    "n_objects",
+    "events",
+    "spectators",
+    "entry",
+    "file_index",
+    "split",
+    "outlier",
+)
 
 
 def concat(blocks: list[Block]) -> Block:
-    return Block({k: np.concatenate([b.inputs[k] for b in blocks]) for k in blocks[0].inputs},
-                 *(np.concatenate([getattr(b, f) for b in blocks]) for f in _ROW_FIELDS))
+    return Block(
+        {k: np.concatenate([b.inputs[k] for b in blocks]) for k in blocks[0].inputs},
+        *(np.concatenate([getattr(b, f) for b in blocks]) for f in _ROW_FIELDS),
+    )
 
 
 class EventSource:
     """One event file, read block by block, filtered to some splits and scaled."""
 
-    def __init__(self, path: str | Path, config: JobConfig, scaler: Scaler | None,
-                 trained_on: set[str] | None = None):
+    def __init__(self, path: str | Path, config: JobConfig, scaler: Scaler | None, trained_on: set[str] | None = None):
         """``trained_on``: base names of the files a model was trained on, when applying it; events of
         any other file are all test events (the model never saw them)."""
         self.path = Path(path)
@@ -74,8 +85,9 @@ class EventSource:
             self.source_entries = [int(s["entries"]) for s in json_attr(f, "provenance").get("sources", [])]
             self.stats = json_attr(f, "stats")
         self.file_keys = np.array([file_key(s) for s in self.source_files], dtype=np.int64)
-        self.unseen = np.array([trained_on is not None and base_name(s) not in trained_on for s in self.source_files],
-                               dtype=bool)
+        self.unseen = np.array(
+            [trained_on is not None and base_name(s) not in trained_on for s in self.source_files], dtype=bool
+        )
         # Network event inputs: the file's event features, then (model.high_level_inputs) the
         # high-level features built from the objects of each event.
         self.high_level = None
@@ -87,8 +99,12 @@ class EventSource:
         self.use_events = bool(self.network_event_names)
         # Observables of the decorrelation penalty: (spectator or event, column) each.
         wanted = config.training.decorrelation.features if config.training.decorrelation else []
-        self.decorrelate = [("spectator", self.spectator_names.index(n)) if n in self.spectator_names
-                            else ("event", self.event_names.index(n)) for n in wanted]
+        self.decorrelate = [
+            ("spectator", self.spectator_names.index(n))
+            if n in self.spectator_names
+            else ("event", self.event_names.index(n))
+            for n in wanted
+        ]
         self._file = None
 
     def _h5(self):
@@ -105,8 +121,15 @@ class EventSource:
         step = self.config.training.block_size
         return [(a, min(a + step, self.size)) for a in range(0, self.size, step)]
 
-    def read(self, start: int, stop: int, splits: tuple[int, ...] | None, drop_outliers: bool = True,
-             half: int | None = None, leave_out: tuple[int, int] | None = None) -> Block:
+    def read(
+        self,
+        start: int,
+        stop: int,
+        splits: tuple[int, ...] | None,
+        drop_outliers: bool = True,
+        half: int | None = None,
+        leave_out: tuple[int, int] | None = None,
+    ) -> Block:
         """Events of rows [start, stop) in ``splits`` (all when None); ``half`` (0 or 1) further keeps
         one hash-defined half of them, for checks trained and tested on disjoint halves;
         ``leave_out`` (parts, part) drops the training events of one part (a cross-fit member)."""
@@ -124,7 +147,9 @@ class EventSource:
             halves = assign(entry, self.file_keys[file_index], sc.seed + 1, 0.5, 0.0)
             keep &= (halves == 0) == (half == 0)
         if leave_out is not None:
-            keep &= ~((split == TRAIN) & (part(entry, self.file_keys[file_index], sc.seed, leave_out[0]) == leave_out[1]))
+            keep &= ~(
+                (split == TRAIN) & (part(entry, self.file_keys[file_index], sc.seed, leave_out[0]) == leave_out[1])
+            )
         inlier = outlier_mask(objects, n_objects, self.object_names, self.config.scaling.outliers)
         if drop_outliers:
             keep &= inlier
@@ -138,10 +163,22 @@ class EventSource:
             if self.use_events:
                 inputs["events"] = self.scaler.apply_events(self.network_events(objects, n_objects, events))
             if self.decorrelate:
-                inputs["decorrelate"] = np.stack([spectators[:, i] if kind == "spectator" else events[:, i]
-                                                  for kind, i in self.decorrelate], axis=1).astype(np.float32)
-        return Block(inputs, read_rows(f["weights"], start, stop)[index], start + index, objects, n_objects, events,
-                     spectators, entry[index], file_index[index], split[index], ~inlier[index])
+                inputs["decorrelate"] = np.stack(
+                    [spectators[:, i] if kind == "spectator" else events[:, i] for kind, i in self.decorrelate], axis=1
+                ).astype(np.float32)
+        return Block(
+            inputs,
+            read_rows(f["weights"], start, stop)[index],
+            start + index,
+            objects,
+            n_objects,
+            events,
+            spectators,
+            entry[index],
+            file_index[index],
+            split[index],
+            ~inlier[index],
+        )
 
     def network_events(self, objects: np.ndarray, n_objects: np.ndarray, events: np.ndarray) -> np.ndarray:
         """The raw (unscaled) event inputs of the network, named ``network_event_names``."""
@@ -219,8 +256,15 @@ class _ShuffledRows:
     within a buffer of ``shuffle_blocks`` blocks.  Only network inputs and weights are kept, and
     batches are slices of the shuffled buffer: one copy per event per pass."""
 
-    def __init__(self, source: EventSource, splits: tuple[int, ...], rng: np.random.Generator, buffer_blocks: int,
-                 half: int | None = None, leave_out: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        source: EventSource,
+        splits: tuple[int, ...],
+        rng: np.random.Generator,
+        buffer_blocks: int,
+        half: int | None = None,
+        leave_out: tuple[int, int] | None = None,
+    ):
         self.source, self.splits, self.rng, self.buffer_blocks, self.half = source, splits, rng, buffer_blocks, half
         self.leave_out = leave_out
         self._pending: Rows | None = None
@@ -247,8 +291,10 @@ class _ShuffledRows:
                 return {k: v[order] for k, v in buf.items()}
             ranges = self.source.block_ranges()
             order = self.rng.permutation(len(ranges))
-            self._blocks = (self.source.read(*ranges[i], self.splits, half=self.half, leave_out=self.leave_out)  # type: ignore[call-arg,misc]
-                            for i in order)
+            self._blocks = (
+                self.source.read(*ranges[i], self.splits, half=self.half, leave_out=self.leave_out)  # type: ignore[call-arg,misc]
+                for i in order
+            )
         raise RuntimeError(f"{self.source.path}: no events in the requested split")
 
     def take(self, n: int, remaining: int | None = None) -> Rows:
@@ -261,7 +307,7 @@ class _ShuffledRows:
                 self._pending, self._offset = self._fill(need), 0
                 self._size = len(self._pending["weight"])
             k = min(n - have, self._size - self._offset)
-            parts.append({key: v[self._offset:self._offset + k] for key, v in self._pending.items()})
+            parts.append({key: v[self._offset : self._offset + k] for key, v in self._pending.items()})
             self._offset += k
             have += k
         return _cat(parts)
@@ -276,10 +322,20 @@ class TrainingStream:
     the target is the input itself, weighted per real object at object level.
     """
 
-    def __init__(self, sources: list[tuple[EventSource, int]], counts: list[int], sumw: list[float],
-                 config: JobConfig, splits: tuple[int, ...], seed: int, shuffle: bool = True,
-                 extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
-                 half: int | None = None, augment: bool = False, leave_out: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        sources: list[tuple[EventSource, int]],
+        counts: list[int],
+        sumw: list[float],
+        config: JobConfig,
+        splits: tuple[int, ...],
+        seed: int,
+        shuffle: bool = True,
+        extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
+        half: int | None = None,
+        augment: bool = False,
+        leave_out: tuple[int, int] | None = None,
+    ):
         total = sum(counts)
         bs = config.training.batch_size
         self.steps = max(1, int(np.ceil(total / bs)))
@@ -288,12 +344,15 @@ class TrainingStream:
         self.per_batch[-1] = max(1, bs - sum(self.per_batch[:-1]))
         self.taken = [0] * len(counts)  # rows taken from each class in this epoch
         # Class balancing: each class carries the same total weight (mean weight about 1).
-        self.factors = [(total / len(counts)) / max(abs(s), 1e-12) if config.training.class_balance else 1.0
-                        for s in sumw]
+        self.factors = [
+            (total / len(counts)) / max(abs(s), 1e-12) if config.training.class_balance else 1.0 for s in sumw
+        ]
         rng = np.random.default_rng(seed)
         buffer_blocks = config.training.shuffle_blocks if shuffle else 1
-        self.rows = [_ShuffledRows(src, splits, np.random.default_rng(rng.integers(1 << 62)), buffer_blocks, half,
-                                   leave_out) for src, _ in sources]
+        self.rows = [
+            _ShuffledRows(src, splits, np.random.default_rng(rng.integers(1 << 62)), buffer_blocks, half, leave_out)
+            for src, _ in sources
+        ]
         self.labels = [label for _, label in sources]
         self.extra_weight = extra_weight
         self.rng = np.random.default_rng(rng.integers(1 << 62))

@@ -49,9 +49,11 @@ def require_gpu() -> dict[str, Any]:
     if not info["gpus"]:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-        raise DeviceError(f"--require-gpu: the {info['backend']} backend sees no usable GPU{hint}; the job stops "
-                          "before any work so the site can retry it on a node with one (run without "
-                          "--require-gpu to use the CPU)")
+        raise DeviceError(
+            f"--require-gpu: the {info['backend']} backend sees no usable GPU{hint}; the job stops "
+            "before any work so the site can retry it on a node with one (run without "
+            "--require-gpu to use the CPU)"
+        )
     return info
 
 

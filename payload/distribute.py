@@ -46,8 +46,10 @@ def replicated(config: JobConfig) -> Iterator[int]:
         yield 1
         return
     if config.training.batch_size % len(found):
-        raise ConfigError(f"training.batch_size {config.training.batch_size} must be a multiple of the "
-                          f"{len(found)} devices it is split between (or set training.data_parallel: off)")
+        raise ConfigError(
+            f"training.batch_size {config.training.batch_size} must be a multiple of the "
+            f"{len(found)} devices it is split between (or set training.data_parallel: off)"
+        )
     log.info("data parallel over %d devices: %s", len(found), ", ".join(found))
     if backend() == "tensorflow":
         import tensorflow as tf

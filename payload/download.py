@@ -49,8 +49,10 @@ def _client() -> Any:
 
         return Client()
     except RucioException as err:
-        raise DatasetAccessError(f"Rucio: {one_line(err)}; set RUCIO_CONFIG and RUCIO_ACCOUNT and get a proxy "
-                                 "or token (e.g. voms-proxy-init) first") from None
+        raise DatasetAccessError(
+            f"Rucio: {one_line(err)}; set RUCIO_CONFIG and RUCIO_ACCOUNT and get a proxy "
+            "or token (e.g. voms-proxy-init) first"
+        ) from None
 
 
 def fetch(did: str, cache: Path | None = None) -> list[str]:
@@ -63,7 +65,9 @@ def fetch(did: str, cache: Path | None = None) -> list[str]:
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DatasetAccessError(f"Rucio cache {cache}: cannot create it ({err.strerror}); set PAYLOAD_RUCIO_CACHE") from None
+        raise DatasetAccessError(
+            f"Rucio cache {cache}: cannot create it ({err.strerror}); set PAYLOAD_RUCIO_CACHE"
+        ) from None
     scope, name = did.split(":", 1)
     traces: list[dict[str, Any]] = []
     downloader = DownloadClient(client=client, logger=_quiet)
@@ -82,8 +86,9 @@ def fetch(did: str, cache: Path | None = None) -> list[str]:
         path = item["dest_file_paths"][0]
         ORIGINS[path] = {"did": f"{item['scope']}:{item['name']}", "dataset": did, "rucio_adler32": item.get("adler32")}
         paths.append(path)
-    log.info("input %s: %d file(s) in %s (%d downloaded)", did, len(paths), cache,
-             sum(_state(i) == "DONE" for i in items))
+    log.info(
+        "input %s: %d file(s) in %s (%d downloaded)", did, len(paths), cache, sum(_state(i) == "DONE" for i in items)
+    )
     return sorted(paths)
 
 
@@ -95,8 +100,10 @@ def _download_failure(did: str, traces: list[dict[str, Any]]) -> Exception:
     corrupt = [k for k, t in bad.items() if _state(t) == "FAIL_VALIDATE"]
     if corrupt:
         reason = bad[corrupt[0]].get("stateReason", "")
-        return InputCorruptError(f"input {did}: {', '.join(corrupt)} does not match the checksum Rucio recorded "
-                                 f"({reason}); the replica is corrupt: declare it bad (rucio replica declare-bad)")
+        return InputCorruptError(
+            f"input {did}: {', '.join(corrupt)} does not match the checksum Rucio recorded "
+            f"({reason}); the replica is corrupt: declare it bad (rucio replica declare-bad)"
+        )
     names = ", ".join(f"{k} ({_state(t)}: {t.get('stateReason', 'no replica')})" for k, t in bad.items())
     return InputMissingError(f"input {did}: could not download {names or 'any file'}")
 

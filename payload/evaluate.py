@@ -31,8 +31,17 @@ from payload.models import input_names
 from payload.progress import Progress, log
 from payload.splits import TEST
 
-PRED_FIELDS = {"sample": np.int8, "file_index": np.int32, "entry": np.int64, "split": np.int8, "outlier": np.bool_,
-               "label": np.int8, "score": np.float32, "weight": np.float32, "nn_weight": np.float32}
+PRED_FIELDS = {
+    "sample": np.int8,
+    "file_index": np.int32,
+    "entry": np.int64,
+    "split": np.int8,
+    "outlier": np.bool_,
+    "label": np.int8,
+    "score": np.float32,
+    "weight": np.float32,
+    "nn_weight": np.float32,
+}
 
 
 def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -135,8 +144,11 @@ def object_variables(config: JobConfig, sources: list[tuple[EventSource, int]], 
     first = sources[0][0]
     names = first.object_names
     type_index = names.index(TYPE_FEATURE) if TYPE_FEATURE in names else None
-    groups = ([(c.name, c.type_code) for c in config.data.collections]
-              if type_index is not None and len(config.data.collections) > 1 else [("objects", None)])
+    groups = (
+        [(c.name, c.type_code) for c in config.data.collections]
+        if type_index is not None and len(config.data.collections) > 1
+        else [("objects", None)]
+    )
     skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | set(config.model.embeddings)
     blocks = [source.read(*r, (TEST,)) for source, _ in sources for r in source.block_ranges()[:2]]
     out = []
@@ -169,14 +181,15 @@ class PredictionWriter:
         self.datasets = {}
         for name, (shape, dtype) in self.fields.items():
             rows = max(1, 65536 // max(1, int(np.prod(shape))))
-            self.datasets[name] = self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
-                                                           dtype=dtype, chunks=(rows, *shape))
+            self.datasets[name] = self.file.create_dataset(
+                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(rows, *shape)
+            )
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
         n = len(columns["entry"])
         for name, ds in self.datasets.items():
             ds.resize(self.size + n, axis=0)
-            ds[self.size:] = columns[name]
+            ds[self.size :] = columns[name]
         self.size += n
 
     def describe_sources(self, sources: list[EventSource]) -> None:
@@ -188,11 +201,11 @@ class PredictionWriter:
         """Normalise the primary's weights in column ``name`` in place (outliers keep 1), streaming."""
         d = self.datasets
         for a in range(0, self.size, step):
-            s = d["sample"][a:a + step]
-            w = d[name][a:a + step]
-            move = (s == sample) & ~d["outlier"][a:a + step]
+            s = d["sample"][a : a + step]
+            w = d[name][a : a + step]
+            move = (s == sample) & ~d["outlier"][a : a + step]
             w[move] *= factor
-            d[name][a:a + step] = w
+            d[name][a : a + step] = w
 
 
 @dataclass
@@ -230,8 +243,15 @@ class _Weighting:
         return self.sum_w / self.sum_wf if self.sum_wf > 0 else 1.0
 
 
-def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], predictions: Path,
-             baseline=None, members: list | None = None, progress: bool = True) -> Evaluation:
+def evaluate(
+    config: JobConfig,
+    model,
+    sources: list[tuple[EventSource, int]],
+    predictions: Path,
+    baseline=None,
+    members: list | None = None,
+    progress: bool = True,
+) -> Evaluation:
     """Predict every event of every source, write ``predictions`` (atomically) and compute metrics.
 
     ``sources`` are (source, label) with the primary first; weights are reported for it.  For a
@@ -263,8 +283,9 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
     # Rows (score, observables...) of test events, the same number from each sample, for distance correlations.
     kept: list[list[np.ndarray]] = [[] for _ in sources]
     type_index = first.object_names.index("type") if "type" in first.object_names else None
-    extra: dict[str, tuple[tuple[int, ...], Any]] | None = \
+    extra: dict[str, tuple[tuple[int, ...], Any]] | None = (
         {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
+    )
     bar = Progress(sum(s.size for s, _ in sources), "evaluate") if progress else None
     with atomic_path(predictions) as tmp:
         writer = PredictionWriter(tmp, extra)
@@ -283,10 +304,17 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                             factors["nn"] = weightings["nn"].factors(odds(p), outlier, w)
                         if "baseline" in weightings:
                             factors["baseline"] = weightings["baseline"].factors(baseline.factors(features), outlier, w)
-                    columns = {"sample": np.full(len(block), index), "file_index": block.file_index,
-                               "entry": block.entry, "split": block.split, "outlier": outlier,
-                               "label": np.full(len(block), label), "score": p, "weight": w,
-                               "nn_weight": factors.get("nn", np.ones(len(block)))}
+                    columns = {
+                        "sample": np.full(len(block), index),
+                        "file_index": block.file_index,
+                        "entry": block.entry,
+                        "split": block.split,
+                        "outlier": outlier,
+                        "label": np.full(len(block), label),
+                        "score": p,
+                        "weight": w,
+                        "nn_weight": factors.get("nn", np.ones(len(block))),
+                    }
                     if extra:
                         columns["baseline_weight"] = factors["baseline"]
                     writer.append(columns)
@@ -302,7 +330,12 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                     u = uniform(block.entry, source.file_keys[block.file_index], config.split.seed + _CLOSURE_DRAW)
                     drawn = test & (u < rate)
                     assert features is not None  # computed whenever the closure is checked
-                    sample.add(index, features[drawn], w[drawn], {k: f[drawn] for k, f in factors.items()} if index == 0 else {})
+                    sample.add(
+                        index,
+                        features[drawn],
+                        w[drawn],
+                        {k: f[drawn] for k, f in factors.items()} if index == 0 else {},
+                    )
                     sub = block.take(np.flatnonzero(test))
                     for key, weighting in weightings.items():
                         if index == 0:
@@ -313,7 +346,8 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
                             v.hists.setdefault("unweighted", WeightedHist(v.edges)).fill(values, w[test][event])
                             for key in weightings:
                                 v.hists.setdefault(key, WeightedHist(v.edges)).fill(
-                                    values, (w * factors[key])[test][event])
+                                    values, (w * factors[key])[test][event]
+                                )
                         else:
                             v.hists.setdefault("secondary", WeightedHist(v.edges)).fill(values, w[test][event])
             for key, weighting in weightings.items():
@@ -327,27 +361,37 @@ def evaluate(config: JobConfig, model, sources: list[tuple[EventSource, int]], p
 
     metrics: dict[str, Any] = {"events": size}
     unseen = {s.path.stem: int(s.unseen.sum()) for s, _ in sources}
-    metrics["scored_on"] = ("every event of files the model never trained on" if all(s.unseen.all() for s, _ in sources)
-                            else "the test split" if not any(s.unseen.any() for s, _ in sources)
-                            else f"every event of unseen files {unseen}, the test split of training files")
+    metrics["scored_on"] = (
+        "every event of files the model never trained on"
+        if all(s.unseen.all() for s, _ in sources)
+        else "the test split"
+        if not any(s.unseen.any() for s, _ in sources)
+        else f"every event of unseen files {unseen}, the test split of training files"
+    )
     if labelled:
         metrics.update(test=scores.summary(), calibration=scores.calibration())
-        log.info("test AUC %.4f over %d events (%s)", metrics["test"]["auc"], metrics["test"]["events"],
-                 metrics["scored_on"])
+        log.info(
+            "test AUC %.4f over %d events (%s)", metrics["test"]["auc"], metrics["test"]["events"], metrics["scored_on"]
+        )
     if labelled and config.task == "classify":
         metrics["ams"] = scores.ams(config.evaluation.ams_b_r, 1.0 / config.split.test)
         if config.evaluation.speedup:
             metrics["speedup"] = scores.speedup(**config.evaluation.speedup.model_dump())
         if observables:
-            rows = np.concatenate([np.concatenate(k)[:DCORR_EVENTS // len(sources)] for k in kept if k])
-            metrics["distance_correlation"] = {name: distance_correlation(rows[:, 0], rows[:, 1 + i])
-                                               for i, name in enumerate(observables)}
+            rows = np.concatenate([np.concatenate(k)[: DCORR_EVENTS // len(sources)] for k in kept if k])
+            metrics["distance_correlation"] = {
+                name: distance_correlation(rows[:, 0], rows[:, 1 + i]) for i, name in enumerate(observables)
+            }
     if "nn" in weightings:
         nn = weightings["nn"]
-        metrics["nn_weights"] = {"normalisation": nn.normalisation, "clipped_fraction": nn.clipped / max(nn.counted, 1),
-                                 "max_weight": ev.max_weight}
-    evaluation = Evaluation(metrics, scores, variables,
-                            {k: (wt.hist, wt.normalisation) for k, wt in weightings.items()})
+        metrics["nn_weights"] = {
+            "normalisation": nn.normalisation,
+            "clipped_fraction": nn.clipped / max(nn.counted, 1),
+            "max_weight": ev.max_weight,
+        }
+    evaluation = Evaluation(
+        metrics, scores, variables, {k: (wt.hist, wt.normalisation) for k, wt in weightings.items()}
+    )
     if check:
         _closure(config, evaluation, sample, weightings, baseline)
     return evaluation
@@ -370,21 +414,33 @@ def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict
         target = metrics.setdefault("nn_weights" if key == "nn" else "baseline", {})
         target.update({f"test_{k}": v for k, v in diagnostics.items()})
     if baseline is not None:
-        metrics["baseline"].update({"method": "hep_ml GBReweighter", "trained_on": list(baseline.trained_on),
-                                    "normalisation": weightings["baseline"].normalisation,
-                                    "features": baseline.high_level.names})
+        metrics["baseline"].update(
+            {
+                "method": "hep_ml GBReweighter",
+                "trained_on": list(baseline.trained_on),
+                "normalisation": weightings["baseline"].normalisation,
+                "features": baseline.high_level.names,
+            }
+        )
     tables = event_level(sample, ev.closure_bins)
     evaluation.event_hists = tables.pop("hists")
-    closure: dict[str, Any] = {"events": {"primary": len(w0), "secondary": len(sample.arrays(1)[1]),
-                                          "cap_per_sample": ev.closure_events},
-                               "event_level": tables["variables"], "event_level_total": tables["total"]}
-    closure["object_level"] = {v.name: {k: compare(h, v.hists["secondary"]) for k, h in v.hists.items()
-                                        if k != "secondary"}
-                               for v in evaluation.variables if "secondary" in v.hists}
+    closure: dict[str, Any] = {
+        "events": {"primary": len(w0), "secondary": len(sample.arrays(1)[1]), "cap_per_sample": ev.closure_events},
+        "event_level": tables["variables"],
+        "event_level_total": tables["total"],
+    }
+    closure["object_level"] = {
+        v.name: {k: compare(h, v.hists["secondary"]) for k, h in v.hists.items() if k != "secondary"}
+        for v in evaluation.variables
+        if "secondary" in v.hists
+    }
     test: dict[str, Any] = {}
     if ev.independent_test:
-        log.info("independent closure test: k-fold gradient-boosted classifier on %d + %d test events",
-                 closure["events"]["primary"], closure["events"]["secondary"])
+        log.info(
+            "independent closure test: k-fold gradient-boosted classifier on %d + %d test events",
+            closure["events"]["primary"],
+            closure["events"]["secondary"],
+        )
         test = independent_test(sample, ev.independent_folds, ev.permutations, config.training.seed)
         closure["independent_test"] = test
     messages = verdict(tables, test, "nn", "baseline" if baseline is not None else None)
@@ -404,16 +460,22 @@ def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict
 
 def _summary_lines(total: dict[str, Any], nn_result, results: dict[str, Any]) -> list[str]:
     names = [k for k in ("unweighted", "nn", "baseline") if k in total]
-    lines = ["closure on test events (event-level, total chi2/ndf): " +
-             ", ".join(f"{k} {total[k]['chi2_ndf']:.2f}" for k in names) + f" (ndf {total[names[0]]['ndf']})"]
+    lines = [
+        "closure on test events (event-level, total chi2/ndf): "
+        + ", ".join(f"{k} {total[k]['chi2_ndf']:.2f}" for k in names)
+        + f" (ndf {total[names[0]]['ndf']})"
+    ]
     if results:
-        lines.append("independent classifier AUC (0.5 = closed): " +
-                     ", ".join(f"{k} {r['auc']:.4f} (p {r['p']:.2g})" for k, r in results.items()))
+        lines.append(
+            "independent classifier AUC (0.5 = closed): "
+            + ", ".join(f"{k} {r['auc']:.4f} (p {r['p']:.2g})" for k, r in results.items())
+        )
     return lines
 
 
-def closure_classifier(config: JobConfig, model, sources: list[tuple[EventSource, int]], tallies,
-                       factor: float) -> float:
+def closure_classifier(
+    config: JobConfig, model, sources: list[tuple[EventSource, int]], tallies, factor: float
+) -> float:
     """Train a fresh classifier on reweighted primary vs secondary (one half of the test split) and
     return its weighted AUC on the other half: 0.5 means the reweighting left nothing to learn."""
     import keras

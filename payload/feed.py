@@ -36,8 +36,9 @@ def epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int
             yield next(batches)
 
 
-def epoch_groups(make_stream: Callable[[int], TrainingStream], start_epoch: int, group: int,
-                 trim: bool = False) -> Iterator[Batch]:
+def epoch_groups(
+    make_stream: Callable[[int], TrainingStream], start_epoch: int, group: int, trim: bool = False
+) -> Iterator[Batch]:
     """``epoch_batches`` in groups of ``group`` stacked batches (the last group of an epoch is shorter);
     ``trim``: padding cut per group where the model allows it."""
     for epoch in itertools.count(start_epoch):
@@ -78,8 +79,7 @@ class ValidationBatches(keras.utils.PyDataset):
 
 
 @contextlib.contextmanager
-def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0,
-              group: int = GROUP) -> Iterator[Any]:
+def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0, group: int = GROUP) -> Iterator[Any]:
     """The ``x`` for ``fit(x, steps_per_epoch=...)``: the endless batches of ``make_stream``'s epochs
     from ``start_epoch`` on, in order.  The background producer stops when the block is left."""
     if keras.backend.backend() != "tensorflow" or group <= 1:
@@ -91,10 +91,18 @@ def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0
     with prefetched(epoch_groups(make_stream, start_epoch, group, trim=True), depth=2) as groups:
         first = next(groups)
         # Object slots vary from group to group when padding is trimmed: that axis is left open.
-        spec = ({key: tf.TensorSpec((None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask")
-                                    else (None, *v.shape[1:]), tf.as_dtype(v.dtype)) for key, v in first[0].items()},
-                tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
-                tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)))
+        spec = (
+            {
+                key: tf.TensorSpec(
+                    (None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask") else (None, *v.shape[1:]),
+                    tf.as_dtype(v.dtype),
+                )
+                for key, v in first[0].items()
+            },
+            tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
+            tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)),
+        )
         source = itertools.chain([first], groups)
-        yield (tf.data.Dataset.from_generator(lambda: source, output_signature=spec)
-               .unbatch().prefetch(tf.data.AUTOTUNE))
+        yield (
+            tf.data.Dataset.from_generator(lambda: source, output_signature=spec).unbatch().prefetch(tf.data.AUTOTUNE)
+        )

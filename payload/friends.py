@@ -54,25 +54,41 @@ def write_friends(predictions: Path, directory: Path) -> list[dict[str, Any]]:
             log.warning("%s has no entry counts for its inputs: no friend trees written", predictions)
             return []
         fields = {k: v for k, v in {**FIELDS, **OPTIONAL}.items() if k in f or k == "selected"}
-        todo = [(int(sample), i, location, int(entries[sample][i]))
-                for sample in sorted(files, key=int) for i, location in enumerate(files[sample])]
+        todo = [
+            (int(sample), i, location, int(entries[sample][i]))
+            for sample in sorted(files, key=int)
+            for i, location in enumerate(files[sample])
+        ]
         names = _unique_names([location for _, _, location, _ in todo])
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         for group in _groups(todo):
             arrays: dict[tuple[int, int], dict[str, np.ndarray]] = {
                 (s, i): {k: np.full(n, DEFAULTS.get(k, 1.0), dtype=t) for k, t in fields.items()}
-                for s, i, _, n in group}
+                for s, i, _, n in group
+            }
             filled = {key: 0 for key in arrays}
             _fill(f, arrays, filled)
             for s, i, location, n in group:
                 target = directory / names[location]
                 with atomic_path(target) as tmp:
                     _write_tree(tmp, arrays[(s, i)])
-                written.append({"input": location, "sample": s, "file": target.name, "entries": n,
-                                "scored": filled[(s, i)], "adler32": adler32(target)})
-    log.info("friend trees: %d file(s) in %s (tree %r, entries aligned with each input's tree)",
-             len(written), directory, FRIEND_TREE)
+                written.append(
+                    {
+                        "input": location,
+                        "sample": s,
+                        "file": target.name,
+                        "entries": n,
+                        "scored": filled[(s, i)],
+                        "adler32": adler32(target),
+                    }
+                )
+    log.info(
+        "friend trees: %d file(s) in %s (tree %r, entries aligned with each input's tree)",
+        len(written),
+        directory,
+        FRIEND_TREE,
+    )
     return written
 
 
@@ -85,7 +101,7 @@ def _unique_names(locations: list[str]) -> dict[str, str]:
         n = 1
         while name in used:
             n += 1
-            name = friend_name(location)[:-len(SUFFIX)] + f".{n}{SUFFIX}"
+            name = friend_name(location)[: -len(SUFFIX)] + f".{n}{SUFFIX}"
         used.add(name)
         out[location] = name
     return out
@@ -103,13 +119,15 @@ def _groups(todo: list[tuple[int, int, str, int]]) -> list[list[tuple[int, int, 
     return groups
 
 
-def _fill(f: h5py.File, arrays: dict[tuple[int, int], dict[str, np.ndarray]], filled: dict[tuple[int, int], int]) -> None:
+def _fill(
+    f: h5py.File, arrays: dict[tuple[int, int], dict[str, np.ndarray]], filled: dict[tuple[int, int], int]
+) -> None:
     """One streamed pass over the predictions, filling the files of this group."""
     n = len(f["entry"])
     names = [k for k in next(iter(arrays.values())) if k != "selected"]
     for a in range(0, n, CHUNK):
-        sample, file_index, entry = (f[k][a:a + CHUNK] for k in ("sample", "file_index", "entry"))
-        cols = {k: f[k][a:a + CHUNK] for k in names}
+        sample, file_index, entry = (f[k][a : a + CHUNK] for k in ("sample", "file_index", "entry"))
+        cols = {k: f[k][a : a + CHUNK] for k in names}
         for (s, i), out in arrays.items():
             sel = np.flatnonzero((sample == s) & (file_index == i))
             if not len(sel):
@@ -130,4 +148,4 @@ def _write_tree(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with uproot.recreate(path) as out:
         out.mktree(FRIEND_TREE, {k: v.dtype for k, v in arrays.items()})
         for a in range(0, max(n, 1), CHUNK):
-            out[FRIEND_TREE].extend({k: v[a:a + CHUNK] for k, v in arrays.items()})
+            out[FRIEND_TREE].extend({k: v[a : a + CHUNK] for k, v in arrays.items()})

@@ -24,8 +24,9 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"test_{key}"] = value
     if m.training:
-        out.update({k: v for k in ("epochs_run", "best_epoch", "best_loss")
-                    if (v := getattr(m.training, k)) is not None})
+        out.update(
+            {k: v for k in ("epochs_run", "best_epoch", "best_loss") if (v := getattr(m.training, k)) is not None}
+        )
     if m.closure_classifier_auc is not None:
         out["closure_classifier_auc"] = m.closure_classifier_auc
     closure = (m.closure.model_extra or {}) if m.closure else {}
@@ -51,10 +52,18 @@ def device() -> dict[str, Any] | None:
     return device_summary()
 
 
-def write_report(directory: str | Path, exit_code: int, output: str | Path, metrics: dict[str, Any] | None = None,
-                 error: str | None = None) -> Path:
-    report: dict[str, Any] = {"status": "success" if exit_code == 0 else "failed", "exit_code": exit_code,
-                              "output": str(output)}
+def write_report(
+    directory: str | Path,
+    exit_code: int,
+    output: str | Path,
+    metrics: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> Path:
+    report: dict[str, Any] = {
+        "status": "success" if exit_code == 0 else "failed",
+        "exit_code": exit_code,
+        "output": str(output),
+    }
     ran_on = device()
     if ran_on is not None:  # a GPU job that ran on the CPU shows here, in the pilot's job report
         report["device"] = ran_on

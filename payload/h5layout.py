@@ -75,7 +75,7 @@ class SparseObjects:
         if out is None:
             out = np.zeros((stop - start, *self.shape[1:]), dtype=np.float32)
         else:
-            out = out[:stop - start]
+            out = out[: stop - start]
             out.fill(0)
         lo, hi = self._offsets[start], self._offsets[stop]
         out.reshape(-1).view(self._item)[self.slots[lo:hi] - start * self.max_objects] = self._rows[lo:hi]
@@ -87,12 +87,12 @@ class Chunk:
     """One converted block of events, all arrays aligned on the first axis."""
 
     objects: np.ndarray | SparseObjects  # (n, M, F) float32
-    n_objects: np.ndarray   # (n,) int16
-    events: np.ndarray      # (n, E) float32
+    n_objects: np.ndarray  # (n,) int16
+    events: np.ndarray  # (n, E) float32
     spectators: np.ndarray  # (n, S) float32
-    weights: np.ndarray     # (n,) float32
+    weights: np.ndarray  # (n,) float32
     file_index: np.ndarray  # (n,) int32
-    entry: np.ndarray       # (n,) int64
+    entry: np.ndarray  # (n,) int64
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -109,8 +109,10 @@ def _compression(name: str, dtype: Any) -> dict[str, Any]:
     # beats writing them raw (disk-bound) and lzf/gzip (CPU-bound) by 4-10x; see benchmarks/convert.py.
     if name == "blosc-lz4":
         if hdf5plugin is None:
-            raise ConfigError("data.compression blosc-lz4 needs the hdf5plugin package (pip install hdf5plugin); "
-                              "or set data.compression to lzf")
+            raise ConfigError(
+                "data.compression blosc-lz4 needs the hdf5plugin package (pip install hdf5plugin); "
+                "or set data.compression to lzf"
+            )
         return dict(hdf5plugin.Blosc(cname="lz4", clevel=1, shuffle=_shuffle(dtype)))
     if name == "none":
         return {}
@@ -119,8 +121,14 @@ def _compression(name: str, dtype: Any) -> dict[str, Any]:
 
 def _blosc_lz4(chunk: np.ndarray) -> bytes:
     """One chunk compressed exactly as the HDF5 Blosc filter stores it, without holding the GIL."""
-    return blosc.compress_ptr(chunk.__array_interface__["data"][0], chunk.size, typesize=chunk.dtype.itemsize,
-                              clevel=1, shuffle=_shuffle(chunk.dtype), cname="lz4")
+    return blosc.compress_ptr(
+        chunk.__array_interface__["data"][0],
+        chunk.size,
+        typesize=chunk.dtype.itemsize,
+        clevel=1,
+        shuffle=_shuffle(chunk.dtype),
+        cname="lz4",
+    )
 
 
 def _chunk_rows(row_bytes: int) -> int:
@@ -154,7 +162,7 @@ class _Appender:
         n = len(values)
         if self.compress is None:
             self.ds.resize(self.written + n, axis=0)
-            self.ds[self.written:] = _dense(values, 0, n)
+            self.ds[self.written :] = _dense(values, 0, n)
             self.written += n
             return
         head = min(n, (self.rows - len(self.tail)) % self.rows)
@@ -166,8 +174,9 @@ class _Appender:
         firsts = range(head, whole, self.rows)
         # One extent change per append and no h5py properties per chunk: with ~1 MB object chunks
         # and small per-event datasets, per-chunk Python overhead was half of the writing time.
-        self.ds.id.set_extent((self.written + (len(self.tail) > 0) * self.rows + len(firsts) * self.rows,
-                               *self.row_shape))
+        self.ds.id.set_extent(
+            (self.written + (len(self.tail) > 0) * self.rows + len(firsts) * self.rows, *self.row_shape)
+        )
         zeros = (0,) * len(self.row_shape)
         if len(self.tail):
             self.ds.id.write_direct_chunk((self.written, *zeros), self.compress(self.tail))
@@ -181,7 +190,7 @@ class _Appender:
     def close(self) -> None:
         if len(self.tail):
             self.ds.resize(self.written + len(self.tail), axis=0)
-            self.ds[self.written:] = self.tail  # the last, partial chunk goes through the filter
+            self.ds[self.written :] = self.tail  # the last, partial chunk goes through the filter
             self.written += len(self.tail)
             self.tail = self.tail[:0]
 
@@ -189,8 +198,15 @@ class _Appender:
 class EventFileWriter:
     """Appends ``Chunk``s to resizable, chunked datasets."""
 
-    def __init__(self, path: str | os.PathLike, max_objects: int, object_names: list[str],
-                 event_names: list[str], spectator_names: list[str], compression: str = "blosc-lz4"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        max_objects: int,
+        object_names: list[str],
+        event_names: list[str],
+        spectator_names: list[str],
+        compression: str = "blosc-lz4",
+    ):
         self.file = h5py.File(path, "w")
         self.size = 0
         compress = _blosc_lz4 if compression == "blosc-lz4" else None
@@ -210,9 +226,14 @@ class EventFileWriter:
                 ds = self.file.create_dataset(name, shape=(0, *shape), dtype=dtype)
                 self._empty.append(name)
             else:
-                ds = self.file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                              chunks=(rows if name == "objects" else small_rows, *shape),
-                                              **_compression(compression, dtype))
+                ds = self.file.create_dataset(
+                    name,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=dtype,
+                    chunks=(rows if name == "objects" else small_rows, *shape),
+                    **_compression(compression, dtype),
+                )
                 self._appenders[name] = _Appender(ds, compress)
             if names is not None:
                 ds.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
@@ -273,14 +294,14 @@ def read_rows(dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
             mask, raw = dataset.id.read_direct_chunk((first, *tail))
         a, b = max(start, first), min(stop, first + rows)
         if mask:  # the filter was skipped for this chunk: let HDF5 read it
-            out[a - start:b - start] = dataset[a:b]
+            out[a - start : b - start] = dataset[a:b]
         elif a == first and b == first + rows:
-            blosc.decompress_ptr(raw, out[a - start:].__array_interface__["data"][0])
+            blosc.decompress_ptr(raw, out[a - start :].__array_interface__["data"][0])
         else:
             if scratch is None:
                 scratch = np.empty((rows, *shape[1:]), dtype=dataset.dtype)
             blosc.decompress_ptr(raw, scratch.__array_interface__["data"][0])
-            out[a - start:b - start] = scratch[a - first:b - first]
+            out[a - start : b - start] = scratch[a - first : b - first]
     return out
 
 

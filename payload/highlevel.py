@@ -22,8 +22,7 @@ LEADING = 2
 
 
 class HighLevel:
-    def __init__(self, config: JobConfig, object_names: list[str], event_names: list[str],
-                 spectator_names: list[str]):
+    def __init__(self, config: JobConfig, object_names: list[str], event_names: list[str], spectator_names: list[str]):
         self.object_names = object_names
         order = config.data.sort_by or ("pt" if "pt" in object_names else None)
         self.order = object_names.index(order) if order in object_names else None
@@ -31,8 +30,11 @@ class HighLevel:
         self.features = [(j, n) for j, n in enumerate(object_names) if n not in skip and "phi" not in n.lower()]
         self.type_index = object_names.index(TYPE_FEATURE) if TYPE_FEATURE in object_names else None
         collections = config.data.collections
-        self.groups = ([(c.name, c.type_code) for c in collections] if self.type_index is not None and len(collections) > 1
-                       else [("objects", None)])
+        self.groups = (
+            [(c.name, c.type_code) for c in collections]
+            if self.type_index is not None and len(collections) > 1
+            else [("objects", None)]
+        )
         four = ("pt", "eta", "phi", "m")
         self.kinematics = [object_names.index(n) for n in four] if all(n in object_names for n in four) else None
         names, integer, derived = [], [], {}
@@ -98,12 +100,19 @@ class HighLevel:
 
     def compute(self, block) -> np.ndarray:
         """(events, len(names)) float32 for a ``payload.dataset.Block`` (its raw, unscaled arrays)."""
-        return np.concatenate([self.object_columns(block.raw_objects, block.n_objects),
-                               block.spectators.astype(np.float32), block.events.astype(np.float32)], axis=1)
+        return np.concatenate(
+            [
+                self.object_columns(block.raw_objects, block.n_objects),
+                block.spectators.astype(np.float32),
+                block.events.astype(np.float32),
+            ],
+            axis=1,
+        )
 
 
-def _pair(objects: np.ndarray, sel: np.ndarray, rank: np.ndarray, rows: np.ndarray,
-          kinematics: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(
+    objects: np.ndarray, sel: np.ndarray, rank: np.ndarray, rows: np.ndarray, kinematics: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Invariant mass and Delta R of the first two selected objects of each event (0 without two)."""
     pt_i, eta_i, phi_i, m_i = kinematics
     first, second = sel & (rank == 1), sel & (rank == 2)

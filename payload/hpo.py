@@ -49,8 +49,10 @@ def read_point(input_json: Path, input_ds_json: Path, primary_match: str, second
     primary = [f for f in files if fnmatch.fnmatch(Path(f).name, primary_match)]
     secondary = [f for f in files if secondary_match and fnmatch.fnmatch(Path(f).name, secondary_match)]
     if not primary or (secondary_match and not secondary):
-        raise ConfigError(f"training file list {input_ds_json}: no files match --primary-match {primary_match!r}"
-                          f"{f' or --secondary-match {secondary_match!r}' if secondary_match else ''} among {files[:5]}")
+        raise ConfigError(
+            f"training file list {input_ds_json}: no files match --primary-match {primary_match!r}"
+            f"{f' or --secondary-match {secondary_match!r}' if secondary_match else ''} among {files[:5]}"
+        )
     if set(primary) & set(secondary):
         raise ConfigError("--primary-match and --secondary-match both match some files; make them exclusive")
     return HpoPoint(overrides, primary, secondary)
@@ -68,9 +70,18 @@ def objective(metrics: dict[str, Any], name: str) -> float:
     return 1.0 - value if name == "auc" else value
 
 
-def run_point(base_config: Any, directory: Path, output: Path, primary_match: str, secondary_match: str | None,
-              objective_name: str = "loss", input_json: str = "input.json", input_ds_json: str = "input_ds.json",
-              output_json: str = "output.json", progress: bool = False) -> dict[str, Any]:
+def run_point(
+    base_config: Any,
+    directory: Path,
+    output: Path,
+    primary_match: str,
+    secondary_match: str | None,
+    objective_name: str = "loss",
+    input_json: str = "input.json",
+    input_ds_json: str = "input_ds.json",
+    output_json: str = "output.json",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run one phpo evaluation and write ``output.json``; returns what was written."""
     from payload.job import run_job
 

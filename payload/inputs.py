@@ -43,7 +43,7 @@ def expand_inputs(specs: str | Iterable[str]) -> list[str]:
     for item in _split(specs):
         if is_url(item):
             if item.startswith("file://"):
-                item = item[len("file://"):]
+                item = item[len("file://") :]
             else:
                 files.append(item)
                 continue

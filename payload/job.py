@@ -55,15 +55,19 @@ def labels(config: JobConfig) -> tuple[int, int]:
     return (0, 1) if config.task == "reweight" else (1, 0)
 
 
-def labelled_sources(config: JobConfig, files: dict[str, Path], scaler,
-                     trained_on: dict[str, list[str]] | None = None) -> list[tuple[Any, int]]:
+def labelled_sources(
+    config: JobConfig, files: dict[str, Path], scaler, trained_on: dict[str, list[str]] | None = None
+) -> list[tuple[Any, int]]:
     """(EventSource, label) for each converted sample, primary first.  ``trained_on``: the base names
     of the files a model was trained on, per sample, when applying it (other files are all test)."""
     from payload.dataset import EventSource
 
     seen = None if trained_on is None else {n for names in trained_on.values() for n in names}
-    return [(EventSource(files[name], config, scaler, seen), label)
-            for name, label in zip(("primary", "secondary"), labels(config)) if name in files]
+    return [
+        (EventSource(files[name], config, scaler, seen), label)
+        for name, label in zip(("primary", "secondary"), labels(config))
+        if name in files
+    ]
 
 
 class _JobLog:
@@ -94,9 +98,17 @@ class _JobLog:
 REQUIRED = ("model.keras", "scaler.json", "config.yaml", "metrics.json", "predictions.h5", "job.log")
 
 
-def run_job(config: JobConfig | None, primary: str | list[str], secondary: str | list[str] | None,
-            output: str | Path, mode: str = "train", model: str | Path | None = None,
-            tarball: str | Path | None = None, progress: bool = True, require_gpu: bool = False) -> JobResult:
+def run_job(
+    config: JobConfig | None,
+    primary: str | list[str],
+    secondary: str | list[str] | None,
+    output: str | Path,
+    mode: str = "train",
+    model: str | Path | None = None,
+    tarball: str | Path | None = None,
+    progress: bool = True,
+    require_gpu: bool = False,
+) -> JobResult:
     """The whole job into ``output``, which it holds locked (``payload.lock``).  A failure at any stage
     (a signal included, ``payload.signals``) leaves ``error.json`` naming the stage and no
     ``manifest.json`` or ``metrics.json``: a job never looks complete unless it is.  ``require_gpu``:
@@ -121,8 +133,12 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
                         from payload.device import require_gpu as check_gpu
 
                         found = check_gpu()
-                    log.info("device: %d GPU(s) on the %s backend: %s", found["gpus"], found["backend"],
-                             ", ".join(found["gpu_names"]))
+                    log.info(
+                        "device: %d GPU(s) on the %s backend: %s",
+                        found["gpus"],
+                        found["backend"],
+                        ", ".join(found["gpu_names"]),
+                    )
                 return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
         except BaseException as err:  # noqa: BLE001 - recorded in error.json, then re-raised
             _fail(output, err, timer)
@@ -131,8 +147,9 @@ def run_job(config: JobConfig | None, primary: str | list[str], secondary: str |
             raise disk_full(err) or err from None
 
 
-def _run(config, primary, secondary, output: Path, mode: str, model, tarball, progress: bool, timer: Timer,
-         started: float) -> JobResult:
+def _run(
+    config, primary, secondary, output: Path, mode: str, model, tarball, progress: bool, timer: Timer, started: float
+) -> JobResult:
     if mode == "evaluate":
         if model is None:
             raise ConfigError("--mode evaluate needs --model (a trained job's output directory or tarball)")
@@ -159,8 +176,9 @@ def _run(config, primary, secondary, output: Path, mode: str, model, tarball, pr
             converted[name] = work_file(config, files, identities[name], work / f"{name}.h5", progress)
     if mode == "train":
         bind_checkpoints(output, config, identities)
-    metrics = _train_and_evaluate(config, converted, output, timer, mode, bundle if mode == "evaluate" else None,
-                                  progress)
+    metrics = _train_and_evaluate(
+        config, converted, output, timer, mode, bundle if mode == "evaluate" else None, progress
+    )
     friends = []
     shutil.rmtree(output / "friends", ignore_errors=True)  # a former run's, perhaps of other inputs
     if config.evaluation.friend_trees:
@@ -171,8 +189,9 @@ def _run(config, primary, secondary, output: Path, mode: str, model, tarball, pr
     quality = data_quality(converted)
     for name, q in quality.items():
         if q["nonfinite"]["values"]:
-            metrics["warnings"].append(f"{name}: NaN or infinite values (data.nonfinite {q['nonfinite']['mode']}): "
-                                       f"{q['nonfinite']['values']}")
+            metrics["warnings"].append(
+                f"{name}: NaN or infinite values (data.nonfinite {q['nonfinite']['mode']}): {q['nonfinite']['values']}"
+            )
         if q["negative_energies"]:
             metrics["warnings"].append(f"{name}: negative values of energy features: {q['negative_energies']}")
     with timer.stage("outputs"):
@@ -207,8 +226,10 @@ def data_quality(converted: dict[str, Path]) -> dict[str, dict[str, Any]]:
     for name, path in converted.items():
         with open_event_file(path) as f:
             provenance = json_attr(f, "provenance")
-        out[name] = {"nonfinite": provenance.get("nonfinite", {"mode": "error", "values": {}}),
-                     "negative_energies": provenance.get("negative_energies", {})}
+        out[name] = {
+            "nonfinite": provenance.get("nonfinite", {"mode": "error", "values": {}}),
+            "negative_energies": provenance.get("negative_energies", {}),
+        }
     return out
 
 
@@ -217,8 +238,10 @@ def check_samples_differ(inputs: dict[str, list[str]]) -> None:
     if "secondary" in inputs:
         shared = sorted(set(map(base_name, inputs["primary"])) & set(map(base_name, inputs["secondary"])))
         if shared:
-            raise ConfigError(f"--primary and --secondary share {len(shared)} file(s) ({', '.join(shared[:3])}): "
-                              "the two samples must be different datasets")
+            raise ConfigError(
+                f"--primary and --secondary share {len(shared)} file(s) ({', '.join(shared[:3])}): "
+                "the two samples must be different datasets"
+            )
 
 
 def disk_full(err: BaseException) -> OutputError | None:
@@ -230,8 +253,11 @@ def disk_full(err: BaseException) -> OutputError | None:
         err = current
         seen.add(id(err))
         text = str(err)
-        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text \
-                or "errno = 28" in text:
+        if (
+            (isinstance(err, OSError) and err.errno == errno.ENOSPC)
+            or "No space left on device" in text
+            or "errno = 28" in text
+        ):
             where = getattr(err, "filename", None)
             if not where:
                 found = re.search(r"filename = '([^']+)'", text)
@@ -254,9 +280,16 @@ def _fail(output: Path, err: BaseException, timer: Timer) -> None:
         with contextlib.suppress(OSError):
             (output / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
-        write_json(output / "error.json", {"status": "failed", "exit_code": code,
-                                           "stage": timer.failed or timer.current, "error": message,
-                                           "timings": timer.stages})
+        write_json(
+            output / "error.json",
+            {
+                "status": "failed",
+                "exit_code": code,
+                "stage": timer.failed or timer.current,
+                "error": message,
+                "timings": timer.stages,
+            },
+        )
 
 
 def _failure_tarball(output: Path, tarball: Path) -> None:
@@ -281,8 +314,9 @@ def _trained_files(bundle: Path) -> dict[str, list[str]] | None:
         return None
 
 
-def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str,
-                        bundle, progress: bool = True) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str, bundle, progress: bool = True
+) -> dict[str, Any]:
     """Train (``bundle`` None) or apply a ``payload.bundle.Bundle``, then evaluate; the metrics."""
     import keras
 
@@ -298,8 +332,9 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
     trained = raw[:1] if autoencode else raw
     with timer.stage("prepare"):
-        fitted, tallies = prepare(config, trained, fit=mode == "train") if len(trained) == 2 or autoencode \
-            else (None, None)
+        fitted, tallies = (
+            prepare(config, trained, fit=mode == "train") if len(trained) == 2 or autoencode else (None, None)
+        )
     metrics: dict[str, Any] = {"task": config.task, "mode": mode, "warnings": []}
     if mode == "train":
         assert fitted is not None  # training always has its samples (checked before conversion)
@@ -317,10 +352,12 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
     members = None
     if mode == "train":
         with timer.stage("train"):
-            model, metrics["training"], members = _train_members(config, sources[:len(trained)], tallies, output,
-                                                                        progress)
-        metrics["training"]["files"] = {name: [base_name(f) for f in source.source_files]
-                                        for name, source in zip(("primary", "secondary"), raw)}
+            model, metrics["training"], members = _train_members(
+                config, sources[: len(trained)], tallies, output, progress
+            )
+        metrics["training"]["files"] = {
+            name: [base_name(f) for f in source.source_files] for name, source in zip(("primary", "secondary"), raw)
+        }
         with atomic_path(output / "model.keras") as tmp:
             model.save(tmp)
         if keras.backend.backend() == "tensorflow":
@@ -353,15 +390,17 @@ def _train_and_evaluate(config: JobConfig, converted: dict[str, Path], output: P
         expected = [t.counts.get(TRAIN, 0) for t in tallies or []]
         if all(expected):
             with timer.stage("baseline"):
-                baseline = Baseline(config, HighLevel(config, first.object_names, first.event_names,
-                                                      first.spectator_names))
+                baseline = Baseline(
+                    config, HighLevel(config, first.object_names, first.event_names, first.spectator_names)
+                )
                 baseline.fit([s for s, _ in sources], expected)
         else:  # applying a model to files it never saw: they hold no training events to fit the baseline on
-            metrics["baseline"] = {"skipped": "no training-split events among these inputs (files the model never "
-                                              "saw are all test events); the training job's outputs compare it"}
+            metrics["baseline"] = {
+                "skipped": "no training-split events among these inputs (files the model never "
+                "saw are all test events); the training job's outputs compare it"
+            }
     with timer.stage("evaluate"):
-        evaluation = evaluate(config, model, sources, output / "predictions.h5", baseline, members,
-                                  progress)
+        evaluation = evaluate(config, model, sources, output / "predictions.h5", baseline, members, progress)
     metrics.update(evaluation.metrics)
     if "closure" in metrics:
         metrics["warnings"] += [f"closure: {m}" for m in metrics["closure"]["verdict"]["messages"]]
@@ -405,8 +444,11 @@ def _export_onnx(config: JobConfig, model, sources, output: Path, metrics: dict[
             return
         inputs = {k: v[:256] for k, v in block.inputs.items()}
         names = input_names(model)
-        batch = ({n: inputs[n] for n in names} if set(names) <= set(inputs)
-                 else flat_inputs(inputs, config.model.autoencoder.level))  # an event-level autoencoder
+        batch = (
+            {n: inputs[n] for n in names}
+            if set(names) <= set(inputs)
+            else flat_inputs(inputs, config.model.autoencoder.level)
+        )  # an event-level autoencoder
         metrics["onnx"] = onnx.export_onnx(model, output / "model.onnx", batch)
 
 
@@ -415,8 +457,9 @@ def _close(sources, raw) -> None:
         source.close()
 
 
-def _train_members(config: JobConfig, sources, tallies, output: Path,
-                   progress: bool = True) -> tuple[Any, dict[str, Any], list | None]:
+def _train_members(
+    config: JobConfig, sources, tallies, output: Path, progress: bool = True
+) -> tuple[Any, dict[str, Any], list | None]:
     """Train the model, or ``model.ensemble`` members with seeds seed, seed+1, ... each in
     OUTPUT/members/NN (resumable one by one) averaged into one model.  With ``ensemble_split: folds``
     member k also leaves part k of the training split out.  Returns (model, metrics, the members
@@ -426,9 +469,14 @@ def _train_members(config: JobConfig, sources, tallies, output: Path,
     from payload.train import train
 
     def summary(result) -> dict[str, Any]:
-        return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "best_loss": result.best_loss,
-                "resumed_from_epoch": result.resumed_from, "steps_per_epoch": result.steps_per_epoch,
-                "replicas": result.replicas}
+        return {
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "best_loss": result.best_loss,
+            "resumed_from_epoch": result.resumed_from,
+            "steps_per_epoch": result.steps_per_epoch,
+            "replicas": result.replicas,
+        }
 
     n = config.model.ensemble
     if n == 1:
@@ -441,8 +489,9 @@ def _train_members(config: JobConfig, sources, tallies, output: Path,
         member.training.seed = config.training.seed + k
         directory = output / "members" / f"{k:02d}"
         log.info("ensemble member %d of %d%s", k + 1, n, f" (training part {k + 1} left out)" if folds else "")
-        results.append(train(member, sources, tallies, directory, leave_out=(n, k) if folds else None,
-                             progress=progress))
+        results.append(
+            train(member, sources, tallies, directory, leave_out=(n, k) if folds else None, progress=progress)
+        )
         members.append(inference_model(results[-1].model))
     shutil.copyfile(output / "members" / "00" / "history.csv", output / "history.csv")
     best = min(results, key=lambda r: r.best_loss)

@@ -63,8 +63,10 @@ def output_lock(directory: Path) -> Iterator[list[Path]]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise OutputBusyError(f"output {directory}: another payload job (pid {holder}) is writing there; "
-                                  "wait for it to finish or choose another --output") from None
+            raise OutputBusyError(
+                f"output {directory}: another payload job (pid {holder}) is writing there; "
+                "wait for it to finish or choose another --output"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

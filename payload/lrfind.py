@@ -20,9 +20,17 @@ from payload.errors import ConfigError
 from payload.progress import log
 
 
-def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, start: float = 1e-7,
-                  stop: float = 10.0, steps: int = 200, smoothing: float = 0.98,
-                  progress: bool = True) -> dict[str, Any]:
+def lr_range_test(
+    config: JobConfig,
+    primary,
+    secondary,
+    output: str | Path,
+    start: float = 1e-7,
+    stop: float = 10.0,
+    steps: int = 200,
+    smoothing: float = 0.98,
+    progress: bool = True,
+) -> dict[str, Any]:
     import keras
 
     from payload.feed import epoch_batches
@@ -46,8 +54,9 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
     files = {}
     for n in names:
         listed = expand_inputs(given[n])
-        files[n] = work_file(config, listed, [identity(describe_input(f)) for f in listed],
-                             output / "work" / f"{n}.h5", progress)
+        files[n] = work_file(
+            config, listed, [identity(describe_input(f)) for f in listed], output / "work" / f"{n}.h5", progress
+        )
     raw = [source for source, _ in labelled_sources(config, files, None)]
     scaler, tallies = prepare(config, raw)
     sources = labelled_sources(config, files, scaler)
@@ -55,8 +64,9 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
     model = build_model_for(config, sources[0][0])
     compile_model(model, config, 1, learning_rate=start)
     rates = np.geomspace(start, stop, steps)
-    batches = epoch_batches(make_stream_factory(config, sources, tallies, (0,), config.training.seed, shuffle=True,
-                                                augment=True))
+    batches = epoch_batches(
+        make_stream_factory(config, sources, tallies, (0,), config.training.seed, shuffle=True, augment=True)
+    )
     rows, average, best = [], 0.0, np.inf
     for i, rate in enumerate(rates):
         model.optimizer.learning_rate.assign(float(rate))
@@ -81,8 +91,13 @@ def lr_range_test(config: JobConfig, primary, secondary, output: str | Path, sta
         writer.writerow(["learning_rate", "loss", "smoothed_loss"])
         writer.writerows(rows)
     _plot(lr, smoothed, suggested, output / "lr_range.png")
-    summary = {"suggested_learning_rate": suggested, "min_loss_learning_rate": float(lr[int(np.argmin(smoothed))]),
-               "batches": len(rows), "start": start, "stop": stop}
+    summary = {
+        "suggested_learning_rate": suggested,
+        "min_loss_learning_rate": float(lr[int(np.argmin(smoothed))]),
+        "batches": len(rows),
+        "start": start,
+        "stop": stop,
+    }
     write_json(output / "lr_range.json", summary)
     log.info("lr-find: loss falls fastest at learning rate %.3g (plot: %s)", suggested, output / "lr_range.png")
     return summary
@@ -99,7 +114,7 @@ def _steepest_fall(x: np.ndarray, y: np.ndarray) -> int:
     slope = (y[hi] - y[lo]) / np.maximum(x[hi] - x[lo], 1e-12)
     lowest = int(np.argmin(y))
     first = min(w, lowest)
-    return first + int(np.argmin(slope[first:lowest + 1]))
+    return first + int(np.argmin(slope[first : lowest + 1]))
 
 
 def _plot(lr: np.ndarray, smooth: np.ndarray, suggested: float, path: Path) -> None:

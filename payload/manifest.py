@@ -31,8 +31,14 @@ def describe_input(location: str) -> dict[str, Any]:
         return {"location": location}
     path = Path(location)
     stat = path.stat()
-    return {"location": location, "resolved": str(path.resolve()), "bytes": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "adler32": adler32(path), **ORIGINS.get(location, {})}
+    return {
+        "location": location,
+        "resolved": str(path.resolve()),
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "adler32": adler32(path),
+        **ORIGINS.get(location, {}),
+    }
 
 
 def _xrootd_facts(url: str) -> dict[str, Any]:
@@ -106,10 +112,25 @@ class Timer:
                 self.peak_rss_mb[name] = max(peak, self.peak_rss_mb.get(name, 0.0))
 
 
-def build_manifest(status: str, exit_code: int, mode: str, task: str, inputs: dict[str, list[dict[str, Any]]],
-                   device: dict[str, Any], timer: Timer, output: Path, started: float) -> dict[str, Any]:
-    files = sorted(p for p in output.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and "checkpoints" not in p.parts and "work" not in p.relative_to(output).parts[:1])
+def build_manifest(
+    status: str,
+    exit_code: int,
+    mode: str,
+    task: str,
+    inputs: dict[str, list[dict[str, Any]]],
+    device: dict[str, Any],
+    timer: Timer,
+    output: Path,
+    started: float,
+) -> dict[str, Any]:
+    files = sorted(
+        p
+        for p in output.rglob("*")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and "checkpoints" not in p.parts
+        and "work" not in p.relative_to(output).parts[:1]
+    )
     return {
         "status": status,
         "exit_code": exit_code,

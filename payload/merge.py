@@ -189,8 +189,12 @@ def _write_table(columns: list[str], rows: list[dict[str, Any]], metric: str, ou
 
     from payload.plots import bar
 
-    bar([r["job"] for r in rows if r[metric] is not None], [r[metric] for r in rows if r[metric] is not None],
-        metric, out / "jobs.png")
+    bar(
+        [r["job"] for r in rows if r[metric] is not None],
+        [r[metric] for r in rows if r[metric] is not None],
+        metric,
+        out / "jobs.png",
+    )
 
 
 def _copy_bundle(job: Job, dest: Path) -> None:
@@ -242,8 +246,9 @@ def _check_applies(dest: Path, built) -> None:
     batch = {}
     if "objects" in shapes:
         batch["mask"] = (np.arange(slots) < rng.integers(1, slots + 1, 16)[:, None]).astype(np.float32)
-        batch["objects"] = (np.abs(rng.normal(size=(16, slots, shapes["objects"][-1]))) * 10 *
-                            batch["mask"][:, :, None]).astype(np.float32)
+        batch["objects"] = (
+            np.abs(rng.normal(size=(16, slots, shapes["objects"][-1]))) * 10 * batch["mask"][:, :, None]
+        ).astype(np.float32)
     if "events" in shapes:
         batch["events"] = np.abs(rng.normal(size=(16, shapes["events"][-1]))).astype(np.float32)
     scores = predict(loaded.model, batch)
@@ -266,13 +271,16 @@ def fold_points(jobs: list[Job], metric: str) -> list[dict[str, Any]]:
     for key, members in groups.items():
         folds = sorted(j.config.split.fold for j in members)
         values = [v for v in (metric_value(j, metric) for j in members) if v is not None]
-        points.append({
-            "jobs": [j.name for j in sorted(members, key=lambda j: j.config.split.fold)],
-            "overrides": {k: flat[key].get(k) for k in varying}, "folds": folds,
-            "complete": folds == list(range(members[0].config.split.folds)),
-            f"{metric}_mean": float(np.mean(values)) if values else None,
-            f"{metric}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-        })
+        points.append(
+            {
+                "jobs": [j.name for j in sorted(members, key=lambda j: j.config.split.fold)],
+                "overrides": {k: flat[key].get(k) for k in varying},
+                "folds": folds,
+                "complete": folds == list(range(members[0].config.split.folds)),
+                f"{metric}_mean": float(np.mean(values)) if values else None,
+                f"{metric}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            }
+        )
     sign = 1 if HEADLINES[metric] == "min" else -1
     mean = f"{metric}_mean"
     points.sort(key=lambda p: (not p["complete"], p[mean] is None, sign * float(p[mean] or 0.0)))
@@ -302,8 +310,10 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
     with hdf5_writing(out, path):
         fields = {**PRED_FIELDS, "job": np.int32}
         # Handles kept for the file's life (see payload.evaluate.PredictionWriter).
-        columns = {name: out.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
-                   for name, dtype in fields.items()}
+        columns = {
+            name: out.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+            for name, dtype in fields.items()
+        }
         size = 0
         for j, job in enumerate(jobs):
             pred = job.directory / "predictions.h5"
@@ -330,7 +340,7 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
                     remap[int(sample)] = np.array(table, dtype=np.int32)
                 n = len(src["entry"])
                 for a in range(0, n, CHUNK):
-                    cols = {k: src[k][a:a + CHUNK] for k in PRED_FIELDS}
+                    cols = {k: src[k][a : a + CHUNK] for k in PRED_FIELDS}
                     keep = cols["split"] == TEST if test_only else np.ones(len(cols["entry"]), dtype=bool)
                     cols = {k: v[keep] for k, v in cols.items()}
                     file_index = np.empty(len(cols["entry"]), dtype=np.int32)
@@ -352,10 +362,16 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
                         weight_hist.fill(cols["nn_weight"][prim], cols["weight"][prim].astype(np.float64))
         out.attrs["source_files"] = json.dumps(files)
         out.attrs["jobs"] = json.dumps([j.name for j in jobs])
-        out.attrs["fields"] = ("one row per event: sample, file_index (into the source_files attribute: file base "
-                               "names), entry, split, outlier, label, score, weight, nn_weight, job (into jobs)")
-    result: dict[str, Any] = {"rows": size, "rows_kept": "test split of each fold" if test_only else "all",
-                              "source_files": len(files), "duplicate_files": duplicates}
+        out.attrs["fields"] = (
+            "one row per event: sample, file_index (into the source_files attribute: file base "
+            "names), entry, split, outlier, label, score, weight, nn_weight, job (into jobs)"
+        )
+    result: dict[str, Any] = {
+        "rows": size,
+        "rows_kept": "test split of each fold" if test_only else "all",
+        "source_files": len(files),
+        "duplicate_files": duplicates,
+    }
     if labelled and scores.count:
         result["test"] = scores.summary()
     return {"metrics": result, "scores": scores if labelled and scores.count else None, "weight_hist": weight_hist}
@@ -379,13 +395,22 @@ def merge_friends(jobs: list[Job], dest: Path) -> dict[str, Any]:
         shutil.copyfile(job.directory / "friends" / name, dest / name)  # checked by open_job
         copied.append({**entry, "job": job.name})
     if several:
-        log.info("friend trees of %d input(s) come from several jobs and were not merged: %s", len(several),
-                 "; ".join(several[:3]))
+        log.info(
+            "friend trees of %d input(s) come from several jobs and were not merged: %s",
+            len(several),
+            "; ".join(several[:3]),
+        )
     return {"files": copied, "in_several_jobs": several}
 
 
-def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ensemble: bool | None = None,
-          predictions: str = "auto", strict: bool = False) -> dict[str, Any]:
+def merge(
+    inputs: list[str],
+    output: str | Path,
+    metric: str = "best_loss",
+    ensemble: bool | None = None,
+    predictions: str = "auto",
+    strict: bool = False,
+) -> dict[str, Any]:
     if metric not in HEADLINES:
         raise ConfigError(f"merge metric {metric!r}: choose one of {', '.join(HEADLINES)}")
     output = Path(output)
@@ -393,10 +418,16 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
         tmp.mkdir()
         jobs, skipped = collect(inputs, tmp / "work", strict)
         if not jobs:
-            raise EmptyInputError(f"merge: none of the {len(skipped)} inputs is a usable job output "
-                                  f"({'; '.join(s['name'] + ': ' + s['reason'] for s in skipped[:3])})")
-        summary: dict[str, Any] = {"inputs": len(jobs) + len(skipped), "merged": [j.name for j in jobs],
-                                   "skipped": skipped, "metric": metric}
+            raise EmptyInputError(
+                f"merge: none of the {len(skipped)} inputs is a usable job output "
+                f"({'; '.join(s['name'] + ': ' + s['reason'] for s in skipped[:3])})"
+            )
+        summary: dict[str, Any] = {
+            "inputs": len(jobs) + len(skipped),
+            "merged": [j.name for j in jobs],
+            "skipped": skipped,
+            "metric": metric,
+        }
         trained = [j for j in jobs if j.metrics.mode == "train"]
         kfold = any(j.config.split.folds >= 2 for j in trained)
         chosen = trained  # the jobs an ensemble and out-of-fold predictions are built from
@@ -405,12 +436,19 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
             summary["points"] = points
             best_point = points[0]
             if not best_point["complete"]:
-                log.warning("no point has every fold exactly once (folds %s): the best incomplete point is used",
-                            best_point["folds"])
+                log.warning(
+                    "no point has every fold exactly once (folds %s): the best incomplete point is used",
+                    best_point["folds"],
+                )
             summary["best_point"] = best_point
             chosen = [j for j in trained if j.name in best_point["jobs"]]
-            log.info("best point %s (%s mean %.5g over folds %s)", best_point["point"], metric,
-                     best_point[f"{metric}_mean"] or float("nan"), best_point["folds"])
+            log.info(
+                "best point %s (%s mean %.5g over folds %s)",
+                best_point["point"],
+                metric,
+                best_point[f"{metric}_mean"] or float("nan"),
+                best_point["folds"],
+            )
         if trained:
             columns, rows = job_table(trained, metric)
             _write_table(columns, rows, metric, tmp)
@@ -428,8 +466,9 @@ def merge(inputs: list[str], output: str | Path, metric: str = "best_loss", ense
             from payload import plots
             from payload.evaluate import Evaluation
 
-            merged = merge_predictions(chosen if mode == "test" else jobs, tmp / "predictions.h5",
-                                       test_only=mode == "test")
+            merged = merge_predictions(
+                chosen if mode == "test" else jobs, tmp / "predictions.h5", test_only=mode == "test"
+            )
             summary["predictions"] = merged["metrics"]
             (tmp / "plots").mkdir()
             if merged["scores"] is not None:

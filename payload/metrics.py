@@ -12,6 +12,7 @@ import numpy as np
 
 SCORE_BINS = 10_000
 
+
 #: A finished job's headline numbers, read from its metrics.json, and which way is better: what
 #: ``payload merge`` ranks jobs by and what a phpo evaluation reports to the steering.
 class WeightedHist:
@@ -75,8 +76,13 @@ def compare(a: WeightedHist, b: WeightedHist) -> dict[str, float]:
     ok = var > 0
     chi2 = float(((pa[ok] - pb[ok]) ** 2 / var[ok]).sum())
     ndf = max(int(ok.sum()) - 1, 1)
-    return {"chi2": chi2, "ndf": ndf, "chi2_ndf": chi2 / ndf, "p": float(chi2_dist.sf(chi2, ndf)),
-            "ks": float(np.abs(np.cumsum(a.sumw) / na - np.cumsum(b.sumw) / nb).max())}
+    return {
+        "chi2": chi2,
+        "ndf": ndf,
+        "chi2_ndf": chi2 / ndf,
+        "p": float(chi2_dist.sf(chi2, ndf)),
+        "ks": float(np.abs(np.cumsum(a.sumw) / na - np.cumsum(b.sumw) / nb).max()),
+    }
 
 
 class BinaryScores:
@@ -152,12 +158,17 @@ class BinaryScores:
         return {"speedup": float(gain[i]), "threshold": float(edges[i]), "tpr": float(tpr[i]), "fpr": float(fpr[i])}
 
     def summary(self) -> dict[str, Any]:
-        return {"auc": self.auc(), "accuracy": self.correct / max(self.total, 1e-300),
-                "loss": self.logloss / max(self.total, 1e-300), "events": self.count}
+        return {
+            "auc": self.auc(),
+            "accuracy": self.correct / max(self.total, 1e-300),
+            "loss": self.logloss / max(self.total, 1e-300),
+            "events": self.count,
+        }
 
 
 def distance_correlation(x: np.ndarray, y: np.ndarray) -> float:
     """Sample distance correlation (Szekely et al.) of two 1-d samples: 0 only for independence."""
+
     def centred(v):
         d = np.abs(v[:, None] - v[None, :])
         return d - d.mean(axis=0) - d.mean(axis=1)[:, None] + d.mean()

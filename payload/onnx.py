@@ -55,10 +55,15 @@ def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) ->
         got = session.run(None, {name: np.asarray(feed[name], dtype=np.float32) for name in names})[0]
         difference = float(np.max(np.abs(got - reference))) if reference.size else 0.0
         if not difference <= TOLERANCE:
-            raise RuntimeError(f"model.onnx differs from model.keras by {difference:.3g} (> {TOLERANCE}) on "
-                               f"{len(reference)} test events")
-    log.info("model.onnx written: ONNX Runtime equals Keras within %.1g on %d test events", difference,
-             len(reference))
-    return {"file": path.name, "inputs": names, "outputs": [o.name for o in session.get_outputs()],
-            "check": {"events": len(reference), "max_abs_difference": difference, "tolerance": TOLERANCE},
-            "scaling": "not folded in: apply scaler.json first (docs/onnx.md)"}
+            raise RuntimeError(
+                f"model.onnx differs from model.keras by {difference:.3g} (> {TOLERANCE}) on "
+                f"{len(reference)} test events"
+            )
+    log.info("model.onnx written: ONNX Runtime equals Keras within %.1g on %d test events", difference, len(reference))
+    return {
+        "file": path.name,
+        "inputs": names,
+        "outputs": [o.name for o in session.get_outputs()],
+        "check": {"events": len(reference), "max_abs_difference": difference, "tolerance": TOLERANCE},
+        "scaling": "not folded in: apply scaler.json first (docs/onnx.md)",
+    }

@@ -66,19 +66,26 @@ def weights(hists: dict[str, tuple[WeightedHist, float]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (hist, factor) in hists.items():
         ax.stairs(hist.sumw, hist.edges * factor, label=LABELS.get(name, name), **STYLE.get(name, {}))  # type: ignore[arg-type]
-    ax.set(xscale="log", xlabel="weight (normalised)", ylabel="weighted events", title="per-event weights (primary, test)")
+    ax.set(
+        xscale="log", xlabel="weight (normalised)", ylabel="weighted events", title="per-event weights (primary, test)"
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 #: How each weighting is drawn and named in closure plots.
 LABELS = {"unweighted": "primary", "nn": "primary x NN", "baseline": "primary x GBReweighter", "secondary": "secondary"}
-STYLE = {"unweighted": {"color": "tab:blue"}, "nn": {"color": "tab:red"},
-         "baseline": {"color": "tab:green", "ls": "--"}, "secondary": {"color": "black"}}
+STYLE = {
+    "unweighted": {"color": "tab:blue"},
+    "nn": {"color": "tab:red"},
+    "baseline": {"color": "tab:green", "ls": "--"},
+    "secondary": {"color": "black"},
+}
 
 
-def _closure_plot(name: str, hists: dict[str, WeightedHist], comparisons: dict[str, dict], path: Path,
-                  kind: str) -> Path:
+def _closure_plot(
+    name: str, hists: dict[str, WeightedHist], comparisons: dict[str, dict], path: Path, kind: str
+) -> Path:
     """Normalised distributions (secondary as points with errors), and below, each weighting over the
     secondary with the secondary's statistical uncertainty as a grey band and the weighting's own as
     error bars; chi2/ndf and p per weighting in the legend."""
@@ -91,17 +98,36 @@ def _closure_plot(name: str, hists: dict[str, WeightedHist], comparisons: dict[s
         total = max(h.sumw.sum(), 1e-300)
         density[key] = h.sumw / total / widths
         errors[key] = np.sqrt(np.maximum(h.sumw2, 0)) / total / widths
-    with plt.style.context([mplhep.style.ROOT, {"font.size": 11, "axes.labelsize": 13, "xtick.labelsize": 11,
-                                                 "ytick.labelsize": 11, "legend.fontsize": 9,
-                                                 "xtick.minor.visible": False, "ytick.minor.visible": False}]):
+    with plt.style.context(
+        [
+            mplhep.style.ROOT,
+            {
+                "font.size": 11,
+                "axes.labelsize": 13,
+                "xtick.labelsize": 11,
+                "ytick.labelsize": 11,
+                "legend.fontsize": 9,
+                "xtick.minor.visible": False,
+                "ytick.minor.visible": False,
+            },
+        ]
+    ):
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
         for key in ("unweighted", "nn", "baseline"):
             if key in density:
                 c = comparisons.get(key, {})
                 label = LABELS[key] + (f"  chi2/ndf {c['chi2_ndf']:.2f}, p {c['p']:.2g}" if c else "")
                 mplhep.histplot(density[key], edges, ax=top, label=label, **STYLE[key])
-        mplhep.histplot(density["secondary"], edges, yerr=errors["secondary"], ax=top, histtype="errorbar",
-                        label=LABELS["secondary"], color="black", markersize=4)
+        mplhep.histplot(
+            density["secondary"],
+            edges,
+            yerr=errors["secondary"],
+            ax=top,
+            histtype="errorbar",
+            label=LABELS["secondary"],
+            color="black",
+            markersize=4,
+        )
         top.set_ylabel("normalised density")
         top.set_title(f"{name} ({kind}, test events)", fontsize=12)
         top.legend(fontsize=9)
@@ -116,8 +142,14 @@ def _closure_plot(name: str, hists: dict[str, WeightedHist], comparisons: dict[s
                     ratio = np.where(ref > 0, density[key] / ref, np.nan)
                     bottom.stairs(ratio, edges, **STYLE[key])
                     if key == "nn":
-                        bottom.errorbar(centres, ratio, yerr=np.where(ref > 0, errors[key] / ref, np.nan), fmt="none",
-                                        color=STYLE[key]["color"], lw=1)
+                        bottom.errorbar(
+                            centres,
+                            ratio,
+                            yerr=np.where(ref > 0, errors[key] / ref, np.nan),
+                            fmt="none",
+                            color=STYLE[key]["color"],
+                            lw=1,
+                        )
                     spread.append(np.nanmax(np.abs(ratio - 1)))
         reach = float(np.clip(1.2 * np.nanmax(spread), 0.02, 0.5)) if np.isfinite(np.nanmax(spread)) else 0.2
         bottom.axhline(1, color="grey", ls=":")
@@ -133,12 +165,26 @@ def closure(evaluation: Evaluation, directory: Path) -> list[Path]:
     closure_metrics = evaluation.metrics["closure"]
     paths = []
     for name, hists in evaluation.event_hists.items():
-        paths.append(_closure_plot(name, hists, closure_metrics["event_level"].get(name, {}),
-                                   directory / f"closure_{_safe(name)}.png", "event level"))
+        paths.append(
+            _closure_plot(
+                name,
+                hists,
+                closure_metrics["event_level"].get(name, {}),
+                directory / f"closure_{_safe(name)}.png",
+                "event level",
+            )
+        )
     for v in evaluation.variables:
         if "secondary" in v.hists:
-            paths.append(_closure_plot(v.name, v.hists, closure_metrics["object_level"].get(v.name, {}),
-                                       directory / f"closure_objects_{_safe(v.name)}.png", "all objects"))
+            paths.append(
+                _closure_plot(
+                    v.name,
+                    v.hists,
+                    closure_metrics["object_level"].get(v.name, {}),
+                    directory / f"closure_objects_{_safe(v.name)}.png",
+                    "all objects",
+                )
+            )
     paths.append(closure_summary(closure_metrics, directory / "closure_summary.png"))
     return paths
 
@@ -147,8 +193,9 @@ def closure_summary(closure_metrics: dict, path: Path) -> Path:
     """chi2/ndf of every variable per weighting, with where p = 0.01 lies: what to look at first."""
     from scipy.stats import chi2 as chi2_dist
 
-    rows = [(n, c) for n, c in closure_metrics["event_level"].items()] + \
-        [(f"{n} (objects)", c) for n, c in closure_metrics["object_level"].items()]
+    rows = [(n, c) for n, c in closure_metrics["event_level"].items()] + [
+        (f"{n} (objects)", c) for n, c in closure_metrics["object_level"].items()
+    ]
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.5))
     y = np.arange(len(rows))
     for offset, key in zip((-0.2, 0.0, 0.2), ("unweighted", "nn", "baseline")):

@@ -77,4 +77,3 @@ def prefetched(iterator: Iterator[T], depth: int = 4) -> Iterator[Iterator[T]]:
     finally:
         with contextlib.suppress(ValueError):  # still running in the consumer's thread: it stops at exit
             stream.close()  # type: ignore[attr-defined]
-

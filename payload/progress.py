@@ -26,8 +26,15 @@ class Progress:
     """``update(n)`` as work is done; ``finish()`` logs the total, ``clear()`` only wipes the live line.
     ``detail`` adds text to each line (e.g. the batch number, the job's remaining time)."""
 
-    def __init__(self, total: int, label: str, unit: str = "events", stream: TextIO | None = None,
-                 log_every: float = 30.0, detail: Callable[[Progress], str] | None = None):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        unit: str = "events",
+        stream: TextIO | None = None,
+        log_every: float = 30.0,
+        detail: Callable[[Progress], str] | None = None,
+    ):
         self.total = total
         self.label = label
         self.unit = unit
@@ -55,7 +62,9 @@ class Progress:
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         eta = f", ETA {duration(self.remaining())}" if self.total and 0 < self.done < self.total else ""
         extra = f", {self.detail(self)}" if self.detail else ""
-        return f"{self.label}: {self.done:,}/{self.total:,} {self.unit}{pct}, {self.rate():,.0f} {self.unit}/s{eta}{extra}"
+        return (
+            f"{self.label}: {self.done:,}/{self.total:,} {self.unit}{pct}, {self.rate():,.0f} {self.unit}/s{eta}{extra}"
+        )
 
     def update(self, n: int) -> None:
         self.done += n
@@ -75,5 +84,7 @@ class Progress:
 
     def finish(self) -> None:
         self.clear()
-        log.info(f"{self.label}: {self.done:,}/{self.total:,} {self.unit}, {self.rate():,.0f} {self.unit}/s "
-                 f"in {time.perf_counter() - self.start:.1f} s")
+        log.info(
+            f"{self.label}: {self.done:,}/{self.total:,} {self.unit}, {self.rate():,.0f} {self.unit}/s "
+            f"in {time.perf_counter() - self.start:.1f} s"
+        )

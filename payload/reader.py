@@ -54,9 +54,14 @@ class InputTree:
                     f"{closest(name, available)}"
                 )
 
-    def iterate(self, branches: list[str], step_size: int, entry_start: int = 0,
-                entry_stop: int | None = None, decompression_executor: Any = None,
-                ) -> Iterator[tuple[int, int, dict[str, ak.Array]]]:
+    def iterate(
+        self,
+        branches: list[str],
+        step_size: int,
+        entry_start: int = 0,
+        entry_stop: int | None = None,
+        decompression_executor: Any = None,
+    ) -> Iterator[tuple[int, int, dict[str, ak.Array]]]:
         """Yield (start, stop, arrays) over [entry_start, entry_stop) in steps of ``step_size`` entries.
 
         ``iterate`` (not ``arrays`` per range) so a basket that spans two steps is decompressed once.
@@ -64,8 +69,13 @@ class InputTree:
         start = entry_start
         try:
             for arrays, report in self.tree.iterate(
-                filter_name=branches, step_size=step_size, library="ak", report=True,
-                entry_start=entry_start, entry_stop=entry_stop, decompression_executor=decompression_executor,
+                filter_name=branches,
+                step_size=step_size,
+                library="ak",
+                report=True,
+                entry_start=entry_start,
+                entry_stop=entry_stop,
+                decompression_executor=decompression_executor,
             ):
                 start = report.tree_entry_start
                 yield report.tree_entry_start, report.tree_entry_stop, {name: arrays[name] for name in branches}
@@ -117,8 +127,10 @@ def _open_file(location: str, attempts: int = REMOTE_ATTEMPTS, backoff_s: float 
     remote = is_url(location)
     if location.startswith(("root://", "roots://")) and not preload_xrootd() and "tensorflow" in sys.modules:
         # Loading the XRootD client now would crash the process; the CLI loads it first.
-        raise PayloadError(f"input {location}: the XRootD client must be loaded before TensorFlow: call "
-                           "payload.runtime.prepare_environment() (or import XRootD.client) first")
+        raise PayloadError(
+            f"input {location}: the XRootD client must be loaded before TensorFlow: call "
+            "payload.runtime.prepare_environment() (or import XRootD.client) first"
+        )
     for attempt in range(1, (attempts if remote else 1) + 1):
         try:
             file = uproot.open(location)
@@ -140,8 +152,11 @@ def _open_file(location: str, attempts: int = REMOTE_ATTEMPTS, backoff_s: float 
                 log.warning("input %s: %s; retrying (%d/%d)", location, one_line(err), attempt, attempts - 1)
                 time.sleep(backoff_s * attempt)
                 continue
-            what = ("cannot be read from the server" if remote and isinstance(err, (OSError, TimeoutError))
-                    else "not a readable ROOT file")
+            what = (
+                "cannot be read from the server"
+                if remote and isinstance(err, (OSError, TimeoutError))
+                else "not a readable ROOT file"
+            )
             raise InputCorruptError(
                 f"input {location}: {what} ({one_line(err)}); re-fetch it or drop it from the inputs"
             ) from None

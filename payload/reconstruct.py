@@ -110,7 +110,7 @@ class _Residuals:
             rel = (raw_out - raw_in) / raw_in
         self.correlation.add(rel[np.isfinite(rel).all(axis=1)])
         if level == "event" and event_names:
-            raw_events = scaler.events.invert(out[:, m * f:])[test]
+            raw_events = scaler.events.invert(out[:, m * f :])[test]
             for j, name in enumerate(event_names):
                 self.add(name, block.events[test][:, j], raw_events[:, j])
 
@@ -118,8 +118,11 @@ class _Residuals:
         out = {}
         for v, (c, s1, s2) in self.inside.items():
             mean = s1 / max(c, 1)
-            out[v] = {"mean": float(mean), "sigma": float(np.sqrt(max(s2 / max(c, 1) - mean**2, 0.0))),
-                      "outside_fraction": float(1 - c / max(self.total[v], 1))}
+            out[v] = {
+                "mean": float(mean),
+                "sigma": float(np.sqrt(max(s2 / max(c, 1) - mean**2, 0.0))),
+                "outside_fraction": float(1 - c / max(self.total[v], 1)),
+            }
         return out
 
 
@@ -150,8 +153,9 @@ def rank_auc(background: np.ndarray, signal: np.ndarray) -> float:
     return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / max(n0 * n1, 1))
 
 
-def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSource, int]],
-                         output: Path) -> tuple[dict[str, Any], dict[str, WeightedHist], np.ndarray, list[str]]:
+def evaluate_autoencoder(
+    config: JobConfig, model, sources: list[tuple[EventSource, int]], output: Path
+) -> tuple[dict[str, Any], dict[str, WeightedHist], np.ndarray, list[str]]:
     """Returns (metrics, residual histograms, residual correlation matrix, its variable names)."""
     from payload.models.autoencoder import split
 
@@ -163,9 +167,14 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
     first = sources[0][0]
     scaler = first.scaler
     object_names = first.object_names
-    residuals = _Residuals(object_names + (first.event_names if ae.level == "event" else []), len(object_names),
-                           config.evaluation.residual_range)
-    width = len(object_names) if ae.level == "object" else first.max_objects * len(object_names) + len(first.event_names)
+    residuals = _Residuals(
+        object_names + (first.event_names if ae.level == "event" else []),
+        len(object_names),
+        config.evaluation.residual_range,
+    )
+    width = (
+        len(object_names) if ae.level == "object" else first.max_objects * len(object_names) + len(first.event_names)
+    )
     errors = [_Errors(width) for _ in sources]
     train_sum, train_rows = np.zeros(width), 0
     seconds = {"encode": 0.0, "decode": 0.0}
@@ -187,8 +196,12 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
                     mask = block.inputs["mask"]
                     test = (block.split == TEST) & ~block.outlier
                     per_event, sums, counts = _squared_errors(x, out, mask, ae.level)
-                    errors[sample].add(_inputs_of(x, mask, test, ae.level), float(sums[test].sum()),
-                                       int(counts[test].sum()), per_event[test])
+                    errors[sample].add(
+                        _inputs_of(x, mask, test, ae.level),
+                        float(sums[test].sum()),
+                        int(counts[test].sum()),
+                        per_event[test],
+                    )
                     if sample == 0:
                         seconds["encode"] += t1 - t0
                         seconds["decode"] += t2 - t1
@@ -201,33 +214,61 @@ def evaluate_autoencoder(config: JobConfig, model, sources: list[tuple[EventSour
                     if ae.level == "object":
                         z = z * mask[..., None]
                     n = len(block)
-                    writer.append({"sample": np.full(n, sample), "file_index": block.file_index, "entry": block.entry,
-                                   "split": block.split, "outlier": block.outlier, "label": np.full(n, sample),
-                                   "score": per_event, "weight": block.weights, "nn_weight": np.ones(n), "latent": z})
+                    writer.append(
+                        {
+                            "sample": np.full(n, sample),
+                            "file_index": block.file_index,
+                            "entry": block.entry,
+                            "split": block.split,
+                            "outlier": block.outlier,
+                            "label": np.full(n, sample),
+                            "score": per_event,
+                            "weight": block.weights,
+                            "nn_weight": np.ones(n),
+                            "latent": z,
+                        }
+                    )
             writer.describe_sources([s for s, _ in sources])
             writer.file.attrs["task"] = config.task
-            writer.file.attrs["fields"] = ("per-event fields as for classifiers; score = mean squared reconstruction "
-                                           "error (scaled units), label = sample, latent = the encoder's codes")
+            writer.file.attrs["fields"] = (
+                "per-event fields as for classifiers; score = mean squared reconstruction "
+                "error (scaled units), label = sample, latent = the encoder's codes"
+            )
 
     primary = errors[0]
     baseline = primary.baseline(train_sum / max(train_rows, 1))
     input_bytes = 4 * width
     matrix = residuals.correlation.correlation()
     metrics: dict[str, Any] = {
-        "test_mse": primary.mse(), "baseline_mse": baseline,
+        "test_mse": primary.mse(),
+        "baseline_mse": baseline,
         "residuals": residuals.summary(),
         "residual_correlation": {"names": object_names, "matrix": matrix.tolist()},
-        "compression": {"latent_bytes": 4 * ae.latent, "input_bytes": input_bytes,
-                        "ratio": 4 * ae.latent / input_bytes, "per": ae.level},
-        "timing": {"encode_seconds": seconds["encode"], "decode_seconds": seconds["decode"], "events": timed,
-                   "encode_events_per_second": timed / max(seconds["encode"], 1e-9),
-                   "decode_events_per_second": timed / max(seconds["decode"], 1e-9)},
-        "memory": {"encoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in encoder.weights)),
-                   "decoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in decoder.weights))},
+        "compression": {
+            "latent_bytes": 4 * ae.latent,
+            "input_bytes": input_bytes,
+            "ratio": 4 * ae.latent / input_bytes,
+            "per": ae.level,
+        },
+        "timing": {
+            "encode_seconds": seconds["encode"],
+            "decode_seconds": seconds["decode"],
+            "events": timed,
+            "encode_events_per_second": timed / max(seconds["encode"], 1e-9),
+            "decode_events_per_second": timed / max(seconds["decode"], 1e-9),
+        },
+        "memory": {
+            "encoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in encoder.weights)),
+            "decoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in decoder.weights)),
+        },
     }
     if len(sources) == 2 and errors[1].elements:
         metrics["secondary_mse"] = errors[1].mse()
         metrics["ood_auc"] = rank_auc(np.concatenate(primary.events), np.concatenate(errors[1].events))
-    log.info("autoencoder: test MSE %.4g (mean baseline %.4g), compression ratio %.3f",
-             metrics["test_mse"], baseline, metrics["compression"]["ratio"])
+    log.info(
+        "autoencoder: test MSE %.4g (mean baseline %.4g), compression ratio %.3f",
+        metrics["test_mse"],
+        baseline,
+        metrics["compression"]["ratio"],
+    )
     return metrics, residuals.hists, matrix, object_names

@@ -76,7 +76,12 @@ class Metrics(_Open):
 #: Figures jobs are compared on, and which direction is better.  ``closure``: the closure
 #: classifier's distance from 0.5 (0 when reweighted primary and secondary look alike).
 HEADLINES: dict[str, Literal["min", "max"]] = {
-    "best_loss": "min", "test_loss": "min", "test_auc": "max", "test_accuracy": "max", "closure": "min"}
+    "best_loss": "min",
+    "test_loss": "min",
+    "test_auc": "max",
+    "test_accuracy": "max",
+    "closure": "min",
+}
 
 
 def parse_metrics(raw: Any, source: str = "metrics.json") -> Metrics:

@@ -59,8 +59,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def work_file(config: JobConfig, files: list[str], inputs: list[dict[str, Any]], target: Path,
-              progress: bool) -> Path:
+def work_file(config: JobConfig, files: list[str], inputs: list[dict[str, Any]], target: Path, progress: bool) -> Path:
     """``target`` converted from ``files`` (their identities ``inputs``), reused when its record says
     it was made from exactly these and it is intact."""
     record_path = target.with_suffix(".json")
@@ -84,8 +83,9 @@ def work_file(config: JobConfig, files: list[str], inputs: list[dict[str, Any]],
         log.warning("converting %s again: %s", target, reason)
     record_path.unlink(missing_ok=True)
     convert_files(config, files, target, progress=progress)
-    write_json(record_path, {"inputs": inputs, "data": data, "bytes": target.stat().st_size,
-                             "adler32": adler32(target)})
+    write_json(
+        record_path, {"inputs": inputs, "data": data, "bytes": target.stat().st_size, "adler32": adler32(target)}
+    )
     return target
 
 
@@ -109,8 +109,10 @@ def bind_checkpoints(output: Path, config: JobConfig, inputs: dict[str, list[dic
             keys = sorted(k for k in binding["config"] if old["config"].get(k) != binding["config"][k])
             reason = f"the config changed ({', '.join(keys) or 'structure'})"
         else:
-            reason = next((_difference(old["inputs"].get(s, []), v) for s, v in inputs.items()
-                           if old["inputs"].get(s) != v), "the inputs differ")
+            reason = next(
+                (_difference(old["inputs"].get(s, []), v) for s, v in inputs.items() if old["inputs"].get(s) != v),
+                "the inputs differ",
+            )
         log.warning("discarding the checkpoints in %s and training from the start: %s", output, reason)
         shutil.rmtree(checkpoints, ignore_errors=True)
         shutil.rmtree(output / "members", ignore_errors=True)

@@ -18,8 +18,12 @@ from pathlib import Path
 
 #: XRootD client defaults (read once, when the client library loads): a lost server is reported in
 #: about a minute instead of the library's default of up to ten, and the reader retries on top.
-XROOTD_DEFAULTS = {"XRD_CONNECTIONWINDOW": "15", "XRD_CONNECTIONRETRY": "2", "XRD_REQUESTTIMEOUT": "120",
-                   "XRD_STREAMTIMEOUT": "60"}
+XROOTD_DEFAULTS = {
+    "XRD_CONNECTIONWINDOW": "15",
+    "XRD_CONNECTIONRETRY": "2",
+    "XRD_REQUESTTIMEOUT": "120",
+    "XRD_STREAMTIMEOUT": "60",
+}
 
 
 def preload_xrootd() -> bool:

@@ -75,16 +75,24 @@ def generate(n: int, extra_jets: float, jet_pt_scale: float, met_scale: float, s
     ptV = np.hypot(lx + met * np.cos(met_phi), ly + met * np.sin(met_phi))
 
     return {
-        "jet_pt": _jagged(njets, jet_pt), "jet_eta": _jagged(njets, jet_eta),
-        "jet_phi": _jagged(njets, jet_phi), "jet_m": _jagged(njets, jet_m),
+        "jet_pt": _jagged(njets, jet_pt),
+        "jet_eta": _jagged(njets, jet_eta),
+        "jet_phi": _jagged(njets, jet_phi),
+        "jet_m": _jagged(njets, jet_m),
         "jet_truthb": ak.unflatten(jet_truthb, njets),
-        "lep_pt": _jagged(nleps, lep_pt), "lep_eta": _jagged(nleps, lep_eta),
-        "lep_phi": _jagged(nleps, lep_phi), "lep_m": _jagged(nleps, lep_m),
+        "lep_pt": _jagged(nleps, lep_pt),
+        "lep_eta": _jagged(nleps, lep_eta),
+        "lep_phi": _jagged(nleps, lep_phi),
+        "lep_m": _jagged(nleps, lep_m),
         "lep_charge": ak.unflatten(lep_charge, nleps),
-        "met": met.astype(np.float32), "met_phi": met_phi.astype(np.float32),
-        "njets": njets.astype(np.int32), "nleps": nleps.astype(np.int32),
+        "met": met.astype(np.float32),
+        "met_phi": met_phi.astype(np.float32),
+        "njets": njets.astype(np.int32),
+        "nleps": nleps.astype(np.int32),
         "weight": np.ones(n, dtype=np.float32),
-        "mjj": mjj.astype(np.float32), "ptV": ptV.astype(np.float32), "dRjj": dRjj.astype(np.float32),
+        "mjj": mjj.astype(np.float32),
+        "ptV": ptV.astype(np.float32),
+        "dRjj": dRjj.astype(np.float32),
     }
 
 
@@ -169,8 +177,9 @@ def write_graph_samples(directory: str | Path, events: int, seed: int = 0) -> tu
         parts = {k: v[keep] for k, v in branches.items()}
         particles = ak.zip({k[5:]: v for k, v in parts.items() if k.startswith("part_")})
         with uproot.recreate(path) as f:
-            f.mktree("events", {"part": particles.type.content, "mbc": np.float32},
-                     counter_name=lambda coll: f"n_{coll}")
+            f.mktree(
+                "events", {"part": particles.type.content, "mbc": np.float32}, counter_name=lambda coll: f"n_{coll}"
+            )
             f["events"].extend({"part": particles, "mbc": parts["mbc"]})
         paths.append(path)
     return paths[0], paths[1]

@@ -47,7 +47,11 @@ def _transform(name: str, x: np.ndarray, floor: float, zero: float) -> np.ndarra
     return x
 
 
-_INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {"log": np.exp, "log10": lambda x: np.power(10.0, x), "log1p": np.expm1}
+_INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "log": np.exp,
+    "log10": lambda x: np.power(10.0, x),
+    "log1p": np.expm1,
+}
 
 
 @dataclass
@@ -95,16 +99,23 @@ class ColumnScaling:
         return out.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": self.names, "transforms": self.transforms, "offset": self.offset.tolist(),
-                "scale": self.scale.tolist(), "floor": self.floor.tolist(), "zero": self.zero.tolist()}
+        return {
+            "names": self.names,
+            "transforms": self.transforms,
+            "offset": self.offset.tolist(),
+            "scale": self.scale.tolist(),
+            "floor": self.floor.tolist(),
+            "zero": self.zero.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ColumnScaling:
         def array(key):
             return np.asarray(d[key], dtype=np.float64) if key in d else None
 
-        return cls(list(d["names"]), list(d["transforms"]), array("offset"), array("scale"), array("floor"),
-                   array("zero"))
+        return cls(
+            list(d["names"]), list(d["transforms"]), array("offset"), array("scale"), array("floor"), array("zero")
+        )
 
 
 @dataclass
@@ -125,10 +136,19 @@ class Scaler:
         return self.events.apply(events)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({
-            "version": SCALER_VERSION, "method": self.method, "outliers": self.outliers,
-            "objects": self.objects.to_dict(), "events": self.events.to_dict(), "warnings": self.warnings,
-        }, indent=1))
+        Path(path).write_text(
+            json.dumps(
+                {
+                    "version": SCALER_VERSION,
+                    "method": self.method,
+                    "outliers": self.outliers,
+                    "objects": self.objects.to_dict(),
+                    "events": self.events.to_dict(),
+                    "warnings": self.warnings,
+                },
+                indent=1,
+            )
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Scaler:
@@ -136,20 +156,31 @@ class Scaler:
         numbers, non-zero scales (a scale of 0 would turn every input into inf)."""
         try:
             d = json.loads(Path(path).read_text())
-            scaler = cls(d["method"], ColumnScaling.from_dict(d["objects"]), ColumnScaling.from_dict(d["events"]),
-                         dict(d.get("outliers", {})), list(d.get("warnings", [])))
+            scaler = cls(
+                d["method"],
+                ColumnScaling.from_dict(d["objects"]),
+                ColumnScaling.from_dict(d["events"]),
+                dict(d.get("outliers", {})),
+                list(d.get("warnings", [])),
+            )
         except FileNotFoundError:
             raise InputCorruptError(f"scaler {path}: not found") from None
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise InputCorruptError(f"scaler {path}: not a valid scaler file ({err})") from None
         for group, columns in (("objects", scaler.objects), ("events", scaler.events)):
             n = len(columns.names)
-            arrays: dict[str, Any] = {"transforms": columns.transforms, "offset": columns.offset,
-                                      "scale": columns.scale, "floor": columns.floor, "zero": columns.zero}
+            arrays: dict[str, Any] = {
+                "transforms": columns.transforms,
+                "offset": columns.offset,
+                "scale": columns.scale,
+                "floor": columns.floor,
+                "zero": columns.zero,
+            }
             wrong = [k for k, v in arrays.items() if len(v) != n]
             if wrong:
-                raise InputCorruptError(f"scaler {path}: {group}: {', '.join(wrong)} do not have one entry per "
-                                        f"feature ({n} names)")
+                raise InputCorruptError(
+                    f"scaler {path}: {group}: {', '.join(wrong)} do not have one entry per feature ({n} names)"
+                )
             unknown = sorted(set(columns.transforms) - {"none", *_INVERSE})
             if unknown:
                 raise InputCorruptError(f"scaler {path}: {group}: unknown transform(s) {unknown}")
@@ -161,8 +192,9 @@ class Scaler:
         return scaler
 
 
-def outlier_mask(objects: np.ndarray, n_objects: np.ndarray, object_names: list[str],
-                 cuts: dict[str, float]) -> np.ndarray:
+def outlier_mask(
+    objects: np.ndarray, n_objects: np.ndarray, object_names: list[str], cuts: dict[str, float]
+) -> np.ndarray:
     """True for events to keep: no real object above any configured threshold."""
     keep = np.ones(len(objects), dtype=bool)
     if not cuts:
@@ -194,15 +226,22 @@ class ScalerFitter:
     Transformed quantiles are transforms of raw quantiles (the transforms are monotonic), so one pass
     suffices even though a log transform's floor is itself fitted."""
 
-    def __init__(self, config: ScalingConfig, object_names: list[str], event_names: list[str],
-                 aliases: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: ScalingConfig,
+        object_names: list[str],
+        event_names: list[str],
+        aliases: dict[str, str] | None = None,
+    ):
         """``aliases``: event columns built from an object feature (the leading jet's pT from ``pt``)
         take that feature's transform."""
         self.config = config
         self.object_names, self.event_names = object_names, event_names
         aliases = aliases or {}
         self.obj_tf: list[str] = [config.transforms.get(n, "none") for n in object_names]
-        self.evt_tf: list[str] = [config.transforms.get(n, config.transforms.get(aliases.get(n, n), "none")) for n in event_names]
+        self.evt_tf: list[str] = [
+            config.transforms.get(n, config.transforms.get(aliases.get(n, n), "none")) for n in event_names
+        ]
         self.obj_stats = [FeatureStats(SAMPLE, seed=j) for j in range(len(object_names))]
         self.evt_stats = [FeatureStats(SAMPLE, seed=100 + j) for j in range(len(event_names))]
 
@@ -213,8 +252,9 @@ class ScalerFitter:
         for j, s in enumerate(self.evt_stats):
             s.update(events[:, j])
 
-    def _columns(self, names: list[str], transforms: list[str], stats: list[FeatureStats],
-                 warnings: list[str]) -> ColumnScaling:
+    def _columns(
+        self, names: list[str], transforms: list[str], stats: list[FeatureStats], warnings: list[str]
+    ) -> ColumnScaling:
         cfg = self.config
         n = len(names)
         offset, scale, floor, zero = np.zeros(n), np.ones(n), np.full(n, _LEGACY_FLOOR), np.zeros(n)
@@ -230,7 +270,7 @@ class ScalerFitter:
                     zero[j] = low - ZERO_GAP * (high - low if high > low else 1.0)
             if name in cfg.passthrough or cfg.method == "none" or s.count == 0:
                 continue
-            column = ColumnScaling([name], [t], np.zeros(1), np.ones(1), floor[j:j + 1], zero[j:j + 1])
+            column = ColumnScaling([name], [t], np.zeros(1), np.ones(1), floor[j : j + 1], zero[j : j + 1])
             values = column.transformed(raw[:, None])[:, 0].astype(np.float64)
             if cfg.method == "fixed":
                 offset[j], scale[j] = cfg.fixed.get(name, (0.0, 1.0))
@@ -255,12 +295,15 @@ class ScalerFitter:
                     warnings.append(
                         f"scaling: feature {name!r} ({t} transform, {cfg.method}) fills only {used:.0%} of its scaled "
                         f"range: its values are squeezed into a corner or split into distant clusters; try "
-                        f"scaling.transforms {{{name}: log}} or an outlier cut")
+                        f"scaling.transforms {{{name}: log}} or an outlier cut"
+                    )
         return ColumnScaling(list(names), transforms, offset, scale, floor, zero)
 
     def result(self) -> Scaler:
         if self.obj_stats and all(s.count == 0 for s in self.obj_stats):
-            raise ConfigError("scaling: no training objects left to fit the scaler (check split fractions and outliers)")
+            raise ConfigError(
+                "scaling: no training objects left to fit the scaler (check split fractions and outliers)"
+            )
         warnings: list[str] = []
         objects = self._columns(self.object_names, self.obj_tf, self.obj_stats, warnings)
         events = self._columns(self.event_names, self.evt_tf, self.evt_stats, warnings)

@@ -33,10 +33,36 @@ FUNCTIONS: dict[str, Any] = {
 }
 
 _ALLOWED = (
-    ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Call, ast.Name, ast.Load,
-    ast.Constant, ast.And, ast.Or, ast.Not, ast.Invert, ast.USub, ast.UAdd, ast.Add, ast.Sub, ast.Mult,
-    ast.Div, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr, ast.BitXor, ast.Eq, ast.NotEq, ast.Lt, ast.LtE,
-    ast.Gt, ast.GtE,
+    ast.Expression,
+    ast.BoolOp,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.Call,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.And,
+    ast.Or,
+    ast.Not,
+    ast.Invert,
+    ast.USub,
+    ast.UAdd,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Mod,
+    ast.Pow,
+    ast.BitAnd,
+    ast.BitOr,
+    ast.BitXor,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
 )
 
 
@@ -90,7 +116,9 @@ class Selection:
             )
         mask = np.asarray(ak.to_numpy(result) if isinstance(result, ak.Array) else result)
         if mask.dtype != np.bool_:
-            raise ConfigError(f"selection {self.expression!r} must be a condition (true/false), got {mask.dtype} values")
+            raise ConfigError(
+                f"selection {self.expression!r} must be a condition (true/false), got {mask.dtype} values"
+            )
         return mask
 
 
@@ -106,20 +134,26 @@ MAX_DEPTH = 50  # nested brackets: the parser recurses per bracket
 def _check_limits(expression: str, tree: ast.AST) -> None:
     nodes = list(ast.walk(tree))
     if len(nodes) > MAX_NODES:
-        raise ConfigError(f"selection {expression[:60]!r}...: {len(nodes)} syntax nodes, more than the limit {MAX_NODES}")
+        raise ConfigError(
+            f"selection {expression[:60]!r}...: {len(nodes)} syntax nodes, more than the limit {MAX_NODES}"
+        )
     for node in nodes:
         if isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float)):
                 raise ConfigError(f"selection {expression!r}: only numbers may appear as constants")
             if abs(node.value) > MAX_CONSTANT:
-                raise ConfigError(f"selection {expression!r}: constant {node.value!r} is beyond the limit {MAX_CONSTANT:g}")
+                raise ConfigError(
+                    f"selection {expression!r}: constant {node.value!r} is beyond the limit {MAX_CONSTANT:g}"
+                )
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
             exponent = node.right
             if isinstance(exponent, ast.UnaryOp) and isinstance(exponent.op, (ast.USub, ast.UAdd)):
                 exponent = exponent.operand
             if not (isinstance(exponent, ast.Constant) and abs(exponent.value) <= MAX_EXPONENT):  # type: ignore[arg-type]
-                raise ConfigError(f"selection {expression!r}: a power needs a constant exponent of at most "
-                                  f"{MAX_EXPONENT} (e.g. pt**2)")
+                raise ConfigError(
+                    f"selection {expression!r}: a power needs a constant exponent of at most "
+                    f"{MAX_EXPONENT} (e.g. pt**2)"
+                )
 
 
 def compile_selection(expression: str) -> Selection:
@@ -131,8 +165,9 @@ def compile_selection(expression: str) -> Selection:
         depth += (char in "([{") - (char in ")]}")
         deepest = max(deepest, depth)
     if deepest > MAX_DEPTH:
-        raise ConfigError(f"selection {expression[:60]!r}...: brackets nested {deepest} deep, more than the limit "
-                          f"{MAX_DEPTH}")
+        raise ConfigError(
+            f"selection {expression[:60]!r}...: brackets nested {deepest} deep, more than the limit {MAX_DEPTH}"
+        )
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as err:

@@ -39,8 +39,9 @@ def uniform(entry: np.ndarray, file_keys: np.ndarray, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def assign(entry: np.ndarray, file_keys: np.ndarray, seed: int, train: float, validation: float,
-           folds: int = 0, fold: int = 0) -> np.ndarray:
+def assign(
+    entry: np.ndarray, file_keys: np.ndarray, seed: int, train: float, validation: float, folds: int = 0, fold: int = 0
+) -> np.ndarray:
     """Split code (TRAIN, VALIDATION, TEST) per event.
 
     With ``folds`` >= 2 (k-fold), the test split is fold ``fold`` of ``folds`` equal hash ranges, so

@@ -110,8 +110,9 @@ class FeatureStats:
         # different rates must not simply be pooled).
         self.exact = False
         shares = self._rng.multinomial(min(size, self.capacity), [count / self._represented for count, _ in parts])
-        self.sample = np.concatenate([sample[self._rng.integers(0, sample.size, k)]
-                                      for (_, sample), k in zip(parts, shares) if k])
+        self.sample = np.concatenate(
+            [sample[self._rng.integers(0, sample.size, k)] for (_, sample), k in zip(parts, shares) if k]
+        )
 
     def values(self) -> np.ndarray:
         """The quantile sample: every value while ``exact``, else a uniform sample of them."""

@@ -65,8 +65,9 @@ def prepare(config: JobConfig, sources: list[EventSource], fit: bool = True) -> 
     return (fitter.result() if fitter is not None else None), tallies
 
 
-def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None,
-                  learning_rate=None) -> None:
+def compile_model(
+    model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None, learning_rate=None
+) -> None:
     from payload.schedules import make_schedule
 
     if learning_rate is None:
@@ -76,8 +77,11 @@ def compile_model(model, config: JobConfig, steps_per_epoch: int, epochs: int | 
         loss = {"mse": keras.losses.MeanSquaredError(), "l1": keras.losses.MeanAbsoluteError()}
         model.compile(optimizer=optimizer, loss=loss[config.model.autoencoder.loss])
         return
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
-                  weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.BinaryCrossentropy(),
+        weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
 
 
 def configure_precision(config: JobConfig) -> bool:
@@ -96,15 +100,18 @@ class FiniteLoss(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         bad = {k: v for k, v in (logs or {}).items() if k.endswith("loss") and not np.isfinite(float(v))}
         if bad:
-            raise TrainingError(f"training: the loss became {', '.join(f'{k} {v}' for k, v in bad.items())} in "
-                                f"epoch {epoch + 1}; lower training.learning_rate, check the inputs' scaling "
-                                "warnings, or use data.nonfinite to deal with NaN inputs")
+            raise TrainingError(
+                f"training: the loss became {', '.join(f'{k} {v}' for k, v in bad.items())} in "
+                f"epoch {epoch + 1}; lower training.learning_rate, check the inputs' scaling "
+                "warnings, or use data.nonfinite to deal with NaN inputs"
+            )
 
 
 #: Functions called with (epoch, logs) after every epoch's checkpoint, e.g. to report to a tuner
 #: (``submit.raytune``); set for the duration of a job with ``epoch_hooks.set([...])``.
-epoch_hooks: contextvars.ContextVar[tuple[Callable[[int, dict[str, float]], None], ...]] = \
-    contextvars.ContextVar("epoch_hooks", default=())
+epoch_hooks: contextvars.ContextVar[tuple[Callable[[int, dict[str, float]], None], ...]] = contextvars.ContextVar(
+    "epoch_hooks", default=()
+)
 
 
 class EpochHooks(keras.callbacks.Callback):
@@ -129,14 +136,18 @@ class TrainingProgress(keras.callbacks.Callback):
         later = self.epochs - self.epoch - 1
         if not later:
             return batch
-        per_epoch = (sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds
-                     else bar.total / max(bar.rate(), 1e-9))
+        per_epoch = (
+            sum(self.epoch_seconds) / len(self.epoch_seconds)
+            if self.epoch_seconds
+            else bar.total / max(bar.rate(), 1e-9)
+        )
         return f"{batch}, training ends in ~{duration(bar.remaining() + later * per_epoch)}"
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self.bar = Progress(self.steps * self.batch_size, f"epoch {epoch + 1}/{self.epochs}", "samples",
-                            detail=self._detail)
+        self.bar = Progress(
+            self.steps * self.batch_size, f"epoch {epoch + 1}/{self.epochs}", "samples", detail=self._detail
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         if self.bar is not None:
@@ -248,11 +259,18 @@ class TrainResult:
     replicas: int = 1
 
 
-def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally],
-                        splits: tuple[int, ...], seed: int, shuffle: bool,
-                        extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
-                        half: int | None = None, augment: bool = False,
-                        leave_out: tuple[int, int] | None = None) -> Callable[[int], TrainingStream]:
+def make_stream_factory(
+    config: JobConfig,
+    sources: list[tuple[EventSource, int]],
+    tallies: list[Tally],
+    splits: tuple[int, ...],
+    seed: int,
+    shuffle: bool,
+    extra_weight: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None,
+    half: int | None = None,
+    augment: bool = False,
+    leave_out: tuple[int, int] | None = None,
+) -> Callable[[int], TrainingStream]:
     share = 1.0 if half is None else 0.5
     if leave_out is not None and TRAIN in splits:
         share *= 1.0 - 1.0 / leave_out[0]
@@ -260,14 +278,32 @@ def make_stream_factory(config: JobConfig, sources: list[tuple[EventSource, int]
     sumw = [share * sum(t.sumw.get(s, 0.0) for s in splits) for t in tallies]
 
     def make(epoch: int) -> TrainingStream:
-        return TrainingStream(sources, counts, sumw, config, splits, seed=seed * 1000 + epoch, shuffle=shuffle,
-                              extra_weight=extra_weight, half=half, augment=augment, leave_out=leave_out)
+        return TrainingStream(
+            sources,
+            counts,
+            sumw,
+            config,
+            splits,
+            seed=seed * 1000 + epoch,
+            shuffle=shuffle,
+            extra_weight=extra_weight,
+            half=half,
+            augment=augment,
+            leave_out=leave_out,
+        )
 
     return make
 
 
-def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: list[Tally], output: Path,
-          resume: bool = True, leave_out: tuple[int, int] | None = None, progress: bool = True) -> TrainResult:
+def train(
+    config: JobConfig,
+    sources: list[tuple[EventSource, int]],
+    tallies: list[Tally],
+    output: Path,
+    resume: bool = True,
+    leave_out: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train the configured model (``leave_out``: (parts, part) of the training split left out, for a
     cross-fitted ensemble member)."""
     from payload.models import build_model_for, load_model
@@ -279,12 +315,16 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
     keras.utils.set_random_seed(seed)
     configure_precision(config)
 
-    train_streams = make_stream_factory(config, sources, tallies, (TRAIN,), seed, shuffle=True, augment=True,
-                                        leave_out=leave_out)
+    train_streams = make_stream_factory(
+        config, sources, tallies, (TRAIN,), seed, shuffle=True, augment=True, leave_out=leave_out
+    )
     steps = train_streams(0).steps
     has_validation = all(t.counts.get(VALIDATION, 0) for t in tallies)
-    val_streams = (make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)
-                   if has_validation else None)
+    val_streams = (
+        make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)
+        if has_validation
+        else None
+    )
 
     # Model building, loading and fitting happen on every replica when data parallel.
     with replicated(config) as replicas:
@@ -299,20 +339,41 @@ def train(config: JobConfig, sources: list[tuple[EventSource, int]], tallies: li
             model = build_model_for(config, sources[0][0])
             compile_model(model, config, steps)
         initial_epoch = 0 if resumed_from is None else resumed_from + 1
-        done = (initial_epoch >= config.training.epochs or
-                (config.training.early_stopping_patience and state.get("wait", 0) >= config.training.early_stopping_patience))
+        done = initial_epoch >= config.training.epochs or (
+            config.training.early_stopping_patience and state.get("wait", 0) >= config.training.early_stopping_patience
+        )
         if not done:
             with contextlib.ExitStack() as streams:
                 fit_kwargs: dict[str, Any] = {}
                 if val_streams is not None:
                     fit_kwargs = {"validation_data": ValidationBatches(lambda: val_streams(0))}
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
-                model.fit(batches, steps_per_epoch=steps, epochs=config.training.epochs, initial_epoch=initial_epoch,  # type: ignore[union-attr]
-                          verbose=0, shuffle=False, **fit_kwargs,
-                          callbacks=[FiniteLoss(), *([TrainingProgress(steps, config.training.batch_size,
-                                                                        config.training.epochs)] if progress else []),
-                                     Checkpointer(checkpoints, history, config.training.early_stopping_patience, state),
-                                     EpochHooks()])
+                model.fit(
+                    batches,
+                    steps_per_epoch=steps,
+                    epochs=config.training.epochs,
+                    initial_epoch=initial_epoch,  # type: ignore[union-attr]
+                    verbose=0,
+                    shuffle=False,
+                    **fit_kwargs,
+                    callbacks=[
+                        FiniteLoss(),
+                        *(
+                            [TrainingProgress(steps, config.training.batch_size, config.training.epochs)]
+                            if progress
+                            else []
+                        ),
+                        Checkpointer(checkpoints, history, config.training.early_stopping_patience, state),
+                        EpochHooks(),
+                    ],
+                )
     kept = load_model(checkpoints / ("best.keras" if config.training.keep == "best" else state["checkpoint"]))
-    return TrainResult(kept, state["epoch"] + 1, resumed_from, state.get("best_epoch", state["epoch"]),
-                       state.get("best", float("nan")), steps, replicas)
+    return TrainResult(
+        kept,
+        state["epoch"] + 1,
+        resumed_from,
+        state.get("best_epoch", state["epoch"]),
+        state.get("best", float("nan")),
+        steps,
+        replicas,
+    )

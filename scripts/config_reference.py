@@ -43,7 +43,9 @@ def field_comments(source: str) -> dict[tuple[str, str], str]:
             if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
                 continue
             above, line = [], item.lineno - 1
-            while comments.get(line, "").lstrip().startswith("#:") and line not in range(item.lineno, item.end_lineno + 1):
+            while comments.get(line, "").lstrip().startswith("#:") and line not in range(
+                item.lineno, item.end_lineno + 1
+            ):
                 above.insert(0, comments[line].lstrip()[2:].strip())
                 line -= 1
             trailing = comments.get(item.end_lineno, "")
@@ -95,10 +97,14 @@ def render() -> str:
     from payload.config import JobConfig
 
     comments = field_comments(SOURCE.read_text())
-    lines = ["# Configuration reference", "",
-             "Generated from `payload/config.py` by `python scripts/config_reference.py`; "
-             "`tests/test_docs.py` fails when it is out of date. How to write a job config: "
-             "[configuration.md](configuration.md).", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `payload/config.py` by `python scripts/config_reference.py`; "
+        "`tests/test_docs.py` fails when it is out of date. How to write a job config: "
+        "[configuration.md](configuration.md).",
+        "",
+    ]
     queue: list[tuple[str, type[BaseModel]]] = [("", JobConfig)]
     seen = set()
     while queue:
@@ -114,7 +120,8 @@ def render() -> str:
         for name, field in model.model_fields.items():
             dotted = f"{prefix}.{name}" if prefix else name
             text = comments.get((model.__name__, name)) or next(
-                (comments[(base.__name__, name)] for base in model.__mro__ if (base.__name__, name) in comments), "")
+                (comments[(base.__name__, name)] for base in model.__mro__ if (base.__name__, name) in comments), ""
+            )
             child = nested_model(field.annotation)
             if child is not None and not text:
                 text = f"a section: `{dotted}` below"

@@ -1,6 +1,6 @@
 """Write the decay-tree samples of the graph (GCN) example (see payload/samples.py for what they are).
 
-    python scripts/make_graph_sample.py [--events 20000] [--outdir graph-data]
+python scripts/make_graph_sample.py [--events 20000] [--outdir graph-data]
 """
 
 from __future__ import annotations

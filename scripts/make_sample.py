@@ -1,6 +1,6 @@
 """Write the small demo sample bundled with the package (see payload/samples.py for what it is).
 
-    python scripts/make_sample.py [--events 10000] [--outdir payload/data]
+python scripts/make_sample.py [--events 10000] [--outdir payload/data]
 """
 
 from __future__ import annotations

@@ -30,16 +30,19 @@ def _sandbox_path(path: str, what: str, tool: str) -> str:
     here = Path.cwd()
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(here):
-        raise ConfigError(f"{what} {path}: must be inside the submission directory {here}, "
-                          f"which {tool} ships as the task's sandbox; copy it here")
+        raise ConfigError(
+            f"{what} {path}: must be inside the submission directory {here}, "
+            f"which {tool} ships as the task's sandbox; copy it here"
+        )
     return resolved.relative_to(here).as_posix()
 
 
 def _execute(argv: list[str], failed: str, cwd: Path | None = None) -> None:
     """Run a panda-client command; a missing client or a failure is one clear error."""
     if shutil.which(argv[0]) is None:
-        raise ConfigError(f"{argv[0]} not found: set up panda-client first (e.g. 'lsetup panda' or "
-                          "'pip install panda-client')")
+        raise ConfigError(
+            f"{argv[0]} not found: set up panda-client first (e.g. 'lsetup panda' or 'pip install panda-client')"
+        )
     if subprocess.run(argv, cwd=cwd).returncode:
         raise PayloadError(failed)
 
@@ -67,16 +70,28 @@ def cmd_prun(args: argparse.Namespace) -> int:
     from submit.prun import PrunJob, fan_out
 
     box = sandbox.stage(Path(args.sandbox).resolve())
-    job = PrunJob(image=args.image, in_ds=args.in_ds, out_ds=args.out_ds, secondary_ds=args.secondary_ds,
-                  mode=args.mode, n_files_per_job=args.n_files_per_job,
-                  secondary_files_per_job=args.secondary_files_per_job, max_files=args.max_files_per_job,
-                  n_files=args.n_files, site=args.site, dest_se=args.dest_se, gpu=_gpu(args),
-                  force_staged=not args.no_force_staged)
+    job = PrunJob(
+        image=args.image,
+        in_ds=args.in_ds,
+        out_ds=args.out_ds,
+        secondary_ds=args.secondary_ds,
+        mode=args.mode,
+        n_files_per_job=args.n_files_per_job,
+        secondary_files_per_job=args.secondary_files_per_job,
+        max_files=args.max_files_per_job,
+        n_files=args.n_files,
+        site=args.site,
+        dest_se=args.dest_se,
+        gpu=_gpu(args),
+        force_staged=not args.no_force_staged,
+    )
     reads: set[str] = set()
     if args.mode == "evaluate":
         if not args.model:
-            raise ConfigError("--mode evaluate needs --model: a Rucio DID of the trained job's tarball, or its "
-                              "output directory or tarball here")
+            raise ConfigError(
+                "--mode evaluate needs --model: a Rucio DID of the trained job's tarball, or its "
+                "output directory or tarball here"
+            )
         if Path(args.model).exists():  # a local bundle travels in the sandbox, slimmed to what applies it
             sandbox.slim_bundle(args.model, box / "model.tgz")
             job.model, job.model_in_sandbox = "model.tgz", True
@@ -97,8 +112,11 @@ def cmd_prun(args: argparse.Namespace) -> int:
     reads.update(configs)
     commands = fan_out(job, configs, None if names == ["job"] else names, args.nickname)
     if not sandbox.check(commands[0], box, reads):
-        print("payload-submit: panda-client not installed: the sandbox was not checked (pip install "
-              "'grid-payload[submit]')", file=sys.stderr)
+        print(
+            "payload-submit: panda-client not installed: the sandbox was not checked (pip install "
+            "'grid-payload[submit]')",
+            file=sys.stderr,
+        )
     for argv in commands:
         print(f"cd {shlex.quote(str(box))} && {shlex.join(argv)}")
         if args.execute:
@@ -113,10 +131,21 @@ def cmd_phpo(args: argparse.Namespace) -> int:
     config = _sandbox_path(args.config, "config", "phpo")
     space = _sandbox_path(args.search_space, "search space", "phpo")
     scan.base_config(args.config)  # a bad base config fails here, not in every evaluation job
-    job = PhpoJob(args.image, args.training_ds, args.out_ds, config, space, args.primary_match,
-                  args.secondary_match, args.objective, args.max_points, args.parallel,
-                  steering_container=args.steering_container, gpu=_gpu(args),
-                  **({"steering_exec": args.steering_exec} if args.steering_exec else {}))
+    job = PhpoJob(
+        args.image,
+        args.training_ds,
+        args.out_ds,
+        config,
+        space,
+        args.primary_match,
+        args.secondary_match,
+        args.objective,
+        args.max_points,
+        args.parallel,
+        steering_container=args.steering_container,
+        gpu=_gpu(args),
+        **({"steering_exec": args.steering_exec} if args.steering_exec else {}),
+    )
     argv = phpo_argv(job, Path.cwd(), args.nickname)
     print(shlex.join(argv))
     if args.execute:
@@ -129,9 +158,15 @@ def cmd_condor(args: argparse.Namespace) -> int:
 
     directory = Path(args.directory)
     directory.mkdir(parents=True, exist_ok=True)
-    job = CondorJob(args.image, expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
-                    request_gpus=args.request_gpus, gpu_memory_mb=args.gpu_memory_mb,
-                    request_memory=args.request_memory, request_disk=args.request_disk)
+    job = CondorJob(
+        args.image,
+        expand_inputs(args.primary),
+        expand_inputs(args.secondary) if args.secondary else [],
+        request_gpus=args.request_gpus,
+        gpu_memory_mb=args.gpu_memory_mb,
+        request_memory=args.request_memory,
+        request_disk=args.request_disk,
+    )
     if args.mode == "evaluate":
         from submit.groups import file_groups
         from submit.sandbox import slim_bundle
@@ -141,8 +176,10 @@ def cmd_condor(args: argparse.Namespace) -> int:
         groups = file_groups(job.primary, job.secondary, args.files_per_job, args.secondary_files_per_job)
         slim_bundle(args.model, directory / "model.tgz")  # transferred to every node
         path = write_evaluation_dag(job, "model.tgz", groups, directory)
-        print(f"wrote {path} ({len(groups)} evaluation jobs, then the merge); submit with: "
-              f"cd {shlex.quote(str(directory))} && condor_submit_dag {path.name}")
+        print(
+            f"wrote {path} ({len(groups)} evaluation jobs, then the merge); submit with: "
+            f"cd {shlex.quote(str(directory))} && condor_submit_dag {path.name}"
+        )
         return 0
     if not args.config:
         raise ConfigError("--mode train needs --config")
@@ -165,16 +202,22 @@ def cmd_local(args: argparse.Namespace) -> int:
     from submit.local import LocalRun, run_evaluations, run_points
 
     workdir = Path(args.workdir)
-    run = LocalRun(expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [],
-                   image=args.image, parallel=args.parallel, gpus=args.gpus)
+    run = LocalRun(
+        expand_inputs(args.primary),
+        expand_inputs(args.secondary) if args.secondary else [],
+        image=args.image,
+        parallel=args.parallel,
+        gpus=args.gpus,
+    )
     if args.mode == "evaluate":
         from submit.groups import file_groups
 
         if not args.model:
             raise ConfigError("--mode evaluate needs --model: the trained job's output directory or tarball")
         run.model = args.model
-        results = run_evaluations(run, file_groups(run.primary, run.secondary, args.files_per_job,
-                                                   args.secondary_files_per_job), workdir)
+        results = run_evaluations(
+            run, file_groups(run.primary, run.secondary, args.files_per_job, args.secondary_files_per_job), workdir
+        )
     else:
         if not args.config:
             raise ConfigError("--mode train needs --config")
@@ -182,11 +225,18 @@ def cmd_local(args: argparse.Namespace) -> int:
         results = run_points(run, configs, names, workdir)
     for r in results:
         auc = r["metrics"].get("test_auc")
-        status = "ok" if r["exit_code"] == 0 and auc is None else f"test AUC {auc:.4f}" if auc is not None \
+        status = (
+            "ok"
+            if r["exit_code"] == 0 and auc is None
+            else f"test AUC {auc:.4f}"
+            if auc is not None
             else f"failed: {r['error']}"
+        )
         print(f"{r['name']}: exit {r['exit_code']}, {status}")
-    print(f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "
-          f"{shlex.quote(str(workdir))}/*/out.tgz --output merged")
+    print(
+        f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "
+        f"{shlex.quote(str(workdir))}/*/out.tgz --output merged"
+    )
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
@@ -197,22 +247,34 @@ def cmd_ray(args: argparse.Namespace) -> int:
         raise ConfigError("payload-submit ray needs --config (and --scan and/or --folds for several points)")
     workdir = Path(args.workdir)
     configs, names = _points(args, workdir / "points")
-    scan = RayScan(expand_inputs(args.primary), expand_inputs(args.secondary) if args.secondary else [], workdir,
-                   address=args.address, metric=args.metric, scheduler=args.scheduler,
-                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    scan = RayScan(
+        expand_inputs(args.primary),
+        expand_inputs(args.secondary) if args.secondary else [],
+        workdir,
+        address=args.address,
+        metric=args.metric,
+        scheduler=args.scheduler,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
     rows = run_scan(scan, configs, names)
     for r in rows:
         value = r.get(args.metric)
-        print(f"{r['name']}: {r['status']} after {r['epochs']} epoch(s)"
-              + (f", {args.metric} {value:.4g}" if isinstance(value, float) else ""))
-    print(f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "
-          f"{shlex.quote(str(workdir))}/*/out.tgz --output merged")
+        print(
+            f"{r['name']}: {r['status']} after {r['epochs']} epoch(s)"
+            + (f", {args.metric} {value:.4g}" if isinstance(value, float) else "")
+        )
+    print(
+        f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "
+        f"{shlex.quote(str(workdir))}/*/out.tgz --output merged"
+    )
     return 0 if all(r["status"] != "error" for r in rows) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payload-submit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="payload-submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     optional = argparse.ArgumentParser(add_help=False)
     optional.add_argument("--config", help="the job config YAML (training)")
@@ -225,27 +287,47 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--gpu-model", help="regular expression on the GPU model, e.g. '.*A100.*'")
 
     p = sub.add_parser("prun", parents=[optional, gpu], help="print (and with --execute run) prun commands")
-    p.add_argument("--mode", choices=["train", "evaluate"], default="train",
-                   help="train (default) or evaluate: apply --model to every file, a few files per job")
-    p.add_argument("--model", help="evaluate: a Rucio DID holding the trained job's tarball, or its output "
-                                   "directory or tarball here (shipped slimmed in the sandbox, at most 10 MB)")
+    p.add_argument(
+        "--mode",
+        choices=["train", "evaluate"],
+        default="train",
+        help="train (default) or evaluate: apply --model to every file, a few files per job",
+    )
+    p.add_argument(
+        "--model",
+        help="evaluate: a Rucio DID holding the trained job's tarball, or its output "
+        "directory or tarball here (shipped slimmed in the sandbox, at most 10 MB)",
+    )
     p.add_argument("--image", required=True, help="container image, e.g. docker.io/NICK/grid-payload:0.1.0")
     p.add_argument("--in-ds", required=True, help="primary input dataset (%%IN)")
     p.add_argument("--secondary-ds", help="secondary input dataset (%%IN2)")
     p.add_argument("--out-ds", required=True, help="user.NICK.name (points get .pNNN appended)")
     p.add_argument("--nickname", help="your grid nickname, checked against --out-ds")
-    p.add_argument("--n-files-per-job", type=int,
-                   help="primary files per job (training default: one job over all files; evaluation: 5)")
-    p.add_argument("--secondary-files-per-job", type=int,
-                   help="secondary files per job, required with --n-files-per-job when there is a secondary")
-    p.add_argument("--max-files-per-job", type=int, default=200,
-                   help="training's one job takes up to this many files of each dataset (default %(default)s)")
+    p.add_argument(
+        "--n-files-per-job",
+        type=int,
+        help="primary files per job (training default: one job over all files; evaluation: 5)",
+    )
+    p.add_argument(
+        "--secondary-files-per-job",
+        type=int,
+        help="secondary files per job, required with --n-files-per-job when there is a secondary",
+    )
+    p.add_argument(
+        "--max-files-per-job",
+        type=int,
+        default=200,
+        help="training's one job takes up to this many files of each dataset (default %(default)s)",
+    )
     p.add_argument("--n-files", type=int)
     p.add_argument("--site")
     p.add_argument("--dest-se")
     p.add_argument("--no-force-staged", action="store_true", help="let unstaged inputs arrive as root:// URLs")
-    p.add_argument("--sandbox", default="prun-sandbox",
-                   help="the directory staged with exactly what the jobs read, where prun runs (default %(default)s)")
+    p.add_argument(
+        "--sandbox",
+        default="prun-sandbox",
+        help="the directory staged with exactly what the jobs read, where prun runs (default %(default)s)",
+    )
     p.add_argument("--execute", action="store_true", help="run the prun commands, not only print them")
     p.set_defaults(func=cmd_prun)
 
@@ -267,8 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_phpo)
 
     evaluation = argparse.ArgumentParser(add_help=False)
-    evaluation.add_argument("--mode", choices=["train", "evaluate"], default="train",
-                            help="train (default) or evaluate: apply --model to the inputs, a few files per job")
+    evaluation.add_argument(
+        "--mode",
+        choices=["train", "evaluate"],
+        default="train",
+        help="train (default) or evaluate: apply --model to the inputs, a few files per job",
+    )
     evaluation.add_argument("--model", help="evaluate: the trained job's output directory or tarball")
     evaluation.add_argument("--files-per-job", type=int, default=5, help="evaluate: primary files per job")
     evaluation.add_argument("--secondary-files-per-job", type=int, help="evaluate: secondary files per job")
@@ -299,9 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secondary", nargs="+", action="extend")
     p.add_argument("--workdir", required=True, help="one directory per point, and Tune's experiment (resumable)")
     p.add_argument("--address", help="an existing Ray cluster ('auto', 'ray://HOST:10001'); default: a local runtime")
-    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
-                   help="asha stops poor points early on the per-epoch metric (default); fifo runs all to the end")
-    p.add_argument("--metric", default="val_loss", help="per-epoch metric the scheduler minimises (default %(default)s)")
+    p.add_argument(
+        "--scheduler",
+        choices=["asha", "fifo"],
+        default="asha",
+        help="asha stops poor points early on the per-epoch metric (default); fifo runs all to the end",
+    )
+    p.add_argument(
+        "--metric", default="val_loss", help="per-epoch metric the scheduler minimises (default %(default)s)"
+    )
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, help="default: 1 when the cluster has GPUs, else 0")
     p.set_defaults(func=cmd_ray)

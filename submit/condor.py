@@ -56,19 +56,25 @@ def _container_job(image: str, args: list[str], inputs: list[str]) -> list[str]:
     """The lines every node shares: ``payload`` in the image with ``args``, files in and out."""
     # The absolute path in the image, as HTCondor documents for containers: Apptainer runs it
     # directly, and the image's entrypoint runs a first word that is a command as it is (docker).
-    return ["universe = container", f"container_image = {docker_url(image)}", f"executable = {IMAGE_EXECUTABLE}",
-            "transfer_executable = false", f"arguments = {condor_arguments(args)}",
-            "should_transfer_files = YES", "when_to_transfer_output = ON_EXIT",
-            f"transfer_input_files = {_list(inputs)}"]
+    return [
+        "universe = container",
+        f"container_image = {docker_url(image)}",
+        f"executable = {IMAGE_EXECUTABLE}",
+        "transfer_executable = false",
+        f"arguments = {condor_arguments(args)}",
+        "should_transfer_files = YES",
+        "when_to_transfer_output = ON_EXIT",
+        f"transfer_input_files = {_list(inputs)}",
+    ]
 
 
 @dataclass
 class CondorJob:
-    image: str                          # docker.io/NICK/grid-payload:0.1.0 (docker:// is added)
-    primary: list[str]                  # local files or root:// URLs
+    image: str  # docker.io/NICK/grid-payload:0.1.0 (docker:// is added)
+    primary: list[str]  # local files or root:// URLs
     secondary: list[str]
     request_gpus: int = 1
-    gpu_memory_mb: int | None = None    # require_gpus = GlobalMemoryMb >= N
+    gpu_memory_mb: int | None = None  # require_gpus = GlobalMemoryMb >= N
     request_memory: str = "8 GB"
     request_disk: str = "20 GB"
     request_cpus: int = 2
@@ -80,8 +86,12 @@ class CondorJob:
         return transfer, ",".join(seen)
 
     def _resources(self) -> list[str]:
-        lines = [f"request_cpus = {self.request_cpus}", f"request_memory = {self.request_memory}",
-                 f"request_disk = {self.request_disk}", f"request_gpus = {self.request_gpus}"]
+        lines = [
+            f"request_cpus = {self.request_cpus}",
+            f"request_memory = {self.request_memory}",
+            f"request_disk = {self.request_disk}",
+            f"request_gpus = {self.request_gpus}",
+        ]
         if self.request_gpus and self.gpu_memory_mb:
             lines.append(f"require_gpus = GlobalMemoryMb >= {int(self.gpu_memory_mb)}")
         return lines + ["output = logs/$(name).out", "error = logs/$(name).err", "log = logs/jobs.log"]
@@ -99,7 +109,10 @@ class CondorJob:
         inputs = [model, "$(primary_files)"] + (["$(secondary_files)"] if self.secondary else [])
         lines = _container_job(self.image, args, inputs) + [
             "transfer_output_files = $(name).tgz, userJobMetadata.json",
-            'transfer_output_remaps = "userJobMetadata.json = $(name).json"', *self._resources(), "queue"]
+            'transfer_output_remaps = "userJobMetadata.json = $(name).json"',
+            *self._resources(),
+            "queue",
+        ]
         return "\n".join(lines) + "\n"
 
     def evaluation_vars(self, primary: list[str], secondary: list[str]) -> dict[str, str]:
@@ -129,14 +142,15 @@ class CondorJob:
             args.append("--require-gpu")
         lines = _container_job(self.image, args, ["$(config)", *primary_files, *secondary_files]) + [
             "transfer_output_files = $(name).tgz, userJobMetadata.json",
-            'transfer_output_remaps = "userJobMetadata.json = $(name).json"', *self._resources(),
-            "queue name, config from ("]
+            'transfer_output_remaps = "userJobMetadata.json = $(name).json"',
+            *self._resources(),
+            "queue name, config from (",
+        ]
         lines += [f"  {name}, {config}" for name, config in items] + [")"]
         return "\n".join(lines) + "\n"
 
 
-def write_submit(job: CondorJob, items: list[tuple[str, str]], directory: str | Path,
-                 name: str = "train.sub") -> Path:
+def write_submit(job: CondorJob, items: list[tuple[str, str]], directory: str | Path, name: str = "train.sub") -> Path:
     directory = Path(directory)
     (directory / "logs").mkdir(parents=True, exist_ok=True)
     path = directory / name
@@ -144,25 +158,33 @@ def write_submit(job: CondorJob, items: list[tuple[str, str]], directory: str | 
     return path
 
 
-def write_dag(job: CondorJob, items: list[tuple[str, str]], directory: str | Path,
-              merge_args: list[str] | None = None) -> Path:
+def write_dag(
+    job: CondorJob, items: list[tuple[str, str]], directory: str | Path, merge_args: list[str] | None = None
+) -> Path:
     """A DAG: one training node per (name, config) item, then a merge node whose parents are all of them."""
     description = job.description(items)
     # The layer holds the per-node variables; the submit description keeps everything else.
-    body = description[:description.index("queue name, config from (")] + "queue\n"
+    body = description[: description.index("queue name, config from (")] + "queue\n"
     return _dag(job, "train", body, [{"name": n, "config": c} for n, c in items], directory, merge_args)
 
 
-def write_evaluation_dag(job: CondorJob, model: str, groups: list[tuple[str, list[str], list[str]]],
-                         directory: str | Path) -> Path:
+def write_evaluation_dag(
+    job: CondorJob, model: str, groups: list[tuple[str, list[str], list[str]]], directory: str | Path
+) -> Path:
     """An evaluation fan-out: one node per (name, primary files, secondary files) group applying the
     bundle ``model`` (a file in ``directory``), then the merge node gathering their outputs."""
     node_vars = [{"name": name, **job.evaluation_vars(primary, secondary)} for name, primary, secondary in groups]
     return _dag(job, "evaluate", job.evaluation_body(model), node_vars, directory, None)
 
 
-def _dag(job: CondorJob, layer: str, body: str, node_vars: list[dict[str, str]], directory: str | Path,
-         merge_args: list[str] | None) -> Path:
+def _dag(
+    job: CondorJob,
+    layer: str,
+    body: str,
+    node_vars: list[dict[str, str]],
+    directory: str | Path,
+    merge_args: list[str] | None,
+) -> Path:
     """The nodes of ``layer`` then a merge node running ``payload merge`` (the default arguments) on
     their tarballs, in the same image, on the submit side's files."""
     import htcondor2
@@ -173,13 +195,25 @@ def _dag(job: CondorJob, layer: str, body: str, node_vars: list[dict[str, str]],
     dag = dags.DAG()
     # A failed job still hands back its tarball (holding error.json); the POST script makes its node
     # succeed so the merge node runs and reports it, instead of DAGMan stopping before the merge.
-    nodes = dag.layer(name=layer, submit_description=htcondor2.Submit(body), vars=node_vars,
-                      post=dags.Script(executable="/bin/true"))
+    nodes = dag.layer(
+        name=layer, submit_description=htcondor2.Submit(body), vars=node_vars, post=dags.Script(executable="/bin/true")
+    )
     tarballs = [f"{v['name']}.tgz" for v in node_vars]
     merge_args = [literal(a) for a in merge_args] if merge_args else ["-q", "merge", *tarballs, "--output", "merged"]
-    merge = htcondor2.Submit("\n".join([
-        *_container_job(job.image, merge_args, tarballs), "transfer_output_files = merged",
-        "request_cpus = 1", "request_memory = 4 GB", "request_gpus = 0",
-        "output = logs/merge.out", "error = logs/merge.err", "log = logs/jobs.log", "queue"]))
+    merge = htcondor2.Submit(
+        "\n".join(
+            [
+                *_container_job(job.image, merge_args, tarballs),
+                "transfer_output_files = merged",
+                "request_cpus = 1",
+                "request_memory = 4 GB",
+                "request_gpus = 0",
+                "output = logs/merge.out",
+                "error = logs/merge.err",
+                "log = logs/jobs.log",
+                "queue",
+            ]
+        )
+    )
     nodes.child_layer(name="merge", submit_description=merge)
     return dags.write_dag(dag, directory, dag_file_name="scan.dag")

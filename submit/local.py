@@ -21,10 +21,10 @@ from typing import Any
 class LocalRun:
     primary: list[str]
     secondary: list[str]
-    image: str | None = None      # run in this image with docker; None: plain processes
+    image: str | None = None  # run in this image with docker; None: plain processes
     parallel: int = 1
-    gpus: bool = False            # docker --gpus all
-    model: str | None = None      # evaluate: apply this trained output (directory or tarball) instead of training
+    gpus: bool = False  # docker --gpus all
+    model: str | None = None  # evaluate: apply this trained output (directory or tarball) instead of training
 
     def argv(self, config: Path | None, point_dir: Path) -> list[str]:
         primary = ",".join(str(Path(p).resolve()) for p in self.primary)
@@ -37,18 +37,37 @@ class LocalRun:
             run += ["--secondary", secondary]
         if self.gpus:
             run.append("--require-gpu")
-        tail = (["--config", str(config.resolve())] if config is not None else []) + \
-            ["--output", "out", "--tarball", "out.tgz"]
+        tail = (["--config", str(config.resolve())] if config is not None else []) + [
+            "--output",
+            "out",
+            "--tarball",
+            "out.tgz",
+        ]
         if self.image is None:
             return [sys.executable, "-m", "payload", *run, *tail]
         # The inputs and the config are mounted read-only at their own paths; the point's
         # directory is the working directory, as on the grid.  --mount, not -v: a path holding ':'
         # would split -v's SRC:DST:MODE, and --mount's CSV value quotes commas.
-        mounts = {str(Path(p).resolve().parent) for p in [*self.primary, *self.secondary,  # type: ignore[arg-type]
-                                                            *([config] if config is not None else []),
-                                                            *([self.model] if self.model else [])]}
-        argv = ["docker", "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}",
-                "--mount", bind_mount(point_dir.resolve(), "/job"), "-w", "/job"]
+        mounts = {
+            str(Path(p).resolve().parent)
+            for p in [
+                *self.primary,
+                *self.secondary,  # type: ignore[arg-type]
+                *([config] if config is not None else []),
+                *([self.model] if self.model else []),
+            ]
+        }
+        argv = [
+            "docker",
+            "run",
+            "--rm",
+            "--user",
+            f"{os.getuid()}:{os.getgid()}",
+            "--mount",
+            bind_mount(point_dir.resolve(), "/job"),
+            "-w",
+            "/job",
+        ]
         for mount in sorted(mounts):
             argv += ["--mount", bind_mount(mount, mount, readonly=True)]
         if self.gpus:
@@ -73,14 +92,18 @@ def run_points(run: LocalRun, configs: list[Path], names: list[str], workdir: st
     return _run_all([(name, run, Path(config)) for name, config in zip(names, configs)], run.parallel, workdir)
 
 
-def run_evaluations(run: LocalRun, groups: list[tuple[str, list[str], list[str]]],
-                    workdir: str | Path) -> list[dict[str, Any]]:
+def run_evaluations(
+    run: LocalRun, groups: list[tuple[str, list[str], list[str]]], workdir: str | Path
+) -> list[dict[str, Any]]:
     """An evaluation fan-out: ``run.model`` applied to each (name, primary files, secondary files) group."""
-    return _run_all([(name, replace(run, primary=p, secondary=s), None) for name, p, s in groups], run.parallel,
-                    workdir)
+    return _run_all(
+        [(name, replace(run, primary=p, secondary=s), None) for name, p, s in groups], run.parallel, workdir
+    )
 
 
-def _run_all(items: list[tuple[str, LocalRun, Path | None]], parallel: int, workdir: str | Path) -> list[dict[str, Any]]:
+def _run_all(
+    items: list[tuple[str, LocalRun, Path | None]], parallel: int, workdir: str | Path
+) -> list[dict[str, Any]]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     names = [name for name, _, _ in items]
@@ -104,9 +127,14 @@ def _run_all(items: list[tuple[str, LocalRun, Path | None]], parallel: int, work
             running.remove(item)
             report_path = point_dir / "userJobMetadata.json"
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
-            results[name] = {"name": name, "exit_code": proc.returncode, "seconds": round(time.time() - started, 1),
-                             "directory": str(point_dir), "metrics": report.get("metrics", {}),
-                             "error": report.get("error")}
+            results[name] = {
+                "name": name,
+                "exit_code": proc.returncode,
+                "seconds": round(time.time() - started, 1),
+                "directory": str(point_dir),
+                "metrics": report.get("metrics", {}),
+                "error": report.get("error"),
+            }
     ordered = [results[n] for n in names]
     (workdir / "summary.json").write_text(json.dumps(ordered, indent=1))
     return ordered

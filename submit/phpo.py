@@ -27,8 +27,8 @@ class PhpoJob:
     image: str
     training_ds: str
     out_ds: str
-    config: str                        # job config, relative to the submission directory
-    search_space: str                  # JSON search-space file, relative to the submission directory
+    config: str  # job config, relative to the submission directory
+    search_space: str  # JSON search-space file, relative to the submission directory
     primary_match: str
     secondary_match: str | None = None
     objective: str = "loss"
@@ -55,10 +55,25 @@ def phpo_argv(job: PhpoJob, submit_dir: Path, nickname: str | None = None) -> li
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"search space {space_path}: expected a non-empty JSON object keyed by config keys")
     image = docker_url(job.image)
-    argv = ["phpo", "--evaluationContainer", image, "--evaluationExec", shlex.join(job.evaluation_command()),
-            "--trainingDS", job.training_ds, "--outDS", job.out_ds, "--searchSpaceFile", job.search_space,
-            "--maxPoints", str(job.max_points), "--nParallelEvaluation", str(job.n_parallel),
-            "--steeringExec", job.steering_exec]
+    argv = [
+        "phpo",
+        "--evaluationContainer",
+        image,
+        "--evaluationExec",
+        shlex.join(job.evaluation_command()),
+        "--trainingDS",
+        job.training_ds,
+        "--outDS",
+        job.out_ds,
+        "--searchSpaceFile",
+        job.search_space,
+        "--maxPoints",
+        str(job.max_points),
+        "--nParallelEvaluation",
+        str(job.n_parallel),
+        "--steeringExec",
+        job.steering_exec,
+    ]
     if job.steering_container:
         argv += ["--steeringContainer", job.steering_container]
     if job.gpu is not None:

@@ -39,9 +39,9 @@ class GpuRequest:
     """A GPU in PanDA's ``--architecture`` shorthand, e.g. ``#&nvidia:vram>=40960:cuda>=12.0``."""
 
     vendor: str = "nvidia"
-    vram_mb: int | None = None    # at least this much GPU memory
-    cuda: str | None = None       # at least this CUDA version
-    model: str | None = None      # regular expression on the GPU model, e.g. .*A100.*
+    vram_mb: int | None = None  # at least this much GPU memory
+    cuda: str | None = None  # at least this CUDA version
+    model: str | None = None  # regular expression on the GPU model, e.g. .*A100.*
 
     def architecture(self) -> str:
         spec = f"#&{self.vendor}"
@@ -56,49 +56,57 @@ class GpuRequest:
 
 @dataclass
 class PrunJob:
-    image: str                       # e.g. docker.io/NICK/grid-payload:0.1.0 (docker:// is added)
-    in_ds: str                       # primary dataset (%IN)
-    out_ds: str                      # user.NICK.something
-    config: str | None = None        # training: the job config, relative to the sandbox
+    image: str  # e.g. docker.io/NICK/grid-payload:0.1.0 (docker:// is added)
+    in_ds: str  # primary dataset (%IN)
+    out_ds: str  # user.NICK.something
+    config: str | None = None  # training: the job config, relative to the sandbox
     secondary_ds: str | None = None  # secondary dataset (%IN2)
-    mode: str = "train"              # or "evaluate": apply ``model`` to the inputs
-    model: str | None = None         # evaluate: a Rucio DID (one tarball) or a file in the sandbox
+    mode: str = "train"  # or "evaluate": apply ``model`` to the inputs
+    model: str | None = None  # evaluate: a Rucio DID (one tarball) or a file in the sandbox
     model_in_sandbox: bool = False
     n_files_per_job: int | None = None
     secondary_files_per_job: int | None = None
     max_files: int = MAX_FILES
-    output: str = "out.tgz"          # the job's tarball, registered with --outputs
+    output: str = "out.tgz"  # the job's tarball, registered with --outputs
     n_files: int | None = None
     site: str | None = None
     dest_se: str | None = None
     gpu: GpuRequest | None = field(default_factory=GpuRequest)
-    force_staged: bool = True        # payload reads local files; without it unstaged files arrive as root://
+    force_staged: bool = True  # payload reads local files; without it unstaged files arrive as root://
     extra_payload_args: tuple[str, ...] = ()
 
     def files_per_job(self) -> tuple[int, int | None]:
         """(primary, secondary) files per job, checked for a proportion the user stated."""
         if self.mode == "evaluate":
             if self.secondary_ds and not self.secondary_files_per_job:
-                raise ConfigError("an evaluation with --secondary-ds needs --secondary-files-per-job: how many "
-                                  "secondary files each job gets beside its primary files")
+                raise ConfigError(
+                    "an evaluation with --secondary-ds needs --secondary-files-per-job: how many "
+                    "secondary files each job gets beside its primary files"
+                )
             return self.n_files_per_job or 5, self.secondary_files_per_job
         if self.n_files_per_job is None:
             if self.secondary_files_per_job:
-                raise ConfigError("--secondary-files-per-job goes with --n-files-per-job (default: one training "
-                                  "job over all files of both datasets)")
+                raise ConfigError(
+                    "--secondary-files-per-job goes with --n-files-per-job (default: one training "
+                    "job over all files of both datasets)"
+                )
             return self.max_files, self.max_files if self.secondary_ds else None
         if self.secondary_ds and not self.secondary_files_per_job:
-            raise ConfigError(f"--n-files-per-job {self.n_files_per_job} splits the training: say how many "
-                              "secondary files each job gets (--secondary-files-per-job), so both samples keep "
-                              "the proportion you mean, or leave both out for one job over all files")
+            raise ConfigError(
+                f"--n-files-per-job {self.n_files_per_job} splits the training: say how many "
+                "secondary files each job gets (--secondary-files-per-job), so both samples keep "
+                "the proportion you mean, or leave both out for one job over all files"
+            )
         return self.n_files_per_job, self.secondary_files_per_job
 
     def payload_command(self) -> list[str]:
         cmd = ["payload", "-q", "run"]
         if self.mode == "evaluate":
             if not self.model:
-                raise ConfigError("an evaluation needs --model: a Rucio DID of the trained job's tarball, or "
-                                  "its output directory or tarball here")
+                raise ConfigError(
+                    "an evaluation needs --model: a Rucio DID of the trained job's tarball, or "
+                    "its output directory or tarball here"
+                )
             cmd += ["--mode", "evaluate", "--model", self.model if self.model_in_sandbox else f"%{MODEL_STREAM}"]
         cmd += ["--primary", "%IN"]
         if self.secondary_ds:
@@ -123,8 +131,10 @@ def check_out_ds(out_ds: str, nickname: str | None, outputs: list[str]) -> None:
         raise ConfigError(f"outDS {out_ds!r}: must start with 'user.{nickname}.' for nickname {nickname!r}")
     for container in [f"{out_ds}_{o}/" for o in outputs] + [f"{out_ds}.log/"]:
         if len(container) > MAX_CONTAINER:
-            raise ConfigError(f"outDS {out_ds!r}: output container {container!r} has {len(container)} characters; "
-                              f"the grid allows {MAX_CONTAINER}: shorten the outDS by {len(container) - MAX_CONTAINER}")
+            raise ConfigError(
+                f"outDS {out_ds!r}: output container {container!r} has {len(container)} characters; "
+                f"the grid allows {MAX_CONTAINER}: shorten the outDS by {len(container) - MAX_CONTAINER}"
+            )
 
 
 def prun_argv(job: PrunJob, nickname: str | None = None) -> list[str]:
@@ -132,9 +142,21 @@ def prun_argv(job: PrunJob, nickname: str | None = None) -> list[str]:
     the sandbox directory."""
     check_out_ds(job.out_ds, nickname, [job.output])
     primary, secondary = job.files_per_job()
-    argv = ["prun", "--containerImage", docker_url(job.image), "--exec", shlex.join(job.payload_command()),
-            "--inDS", job.in_ds, "--outDS", job.out_ds, "--outputs", job.output,
-            "--nFilesPerJob", str(primary)]
+    argv = [
+        "prun",
+        "--containerImage",
+        docker_url(job.image),
+        "--exec",
+        shlex.join(job.payload_command()),
+        "--inDS",
+        job.in_ds,
+        "--outDS",
+        job.out_ds,
+        "--outputs",
+        job.output,
+        "--nFilesPerJob",
+        str(primary),
+    ]
     if max(primary, secondary or 0) > MAX_FILES:
         argv += ["--maxNFilesPerJob", str(max(primary, secondary or 0))]
     streams = []

@@ -30,9 +30,9 @@ class RayScan:
     primary: list[str]
     secondary: list[str]
     workdir: Path
-    address: str | None = None      # an existing cluster ("auto", "ray://host:10001"); None: a local runtime
+    address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: a local runtime
     metric: str = "val_loss"
-    scheduler: str = "asha"         # or "fifo": every point runs to its last epoch
+    scheduler: str = "asha"  # or "fifo": every point runs to its last epoch
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: one GPU per trial when the cluster has GPUs
 
@@ -70,8 +70,14 @@ def _trial(config: dict[str, Any]) -> None:
 
     token = epoch_hooks.set((report,))
     try:
-        run_job(load_config(point["config"]), ",".join(point["primary"]), ",".join(point["secondary"]) or None,
-                directory / "out", tarball=directory / "out.tgz", progress=False)
+        run_job(
+            load_config(point["config"]),
+            ",".join(point["primary"]),
+            ",".join(point["secondary"]) or None,
+            directory / "out",
+            tarball=directory / "out.tgz",
+            progress=False,
+        )
     except StoppedEarly:
         raise SystemExit(0) from None
     finally:
@@ -89,8 +95,10 @@ def _status(out: Path, epochs: int | None, failed: bool) -> tuple[str, str | Non
         if failed or not out.exists():
             return "error", None
         error = f"stopped early by the Tune scheduler after epoch {epochs}"
-        write_json(out / "error.json", {"status": "failed", "exit_code": 128 + signal.SIGTERM, "stage": "train",
-                                        "error": error})
+        write_json(
+            out / "error.json",
+            {"status": "failed", "exit_code": 128 + signal.SIGTERM, "stage": "train", "error": error},
+        )
     return ("stopped early" if error.startswith("stopped early") else "error"), error
 
 
@@ -108,26 +116,43 @@ def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[
     workdir = scan.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     epochs = max(load_config(c).training.epochs for c in configs)
-    points = [{"name": n, "config": str(Path(c).resolve()), "workdir": str(workdir),
-               "primary": [str(Path(p).resolve()) for p in scan.primary],
-               "secondary": [str(Path(p).resolve()) for p in scan.secondary]} for c, n in zip(configs, names)]
-    ray.init(address=scan.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-             configure_logging=False)
+    points = [
+        {
+            "name": n,
+            "config": str(Path(c).resolve()),
+            "workdir": str(workdir),
+            "primary": [str(Path(p).resolve()) for p in scan.primary],
+            "secondary": [str(Path(p).resolve()) for p in scan.secondary],
+        }
+        for c, n in zip(configs, names)
+    ]
+    ray.init(
+        address=scan.address,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+        configure_logging=False,
+    )
     try:
         gpus = scan.gpus_per_trial
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         trainable = tune.with_resources(_trial, {"cpu": scan.cpus_per_trial, "gpu": gpus})
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
-                     if scan.scheduler == "asha" else FIFOScheduler())
+        scheduler = (
+            ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
+            if scan.scheduler == "asha"
+            else FIFOScheduler()
+        )
         path = workdir / EXPERIMENT
         if tune.Tuner.can_restore(str(path)):
             tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(
-                trainable, param_space={"point": tune.grid_search(points)},
+                trainable,
+                param_space={"point": tune.grid_search(points)},
                 tune_config=tune.TuneConfig(metric=scan.metric, mode="min", scheduler=scheduler),
-                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(workdir), verbose=0))
+                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(workdir), verbose=0),
+            )
         grid = tuner.fit()
         rows = []
         for result in (grid[i] for i in range(len(grid))):
@@ -138,9 +163,16 @@ def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[
             if status == "finished":  # its last epoch is not reported to Tune: the job's own record
                 job = read_metrics(workdir / point["name"] / "out" / "metrics.json")
                 ran = job.training.epochs_run if job.training else ran
-            rows.append({"name": point["name"], "directory": str(workdir / point["name"]), "status": status,
-                         "epochs": ran, scan.metric: metrics.get(scan.metric),
-                         "error": error or (str(result.error) if result.error else None)})
+            rows.append(
+                {
+                    "name": point["name"],
+                    "directory": str(workdir / point["name"]),
+                    "status": status,
+                    "epochs": ran,
+                    scan.metric: metrics.get(scan.metric),
+                    "error": error or (str(result.error) if result.error else None),
+                }
+            )
     finally:
         ray.shutdown()
     rows.sort(key=lambda r: r["name"])

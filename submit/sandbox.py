@@ -58,17 +58,30 @@ def archive(argv: list[str], sandbox: Path) -> list[str] | None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sandbox.tgz"
-        proc = subprocess.run([sys.executable, "-m", "submit.sandbox", json.dumps(argv[1:]), str(out)], cwd=sandbox,
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PANDA_BEHIND_REAL_LB": os.environ.get("PANDA_BEHIND_REAL_LB", "1"),
-                                   "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                               os.environ.get("PYTHONPATH")]))})
+        proc = subprocess.run(
+            [sys.executable, "-m", "submit.sandbox", json.dumps(argv[1:]), str(out)],
+            cwd=sandbox,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={
+                **os.environ,
+                "PANDA_BEHIND_REAL_LB": os.environ.get("PANDA_BEHIND_REAL_LB", "1"),
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
+                ),
+            },
+        )
         if proc.returncode or not out.exists():
-            raise ConfigError(f"panda-client could not build the sandbox in {sandbox}: "
-                              f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            raise ConfigError(
+                f"panda-client could not build the sandbox in {sandbox}: "
+                f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+            )
         if out.stat().st_size > SANDBOX_LIMIT:
-            raise ConfigError(f"the sandbox is {out.stat().st_size / 1e6:.1f} MB; panda-client uploads at most "
-                              f"{SANDBOX_LIMIT / 1e6:.0f} MB: pass the model as a Rucio dataset instead")
+            raise ConfigError(
+                f"the sandbox is {out.stat().st_size / 1e6:.1f} MB; panda-client uploads at most "
+                f"{SANDBOX_LIMIT / 1e6:.0f} MB: pass the model as a Rucio dataset instead"
+            )
         with tarfile.open(out) as tar:
             return sorted(m.name for m in tar.getmembers() if m.isfile())
 
@@ -81,8 +94,10 @@ def check(argv: list[str], sandbox: Path, expected: set[str]) -> bool:
         return False
     missing, extra = sorted(expected - set(members)), sorted(set(members) - expected)
     if missing:
-        raise ConfigError(f"panda-client's sandbox lacks {', '.join(missing)}, which the job reads; "
-                          "rename it (no pattern of --excludeFile may match) or keep it under 1 MB")
+        raise ConfigError(
+            f"panda-client's sandbox lacks {', '.join(missing)}, which the job reads; "
+            "rename it (no pattern of --excludeFile may match) or keep it under 1 MB"
+        )
     if extra:
         raise ConfigError(f"panda-client's sandbox holds files the job does not need: {', '.join(extra[:5])}")
     return True

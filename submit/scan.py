@@ -103,8 +103,11 @@ def write_points(base: dict[str, Any], pts: list[Point], directory: str | Path) 
         path = directory / f"{point.name}.yaml"
         dump_config(config, path)
         paths.append(path)
-    (directory / "points.json").write_text(json.dumps(
-        [{"name": p.name, "config": path.name, "overrides": p.overrides} for p, path in zip(pts, paths)], indent=1))
+    (directory / "points.json").write_text(
+        json.dumps(
+            [{"name": p.name, "config": path.name, "overrides": p.overrides} for p, path in zip(pts, paths)], indent=1
+        )
+    )
     return paths
 
 

@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("docker") or item.get_closest_marker("servers"):
             item.add_marker(pytest.mark.slow)
+
+
 SHARED_DATA = Path(os.environ.get("PAYLOAD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -38,8 +40,10 @@ def make_events(n: int, seed: int = 0, max_jets: int = 9, max_leps: int = 3) -> 
     for _ in range(n):
         nj = int(rng.integers(0, max_jets + 1))
         nl = int(rng.integers(0, max_leps + 1))
-        jets = [(float(rng.uniform(20, 500)), float(rng.normal()), float(rng.uniform(-3, 3)), float(rng.uniform(0, 30)))
-                for _ in range(nj)]
+        jets = [
+            (float(rng.uniform(20, 500)), float(rng.normal()), float(rng.uniform(-3, 3)), float(rng.uniform(0, 30)))
+            for _ in range(nj)
+        ]
         leps = [(float(rng.uniform(20, 300)), float(rng.normal()), float(rng.uniform(-3, 3)), 0.1) for _ in range(nl)]
         events["jet"].append(jets)
         events["lep"].append(leps)
@@ -52,6 +56,7 @@ def make_events(n: int, seed: int = 0, max_jets: int = 9, max_leps: int = 3) -> 
 
 def write_jagged_root(path: Path, events: dict[str, list], tree: str = "nominal") -> Path:
     """Write std::vector-like jagged branches (jet_pt, ...) plus flat ones."""
+
     def col(key: str, i: int) -> ak.Array:
         return ak.Array([[np.float32(o[i]) for o in ev] for ev in events[key]], with_name=None)
 
@@ -73,8 +78,16 @@ JAGGED_CONFIG = {
     "data": {
         "tree": "nominal",
         "collections": [
-            {"name": "jets", "type_code": 1, "branches": {"pt": "jet_pt", "eta": "jet_eta", "phi": "jet_phi", "m": "jet_m"}},
-            {"name": "leptons", "type_code": 2, "branches": {"pt": "lep_pt", "eta": "lep_eta", "phi": "lep_phi", "m": "lep_m"}},
+            {
+                "name": "jets",
+                "type_code": 1,
+                "branches": {"pt": "jet_pt", "eta": "jet_eta", "phi": "jet_phi", "m": "jet_m"},
+            },
+            {
+                "name": "leptons",
+                "type_code": 2,
+                "branches": {"pt": "lep_pt", "eta": "lep_eta", "phi": "lep_phi", "m": "lep_m"},
+            },
             {"name": "met", "type_code": 3, "branches": {"pt": "met", "eta": 0, "phi": "met_phi", "m": 0}},
         ],
         "max_objects": 8,
@@ -149,5 +162,6 @@ def cli(capsys, monkeypatch):
 def run_payload(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user or the grid would."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "payload", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "payload", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+    )

@@ -25,18 +25,30 @@ from payload.job import run_job
 def main(out: Path) -> None:
     raw = config_to_dict(load_config(quick_job_config(out / "job.yaml")))
     raw["training"].update(data_parallel="all", epochs=2)
-    result = run_job(parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out / "job",
-                     progress=False)
+    result = run_job(
+        parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out / "job", progress=False
+    )
     raw["training"]["batch_size"] = 1023
     try:
-        run_job(parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out / "odd",
-                progress=False)
+        run_job(
+            parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out / "odd", progress=False
+        )
         odd = "no error"
     except ConfigError as err:
         odd = err.message
     training = result.metrics["training"]
-    print("RESULT " + json.dumps({"replicas": training["replicas"], "best_loss": training["best_loss"],
-                                  "epochs": training["epochs_run"], "auc": result.metrics["test"]["auc"], "odd": odd}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "replicas": training["replicas"],
+                "best_loss": training["best_loss"],
+                "epochs": training["epochs_run"],
+                "auc": result.metrics["test"]["auc"],
+                "odd": odd,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

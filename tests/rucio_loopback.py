@@ -105,14 +105,25 @@ class RucioServer:
         repo = Path(rucio.__file__).parent / "db" / "sqla" / "migrate_repo"
         (self.base / "alembic.ini").write_text(ALEMBIC_INI.format(repo=repo, db=db))
         self.server_cfg.write_text(SERVER_CFG.format(base=self.base, db=db, user=self.user, password=self.password))
-        self.client_cfg.write_text(CLIENT_CFG.format(url=self.url, user=self.user, password=self.password,
-                                                     tokens=self.base / "tokens"))
-        subprocess.run([sys.executable, "-c", "from rucio.db.sqla.util import build_database, create_base_vo, "
-                        "create_root_account; build_database(); create_base_vo(); create_root_account()"],
-                       env=self.server_env(), check=True, capture_output=True, timeout=300)
+        self.client_cfg.write_text(
+            CLIENT_CFG.format(url=self.url, user=self.user, password=self.password, tokens=self.base / "tokens")
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from rucio.db.sqla.util import build_database, create_base_vo, "
+                "create_root_account; build_database(); create_base_vo(); create_root_account()",
+            ],
+            env=self.server_env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         log = open(self.base / "log" / "server.log", "w")  # noqa: SIM115 - the server's lifetime
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.port)], env=self.server_env(),
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE, str(self.port)], env=self.server_env(), stdout=log, stderr=subprocess.STDOUT
+        )
         if not wait_for_port(self.port, self.proc, 60):
             raise RuntimeError(f"rucio server did not start: {(self.base / 'log' / 'server.log').read_text()[-3000:]}")
 
@@ -123,15 +134,21 @@ class RucioServer:
 
     def client_python(self, code: str) -> str:
         """Run ``code`` with a Rucio client in a fresh process; its stdout."""
-        proc = subprocess.run([sys.executable, "-c", "from rucio.client import Client\nclient = Client()\n" + code],
-                              env=self.client_env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", "from rucio.client import Client\nclient = Client()\n" + code],
+            env=self.client_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode:
             raise RuntimeError(f"rucio client failed: {proc.stderr[-3000:]}")
         return proc.stdout
 
     def add_posix_rse(self, name: str, storage: Path) -> None:
         storage.mkdir(parents=True, exist_ok=True)
-        self.client_python(textwrap.dedent(f"""\
+        self.client_python(
+            textwrap.dedent(f"""\
             client.add_rse({name!r}, deterministic=True)
             client.add_protocol({name!r}, {{
                 "scheme": "file", "hostname": "localhost", "port": 0, "prefix": {str(storage) + "/"!r},
@@ -139,10 +156,16 @@ class RucioServer:
                 "domains": {{d: {{"read": 1, "write": 1, "delete": 1, "third_party_copy_read": 1,
                                  "third_party_copy_write": 1}} for d in ("lan", "wan")}}}})
             client.set_local_account_limit("root", {name!r}, -1)
-        """))
+        """)
+        )
 
     def upload(self, rse: str, scope: str, dataset: str, files: list[Path]) -> None:
-        proc = subprocess.run(["rucio", "upload", "--rse", rse, "--scope", scope, f"{scope}:{dataset}",
-                               *map(str, files)], env=self.client_env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            ["rucio", "upload", "--rse", rse, "--scope", scope, f"{scope}:{dataset}", *map(str, files)],
+            env=self.client_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode:
             raise RuntimeError(f"rucio upload failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")

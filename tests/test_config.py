@@ -31,16 +31,34 @@ def test_bundled_default_config_is_valid():
     [
         ({"collections": []}, "collections"),
         ({"collections": [{"name": "j", "branches": {"pt": "a"}}]}, "no branch for feature(s) ['eta', 'phi', 'm']"),
-        ({"collections": [{"name": "j", "branches": {"pt": "a", "eta": "b", "phi": "c", "m": "d", "q": "e"}}]},
-         "not in object_features"),
-        ({"collections": [{"name": "j", "branches": {"pt": "a"}}, {"name": "j", "branches": {"pt": "b"}}],
-          "object_features": ["pt"]}, "unique"),
-        ({"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"],
-          "event_features": ["x"], "spectators": ["x"]}, "both as event feature and spectator"),
-        ({"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"],
-          "selection": "a >"}, "data.selection"),
-        ({"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"],
-          "energy_unit": "TeV"}, "data.energy_unit"),
+        (
+            {"collections": [{"name": "j", "branches": {"pt": "a", "eta": "b", "phi": "c", "m": "d", "q": "e"}}]},
+            "not in object_features",
+        ),
+        (
+            {
+                "collections": [{"name": "j", "branches": {"pt": "a"}}, {"name": "j", "branches": {"pt": "b"}}],
+                "object_features": ["pt"],
+            },
+            "unique",
+        ),
+        (
+            {
+                "collections": [{"name": "j", "branches": {"pt": "a"}}],
+                "object_features": ["pt"],
+                "event_features": ["x"],
+                "spectators": ["x"],
+            },
+            "both as event feature and spectator",
+        ),
+        (
+            {"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"], "selection": "a >"},
+            "data.selection",
+        ),
+        (
+            {"collections": [{"name": "j", "branches": {"pt": "a"}}], "object_features": ["pt"], "energy_unit": "TeV"},
+            "data.energy_unit",
+        ),
     ],
 )
 def test_invalid_configs_name_the_field(data, message):
@@ -72,8 +90,15 @@ def test_kfold_test_splits_are_disjoint_and_cover_every_event():
     tests = []
     for fold in range(5):
         config = parse_config({**JAGGED_CONFIG, "split": {"folds": 5, "fold": fold, "validation": 0.2}})
-        code = assign(entry, keys, config.split.seed, config.split.train, config.split.validation,
-                      config.split.folds, config.split.fold)
+        code = assign(
+            entry,
+            keys,
+            config.split.seed,
+            config.split.train,
+            config.split.validation,
+            config.split.folds,
+            config.split.fold,
+        )
         tests.append(code == TEST)
         assert abs((code == TEST).mean() - 0.2) < 0.005
         # validation is 20 % of the other four folds
@@ -94,13 +119,24 @@ def test_kfold_bad_values(split):
         ({"task": "autoencode"}, "task autoencode and model.type autoencoder go together"),
         ({"model": {"type": "autoencoder"}}, "task autoencode and model.type autoencoder go together"),
         ({"task": "autoencode", "model": {"type": "autoencoder", "dense_connections": True}}, "bypass the bottleneck"),
-        ({"model": {"embeddings": {"njets": {"values": [1, 2]}}}}, "model.embeddings names unknown feature(s) ['njets']"),
+        (
+            {"model": {"embeddings": {"njets": {"values": [1, 2]}}}},
+            "model.embeddings names unknown feature(s) ['njets']",
+        ),
         ({"model": {"type": "gcn"}}, "model.graph.mother 'mother' is not one of object_features"),
-        ({"model": {"type": "dense", "flatten_objects": True}, "training": {"augment": ["phi_rotation"]},
-          "scaling": {"transforms": {"phi": "log"}}}, "augmentation needs object feature(s) ['phi'] without a transform"),
+        (
+            {
+                "model": {"type": "dense", "flatten_objects": True},
+                "training": {"augment": ["phi_rotation"]},
+                "scaling": {"transforms": {"phi": "log"}},
+            },
+            "augmentation needs object feature(s) ['phi'] without a transform",
+        ),
         ({"model": {"type": "dense"}, "training": {"augment": ["phi_rotation"]}}, "needs model.flatten_objects"),
-        ({"task": "classify", "training": {"decorrelation": {"features": ["mbc"]}}},
-         "training.decorrelation.features ['mbc'] are not spectators or event features"),
+        (
+            {"task": "classify", "training": {"decorrelation": {"features": ["mbc"]}}},
+            "training.decorrelation.features ['mbc'] are not spectators or event features",
+        ),
         ({"training": {"decorrelation": {"features": ["HT"]}}}, "training.decorrelation is for task classify"),
         ({"scaling": {"method": "fixed", "fixed": {"pt": [0, 0]}}}, "scaling.fixed.pt.1"),
         ({"training": {"data_parallel": "sometimes"}}, "training.data_parallel"),
@@ -115,8 +151,11 @@ def test_invalid_zoo_settings_name_the_field(sections, message):
 def test_categorical_inputs_are_never_scaled():
     raw = {**JAGGED_CONFIG, "model": {"embeddings": {"njet": {"values": [0, 1, 2]}}}}
     assert "njet" in parse_config(raw).scaling.passthrough
-    graph = {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "sort_by": None}, "model": {"type": "gcn",
-                                                                                             "graph": {"mother": "m"}}}
+    graph = {
+        **JAGGED_CONFIG,
+        "data": {**JAGGED_CONFIG["data"], "sort_by": None},
+        "model": {"type": "gcn", "graph": {"mother": "m"}},
+    }
     assert "m" in parse_config(graph).scaling.passthrough
 
 
@@ -132,8 +171,9 @@ def test_configs_without_a_version_load_as_version_one(tmp_path):
     assert config.version == 2 and config_to_dict(config) == {**raw, "version": 2}
 
 
-@pytest.mark.parametrize(("version", "words"), [(3, "newer grid-payload"), (0, "not a config version"),
-                                                ("2", "not a config version")])
+@pytest.mark.parametrize(
+    ("version", "words"), [(3, "newer grid-payload"), (0, "not a config version"), ("2", "not a config version")]
+)
 def test_config_versions_that_cannot_be_read(version, words):
     raw = config_to_dict(load_config(default_config_path()))
     with pytest.raises(ConfigError, match=words):

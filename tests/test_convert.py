@@ -29,7 +29,7 @@ def test_padded_objects_match_independent_loop(tmp_path, jagged_file, jagged_eve
             exp = np.array(expected_objects(jagged_events, 8, i), dtype=np.float32)
             assert n_obj[i] == len(exp)
             np.testing.assert_array_equal(objects[i, : len(exp)], exp)
-            assert not objects[i, len(exp):].any(), "padding must be zero"
+            assert not objects[i, len(exp) :].any(), "padding must be zero"
         np.testing.assert_array_equal(f["weights"][:], np.float32(jagged_events["w"]))
         np.testing.assert_array_equal(f["spectators"][:, 0], np.float32(jagged_events["ht"]))
         assert names(f["spectators"]) == ["HT"]
@@ -84,9 +84,12 @@ def test_selection_keeps_entry_numbers(tmp_path, jagged_file, jagged_events):
     raw["data"]["selection"] = "njet >= 4 and (met > 50 or any(jet_pt > 400))"
     out = tmp_path / "sel.h5"
     convert(parse_config(raw), str(jagged_file), out, progress=False)
-    expected = [i for i in range(len(jagged_events["met"]))
-                if len(jagged_events["jet"][i]) >= 4
-                and (np.float32(jagged_events["met"][i]) > 50 or any(np.float32(j[0]) > 400 for j in jagged_events["jet"][i]))]
+    expected = [
+        i
+        for i in range(len(jagged_events["met"]))
+        if len(jagged_events["jet"][i]) >= 4
+        and (np.float32(jagged_events["met"][i]) > 50 or any(np.float32(j[0]) > 400 for j in jagged_events["jet"][i]))
+    ]
     with open_event_file(out) as f:
         np.testing.assert_array_equal(f["entry"][:], expected)
         for row, i in enumerate(expected[:50]):
@@ -128,18 +131,27 @@ def test_nanoaod_counter_layout(tmp_path):
     eta = ak.unflatten(rng.normal(size=counts.sum()).astype(np.float32), counts)
     path = tmp_path / "nano.root"
     with uproot.recreate(path) as f:
-        f.mktree("Events", {"Jet": ak.zip({"pt": pt, "eta": eta}).type.content, "MET_pt": np.float32},
-                 counter_name=lambda name: f"n{name}")
-        f["Events"].extend({"Jet": ak.zip({"pt": pt, "eta": eta}), "MET_pt": rng.uniform(0, 100, 300).astype(np.float32)})
+        f.mktree(
+            "Events",
+            {"Jet": ak.zip({"pt": pt, "eta": eta}).type.content, "MET_pt": np.float32},
+            counter_name=lambda name: f"n{name}",
+        )
+        f["Events"].extend(
+            {"Jet": ak.zip({"pt": pt, "eta": eta}), "MET_pt": rng.uniform(0, 100, 300).astype(np.float32)}
+        )
     with uproot.open(path) as f:
         assert "nJet" in f["Events"].keys() and "Jet_pt" in f["Events"].keys()
-    config = parse_config({"data": {
-        "tree": "Events",
-        "collections": [{"name": "jets", "branches": {"pt": "Jet_pt", "eta": "Jet_eta"}}],
-        "object_features": ["pt", "eta"],
-        "max_objects": 4,
-        "event_features": {"met": "MET_pt", "njet": "nJet"},
-    }})
+    config = parse_config(
+        {
+            "data": {
+                "tree": "Events",
+                "collections": [{"name": "jets", "branches": {"pt": "Jet_pt", "eta": "Jet_eta"}}],
+                "object_features": ["pt", "eta"],
+                "max_objects": 4,
+                "event_features": {"met": "MET_pt", "njet": "nJet"},
+            }
+        }
+    )
     out = tmp_path / "nano.h5"
     convert(config, str(path), out, progress=False)
     with open_event_file(out) as f:
@@ -157,25 +169,51 @@ def test_scikit_hep_testdata_hzz(tmp_path):
     """A real public file (CMS open-data H->ZZ), NANOAOD-like NJet + Jet_Px[NJet] branches."""
     skhep_testdata = pytest.importorskip("skhep_testdata")
     path = skhep_testdata.data_path("uproot-HZZ.root")
-    config = parse_config({"data": {
-        "tree": "events",
-        "collections": [
-            {"name": "jets", "type_code": 1, "branches": {"px": "Jet_Px", "py": "Jet_Py", "pz": "Jet_Pz", "e": "Jet_E"}},
-            {"name": "muons", "type_code": 2, "branches": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"}},
-        ],
-        "object_features": ["px", "py", "pz", "e", "type"],
-        "max_objects": 6,
-        "sort_by": "e",
-        "event_features": {"met_px": "MET_px", "met_py": "MET_py"},
-        "weight": "EventWeight",
-        "selection": "NMuon >= 2",
-    }})
+    config = parse_config(
+        {
+            "data": {
+                "tree": "events",
+                "collections": [
+                    {
+                        "name": "jets",
+                        "type_code": 1,
+                        "branches": {"px": "Jet_Px", "py": "Jet_Py", "pz": "Jet_Pz", "e": "Jet_E"},
+                    },
+                    {
+                        "name": "muons",
+                        "type_code": 2,
+                        "branches": {"px": "Muon_Px", "py": "Muon_Py", "pz": "Muon_Pz", "e": "Muon_E"},
+                    },
+                ],
+                "object_features": ["px", "py", "pz", "e", "type"],
+                "max_objects": 6,
+                "sort_by": "e",
+                "event_features": {"met_px": "MET_px", "met_py": "MET_py"},
+                "weight": "EventWeight",
+                "selection": "NMuon >= 2",
+            }
+        }
+    )
     out = tmp_path / "hzz.h5"
     convert(config, path, out, progress=False)
     # Independent: numpy object arrays per event from uproot's numpy library, python-sorted.
     with uproot.open(path) as f:
-        raw = f["events"].arrays(["Jet_Px", "Jet_Py", "Jet_Pz", "Jet_E", "Muon_Px", "Muon_Py", "Muon_Pz", "Muon_E",
-                                  "NMuon", "EventWeight", "MET_px"], library="np")
+        raw = f["events"].arrays(
+            [
+                "Jet_Px",
+                "Jet_Py",
+                "Jet_Pz",
+                "Jet_E",
+                "Muon_Px",
+                "Muon_Py",
+                "Muon_Pz",
+                "Muon_E",
+                "NMuon",
+                "EventWeight",
+                "MET_px",
+            ],
+            library="np",
+        )
     selected = np.flatnonzero(raw["NMuon"] >= 2)
     with open_event_file(out) as f:
         objects, n_obj = f["objects"][:], f["n_objects"][:]
@@ -184,10 +222,14 @@ def test_scikit_hep_testdata_hzz(tmp_path):
         np.testing.assert_array_equal(f["weights"][:], raw["EventWeight"][selected])
         np.testing.assert_array_equal(f["events"][:, 0], raw["MET_px"][selected])
     for row, i in enumerate(selected):
-        objs = [(raw["Jet_Px"][i][k], raw["Jet_Py"][i][k], raw["Jet_Pz"][i][k], raw["Jet_E"][i][k], 1.0)
-                for k in range(len(raw["Jet_E"][i]))]
-        objs += [(raw["Muon_Px"][i][k], raw["Muon_Py"][i][k], raw["Muon_Pz"][i][k], raw["Muon_E"][i][k], 2.0)
-                 for k in range(len(raw["Muon_E"][i]))]
+        objs = [
+            (raw["Jet_Px"][i][k], raw["Jet_Py"][i][k], raw["Jet_Pz"][i][k], raw["Jet_E"][i][k], 1.0)
+            for k in range(len(raw["Jet_E"][i]))
+        ]
+        objs += [
+            (raw["Muon_Px"][i][k], raw["Muon_Py"][i][k], raw["Muon_Pz"][i][k], raw["Muon_E"][i][k], 2.0)
+            for k in range(len(raw["Muon_E"][i]))
+        ]
         objs = sorted(objs, key=lambda o: -o[3])[:6]
         assert n_obj[row] == len(objs)
         np.testing.assert_array_equal(objects[row, : len(objs)], np.array(objs, dtype=np.float32))
@@ -258,12 +300,13 @@ def test_each_input_is_opened_once_and_closed_when_the_next_begins(tmp_path, mon
 
     def build(self, task, start, stop, arrays):
         # When a file's first chunk is built, every earlier file is closed already.
-        first_block_of.setdefault(task.file_index, [t.file.closed for t in opened[:task.file_index]])
+        first_block_of.setdefault(task.file_index, [t.file.closed for t in opened[: task.file_index]])
         return real_build(self, task, start, stop, arrays)
 
     monkeypatch.setattr(conv._Worker, "build", build)
-    result = convert(parse_config(JAGGED_CONFIG), ",".join(map(str, files)), tmp_path / "out.h5", progress=False,
-                     workers=1)
+    result = convert(
+        parse_config(JAGGED_CONFIG), ",".join(map(str, files)), tmp_path / "out.h5", progress=False, workers=1
+    )
     assert result.events == 40 + 41 + 42
     assert [t.location for t in opened] == [str(f) for f in files]
     assert first_block_of == {0: [], 1: [True], 2: [True, True]}
@@ -278,9 +321,24 @@ def test_progress_on_a_terminal(tmp_path, jagged_file):
     import sys
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "payload", "convert", "--inputs", str(jagged_file), "--output",
-                             str(tmp_path / "o.h5"), "--config", str(_write_config(tmp_path))],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "payload",
+            "convert",
+            "--inputs",
+            str(jagged_file),
+            "--output",
+            str(tmp_path / "o.h5"),
+            "--config",
+            str(_write_config(tmp_path)),
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
     os.close(slave)
     chunks = []
     while True:

@@ -21,8 +21,14 @@ def _env() -> dict[str, str]:
 
 
 def test_demo_prints_only_its_own_lines(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "payload", "demo", "--output", str(tmp_path / "demo")],
-                          capture_output=True, text=True, env=_env(), timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "payload", "demo", "--output", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     foreign = [line for line in lines if not line.startswith("payload: ")]
@@ -40,10 +46,29 @@ def test_demo_prints_only_its_own_lines(tmp_path):
 def test_a_terminal_gets_a_live_training_line(tmp_path):
     config = quick_job_config(tmp_path / "job.yaml")
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "payload", "run", "--primary", str(DATA / "sample_A.root"),
-                             "--secondary", str(DATA / "sample_B.root"), "--config", str(config), "--output",
-                             str(tmp_path / "out"), "--no-job-report"],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=_env(), cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "payload",
+            "run",
+            "--primary",
+            str(DATA / "sample_A.root"),
+            "--secondary",
+            str(DATA / "sample_B.root"),
+            "--config",
+            str(config),
+            "--output",
+            str(tmp_path / "out"),
+            "--no-job-report",
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
     os.close(slave)
     chunks = []
     while True:

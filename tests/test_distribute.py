@@ -19,12 +19,18 @@ TESTS = Path(__file__).resolve().parent
 
 
 def _run(tmp_path: Path, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, str(TESTS / "data_parallel_job.py"), str(tmp_path)], cwd=TESTS,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "data_parallel_job.py"), str(tmp_path)],
+        cwd=TESTS,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "data parallel over 2 devices" in (tmp_path / "job" / "job.log").read_text()
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _check(result: dict) -> None:

@@ -22,8 +22,9 @@ def test_config_reference_is_up_to_date_and_complete():
     from payload.config import JobConfig
 
     text = _reference().render()
-    assert (REPO / "docs" / "config.md").read_text() == text, \
+    assert (REPO / "docs" / "config.md").read_text() == text, (
         "docs/config.md is out of date: run python scripts/config_reference.py"
+    )
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert {row.split("`")[1] for row in rows} >= {name for name in JobConfig.model_fields}
     assert "| `training.keep` |" in text and "| `data.collections[].type_code` |" in text
@@ -50,15 +51,21 @@ def test_json_schemas_are_up_to_date_and_validate_real_files(tmp_path):
     bad["training"]["epochs"] = 0
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
-    metrics = {"task": "reweight", "mode": "train", "warnings": [], "test": {"auc": 0.6, "loss": 0.68, "events": 10},
-               "training": {"epochs_run": 3, "best_loss": 0.67, "files": {"primary": ["a.root"]}},
-               "closure": {"verdict": {"closed": True, "beats_baseline": None, "messages": []}, "other": 1}}
+    metrics = {
+        "task": "reweight",
+        "mode": "train",
+        "warnings": [],
+        "test": {"auc": 0.6, "loss": 0.68, "events": 10},
+        "training": {"epochs_run": 3, "best_loss": 0.67, "files": {"primary": ["a.root"]}},
+        "closure": {"verdict": {"closed": True, "beats_baseline": None, "messages": []}, "other": 1},
+    }
     jsonschema.validate(metrics, json.loads((REPO / "docs" / "schemas" / "metrics.schema.json").read_text()))
 
 
 def test_config_reference_sees_a_field_comment():
     comments = _reference().field_comments(
-        "class A:\n    #: first line\n    #: second line\n    x: int = 1\n    y: int = 2  # trailing\n    z: int = 3\n")
+        "class A:\n    #: first line\n    #: second line\n    x: int = 1\n    y: int = 2  # trailing\n    z: int = 3\n"
+    )
     assert comments == {("A", "x"): "first line second line", ("A", "y"): "trailing", ("A", "z"): ""}
 
 

@@ -37,8 +37,15 @@ def _check_failure(proc, code, *words, output=None):
 
 def test_missing_file(tmp_path):
     out = tmp_path / "out.h5"
-    proc = run_payload("convert", "--config", str(_config_file(tmp_path)), "--inputs", str(tmp_path / "nope.root"),
-                       "--output", str(out))
+    proc = run_payload(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path)),
+        "--inputs",
+        str(tmp_path / "nope.root"),
+        "--output",
+        str(out),
+    )
     _check_failure(proc, 3, "nope.root", "no such file", output=out)
 
 
@@ -68,15 +75,23 @@ def test_second_file_corrupt_leaves_no_output(tmp_path, jagged_file, cli):
     bad = tmp_path / "bad.root"
     bad.write_bytes(b"\0" * 4096)
     out = tmp_path / "out.h5"
-    proc = cli("convert", "--config", str(_config_file(tmp_path)), "--inputs", f"{jagged_file},{bad}",
-                       "--output", str(out))
+    proc = cli(
+        "convert", "--config", str(_config_file(tmp_path)), "--inputs", f"{jagged_file},{bad}", "--output", str(out)
+    )
     _check_failure(proc, 4, "bad.root", output=out)
 
 
 def test_missing_tree(tmp_path, jagged_file, cli):
     out = tmp_path / "out.h5"
-    proc = cli("convert", "--config", str(_config_file(tmp_path, tree="nomnal")), "--inputs", str(jagged_file),
-                       "--output", str(out))
+    proc = cli(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path, tree="nomnal")),
+        "--inputs",
+        str(jagged_file),
+        "--output",
+        str(out),
+    )
     _check_failure(proc, 5, "'nomnal'", "closest: nominal", output=out)
 
 
@@ -92,15 +107,27 @@ def test_missing_branch_names_closest(tmp_path, jagged_file, cli):
 
 def test_selection_on_missing_branch(tmp_path, jagged_file, cli):
     out = tmp_path / "out.h5"
-    proc = cli("convert", "--config", str(_config_file(tmp_path, selection="nbjets > 1")),
-                       "--inputs", str(jagged_file), "--output", str(out))
+    proc = cli(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path, selection="nbjets > 1")),
+        "--inputs",
+        str(jagged_file),
+        "--output",
+        str(out),
+    )
     _check_failure(proc, 6, "'nbjets'", output=out)
 
 
 def _convert_jets(cli, tmp_path, path, out):
     """Convert ``path`` with a jets-only config."""
-    raw = {"data": {"collections": [{"name": "jets", "branches": {"pt": "jet_pt", "eta": "jet_eta",
-                                                                    "phi": "jet_phi", "m": "jet_m"}}]}}
+    raw = {
+        "data": {
+            "collections": [
+                {"name": "jets", "branches": {"pt": "jet_pt", "eta": "jet_eta", "phi": "jet_phi", "m": "jet_m"}}
+            ]
+        }
+    }
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     return cli("convert", "--config", str(cfg), "--inputs", str(path), "--output", str(out))
@@ -109,8 +136,12 @@ def _convert_jets(cli, tmp_path, path, out):
 def test_collection_with_different_counts(tmp_path, cli):
     path = tmp_path / "mismatch.root"
     with uproot.recreate(path) as f:
-        f["nominal"] = {"jet_pt": ak.Array([[1.0, 2.0], [3.0]]), "jet_eta": ak.Array([[1.0], [3.0]]),
-                        "jet_phi": ak.Array([[1.0, 2.0], [3.0]]), "jet_m": ak.Array([[1.0, 2.0], [3.0]])}
+        f["nominal"] = {
+            "jet_pt": ak.Array([[1.0, 2.0], [3.0]]),
+            "jet_eta": ak.Array([[1.0], [3.0]]),
+            "jet_phi": ak.Array([[1.0, 2.0], [3.0]]),
+            "jet_m": ak.Array([[1.0, 2.0], [3.0]]),
+        }
     out = tmp_path / "out.h5"
     proc = _convert_jets(cli, tmp_path, path, out)
     _check_failure(proc, 7, "'jet_eta'", "different object counts", output=out)
@@ -119,8 +150,15 @@ def test_collection_with_different_counts(tmp_path, cli):
 def test_empty_tree(tmp_path, cli):
     path = tmp_path / "empty.root"
     with uproot.recreate(path) as f:
-        f.mktree("nominal", {"jet_pt": "var * float32", "jet_eta": "var * float32", "jet_phi": "var * float32",
-                             "jet_m": "var * float32"})
+        f.mktree(
+            "nominal",
+            {
+                "jet_pt": "var * float32",
+                "jet_eta": "var * float32",
+                "jet_phi": "var * float32",
+                "jet_m": "var * float32",
+            },
+        )
     out = tmp_path / "out.h5"
     proc = _convert_jets(cli, tmp_path, path, out)
     _check_failure(proc, 8, "no entries", output=out)
@@ -128,8 +166,15 @@ def test_empty_tree(tmp_path, cli):
 
 def test_selection_rejects_everything(tmp_path, jagged_file, cli):
     out = tmp_path / "out.h5"
-    proc = cli("convert", "--config", str(_config_file(tmp_path, selection="met < 0")),
-                       "--inputs", str(jagged_file), "--output", str(out))
+    proc = cli(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path, selection="met < 0")),
+        "--inputs",
+        str(jagged_file),
+        "--output",
+        str(out),
+    )
     _check_failure(proc, 8, "rejected all 1000 events", output=out)
 
 
@@ -137,8 +182,15 @@ def test_selection_rejects_everything(tmp_path, jagged_file, cli):
 def test_unwritable_output_non_root(tmp_path, jagged_file, cli):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    proc = cli("convert", "--config", str(_config_file(tmp_path)), "--inputs", str(jagged_file),
-                       "--output", str(locked / "out.h5"))
+    proc = cli(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path)),
+        "--inputs",
+        str(jagged_file),
+        "--output",
+        str(locked / "out.h5"),
+    )
     _check_failure(proc, 9, "not writable")
 
 
@@ -146,8 +198,15 @@ def test_unwritable_output(tmp_path, jagged_file, cli):
     # A regular file where the output's directory should be: unwritable even for root.
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    proc = cli("convert", "--config", str(_config_file(tmp_path)), "--inputs", str(jagged_file),
-                       "--output", str(blocker / "out.h5"))
+    proc = cli(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path)),
+        "--inputs",
+        str(jagged_file),
+        "--output",
+        str(blocker / "out.h5"),
+    )
     _check_failure(proc, 9, "blocker")
 
 
@@ -163,8 +222,15 @@ def test_unwritable_output(tmp_path, jagged_file, cli):
 )
 def test_bad_config_values(tmp_path, jagged_file, changes, words, cli):
     out = tmp_path / "out.h5"
-    proc = cli("convert", "--config", str(_config_file(tmp_path, **changes)), "--inputs", str(jagged_file),
-                       "--output", str(out))
+    proc = cli(
+        "convert",
+        "--config",
+        str(_config_file(tmp_path, **changes)),
+        "--inputs",
+        str(jagged_file),
+        "--output",
+        str(out),
+    )
     _check_failure(proc, 2, "job.yaml", *words, output=out)
 
 
@@ -177,8 +243,9 @@ def test_invalid_yaml(tmp_path, jagged_file, cli):
 
 def test_success_leaves_only_the_output(tmp_path, jagged_file):
     out = tmp_path / "out.h5"
-    proc = run_payload("convert", "--config", str(_config_file(tmp_path)), "--inputs", str(jagged_file),
-                       "--output", str(out))
+    proc = run_payload(
+        "convert", "--config", str(_config_file(tmp_path)), "--inputs", str(jagged_file), "--output", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "out.h5"]
     # Not a TTY: progress is plain log lines, no carriage returns.

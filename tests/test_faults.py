@@ -43,8 +43,20 @@ def _config(tmp_path: Path, **sections) -> Path:
 
 
 def _run(tmp_path: Path, primary: Path, secondary: Path, out: Path, config: Path, *extra: str):
-    return run_payload("run", "-q", "--primary", str(primary), "--secondary", str(secondary), "--config", str(config),
-                       "--output", str(out), *extra, cwd=tmp_path)
+    return run_payload(
+        "run",
+        "-q",
+        "--primary",
+        str(primary),
+        "--secondary",
+        str(secondary),
+        "--config",
+        str(config),
+        "--output",
+        str(out),
+        *extra,
+        cwd=tmp_path,
+    )
 
 
 def _one_error_line(proc) -> str:
@@ -86,6 +98,7 @@ def resumable(tmp_path_factory) -> tuple[Path, Path]:
 
 # Silent wrong results ------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_an_input_replaced_under_the_same_name_is_converted_and_trained_again(tmp_path):
     config = _config(tmp_path)
@@ -119,6 +132,7 @@ def _nan_jet_pt(fraction: float):
         rng = np.random.default_rng(1)
         flat[rng.random(len(flat)) < fraction] = np.nan
         columns["jet_pt"] = ak.unflatten(flat, counts)
+
     return change
 
 
@@ -154,8 +168,11 @@ def test_nan_inputs_stop_the_job_naming_the_branch_unless_a_policy_accepts_them(
 
 @pytest.mark.slow
 def test_training_that_diverges_stops_with_a_clear_error(tmp_path):
-    config = _config(tmp_path, training={"learning_rate": 1e12, "epochs": 2, "schedule": "constant"},
-                     scaling={"method": "none", "transforms": {}})
+    config = _config(
+        tmp_path,
+        training={"learning_rate": 1e12, "epochs": 2, "schedule": "constant"},
+        scaling={"method": "none", "transforms": {}},
+    )
     out = tmp_path / "out"
     proc = _run(tmp_path, SAMPLE_A, SAMPLE_B, out, config)
     assert proc.returncode == 12, proc.stderr
@@ -168,6 +185,7 @@ def test_training_that_diverges_stops_with_a_clear_error(tmp_path):
 def test_negative_energies_are_warned_and_one_file_in_both_samples_is_refused(tmp_path):
     def negative(columns):
         columns["met"] = columns["met"] - 50.0  # a few hundred events below zero
+
     bad = _rewrite(SAMPLE_A, tmp_path / "neg.root", negative)
     out = tmp_path / "out"
     assert _run(tmp_path, bad, SAMPLE_B, out, _config(tmp_path)).returncode == 0
@@ -201,15 +219,19 @@ def test_a_failed_tarball_step_leaves_no_manifest(tmp_path):
 
 # Faults that must end cleanly ---------------------------------------------------------------------
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"),
-                                reason="mounting a small file system needs root (CI runs as root)")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small file system needs root (CI runs as root)"
+)
 
 
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str, *options: str):
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
     try:
@@ -227,8 +249,9 @@ def test_a_full_disk_is_exit_9_with_nothing_half_written(tmp_path, trained, size
     config = _config(tmp_path)
     if size is None:
         reference = trained
-        used = sum(p.stat().st_size for p in (reference / "work").glob("*")) + \
-            sum((reference / name).stat().st_size for name in ("model.keras", "scaler.json", "history.csv"))
+        used = sum(p.stat().st_size for p in (reference / "work").glob("*")) + sum(
+            (reference / name).stat().st_size for name in ("model.keras", "scaler.json", "history.csv")
+        )
         room = used + (reference / "predictions.h5").stat().st_size // 2
         size = f"{room // 1024 + 200}k"
     with _tmpfs(tmp_path / "disk", size) as disk:
@@ -246,9 +269,27 @@ def test_a_full_disk_is_exit_9_with_nothing_half_written(tmp_path, trained, size
 
 
 def _start(tmp_path: Path, out: Path, config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "payload", "-q", "run", "--primary", str(SAMPLE_A), "--secondary",
-                             str(SAMPLE_B), "--config", str(config), "--output", str(out)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "payload",
+            "-q",
+            "run",
+            "--primary",
+            str(SAMPLE_A),
+            "--secondary",
+            str(SAMPLE_B),
+            "--config",
+            str(config),
+            "--output",
+            str(out),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 300) -> None:
@@ -270,8 +311,7 @@ def _epochs_done(out: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
-def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_result(tmp_path, resumable,
-                                                                                      signum):
+def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_result(tmp_path, resumable, signum):
     config, reference = resumable
     out = tmp_path / "out"
     proc = _start(tmp_path, out, config)
@@ -304,8 +344,9 @@ def test_a_signal_during_training_ends_cleanly_and_a_rerun_resumes_to_the_same_r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "temporary"), [("convert_primary", "work/.tmp-*-primary.h5"),
-                                              ("evaluate", ".tmp-*-predictions.h5")])
+@pytest.mark.parametrize(
+    ("stage", "temporary"), [("convert_primary", "work/.tmp-*-primary.h5"), ("evaluate", ".tmp-*-predictions.h5")]
+)
 def test_a_signal_while_a_file_is_written_leaves_nothing_half_written(tmp_path, stage, temporary):
     """SIGTERM while the work file, or predictions.h5, is being written (twelve copies of the
     sample make both take seconds)."""
@@ -315,9 +356,27 @@ def test_a_signal_while_a_file_is_written_leaves_nothing_half_written(tmp_path, 
         (big / f"a{i:02d}.root").symlink_to(SAMPLE_A)
     config = _config(tmp_path, data={"chunk_size": 500})
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "payload", "-q", "run", "--primary", str(big), "--secondary",
-                             str(SAMPLE_B), "--config", str(config), "--output", str(out)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "payload",
+            "-q",
+            "run",
+            "--primary",
+            str(big),
+            "--secondary",
+            str(SAMPLE_B),
+            "--config",
+            str(config),
+            "--output",
+            str(out),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: any(out.glob(temporary)), proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
@@ -378,7 +437,7 @@ def test_a_damaged_checkpoint_or_work_file_is_redone_not_a_blocked_rerun(tmp_pat
     work = out / "work" / "secondary.h5"
     damaged = bytearray(work.read_bytes())
     middle = len(damaged) // 2
-    damaged[middle:middle + 4096] = bytes(4096)  # a zeroed block inside the compressed events
+    damaged[middle : middle + 4096] = bytes(4096)  # a zeroed block inside the compressed events
     work.write_bytes(bytes(damaged))
     proc = _run(tmp_path, SAMPLE_A, SAMPLE_B, out, config)
     assert proc.returncode == 0, proc.stderr
@@ -436,9 +495,23 @@ def test_an_unwritable_output_parent_or_working_directory_is_refused_before_any_
 
 # Untrusted archives and configs --------------------------------------------------------------------
 
+
 def _evaluate(tmp_path: Path, model: Path, out: Path):
-    return run_payload("run", "-q", "--mode", "evaluate", "--model", str(model), "--primary", str(SAMPLE_A),
-                       "--secondary", str(SAMPLE_B), "--output", str(out), cwd=tmp_path)
+    return run_payload(
+        "run",
+        "-q",
+        "--mode",
+        "evaluate",
+        "--model",
+        str(model),
+        "--primary",
+        str(SAMPLE_A),
+        "--secondary",
+        str(SAMPLE_B),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
 
 
 def _bundle_copy(trained: Path, target: Path) -> Path:
@@ -483,12 +556,15 @@ def test_a_gzip_bomb_as_model_is_refused_before_it_is_written(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("selection", "words"), [
-    ("met > 9**9**9**9", ["power", "at most 16"]),
-    ("(" * 200 + "met" + ")" * 200 + " > 1", ["limit"]),
-    ("met > " + "+".join(["1"] * 400), ["syntax nodes", "limit"]),
-    ("met > 1e400", ["limit"]),
-])
+@pytest.mark.parametrize(
+    ("selection", "words"),
+    [
+        ("met > 9**9**9**9", ["power", "at most 16"]),
+        ("(" * 200 + "met" + ")" * 200 + " > 1", ["limit"]),
+        ("met > " + "+".join(["1"] * 400), ["syntax nodes", "limit"]),
+        ("met > 1e400", ["limit"]),
+    ],
+)
 def test_a_bundle_with_a_crafted_selection_is_refused_at_once(tmp_path, trained, selection, words):
     bundle = _bundle_copy(trained, tmp_path / "bundle")
     raw = yaml.safe_load((bundle / "config.yaml").read_text())
@@ -507,14 +583,25 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("make", "words"), [
-    (lambda d: _write(d / "alias.yaml", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
-        for i in range(8))), ["aliases", "refused"]),
-    (lambda d: _write(d / "big.yaml", "# padding\n" * (1 << 20)), ["bytes", "limit"]),
-    (lambda d: _write(d / "deep.yaml", "a: " + "[" * 20000 + "]" * 20000 + "\n"), ["nested", "levels"]),
-])
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (
+            lambda d: _write(
+                d / "alias.yaml",
+                "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                + "".join(
+                    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+                    for i in range(8)
+                ),
+            ),
+            ["aliases", "refused"],
+        ),
+        (lambda d: _write(d / "big.yaml", "# padding\n" * (1 << 20)), ["bytes", "limit"]),
+        (lambda d: _write(d / "deep.yaml", "a: " + "[" * 20000 + "]" * 20000 + "\n"), ["nested", "levels"]),
+    ],
+)
 def test_a_crafted_config_is_refused_with_the_limit_named(tmp_path, make, words):
     config = make(tmp_path)
     started = time.time()
@@ -527,6 +614,7 @@ def test_a_crafted_config_is_refused_with_the_limit_named(tmp_path, make, words)
 
 def _unsafe_model(path: Path) -> None:
     import keras
+
     inputs = keras.Input((3,))
     keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(path)
 
@@ -545,11 +633,14 @@ def _short_scaler(bundle: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("damage", "words"), [
-    (lambda b: _unsafe_model(b / "model.keras"), ["model.keras", "safe mode"]),
-    (_zero_scale, ["scaler.json", "scale"]),
-    (_short_scaler, ["scaler.json"]),
-])
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda b: _unsafe_model(b / "model.keras"), ["model.keras", "safe mode"]),
+        (_zero_scale, ["scaler.json", "scale"]),
+        (_short_scaler, ["scaler.json"]),
+    ],
+)
 def test_a_bad_bundle_is_exit_4_naming_the_file_and_merge_leaves_it_out(tmp_path, trained, damage, words):
     bad = _bundle_copy(trained, tmp_path / "bad")
     damage(bad)
@@ -576,11 +667,24 @@ def test_merge_of_an_oddly_named_tarball_stays_in_its_own_directory(tmp_path, tr
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     for name in ("a.tgz", "...tgz"):
-        subprocess.run(["tar", "-czf", str(jobs / name), "-C", str(trained), "model.keras", "scaler.json",
-                        "config.yaml", "metrics.json", "manifest.json", "predictions.h5"], check=True)
+        subprocess.run(
+            [
+                "tar",
+                "-czf",
+                str(jobs / name),
+                "-C",
+                str(trained),
+                "model.keras",
+                "scaler.json",
+                "config.yaml",
+                "metrics.json",
+                "manifest.json",
+                "predictions.h5",
+            ],
+            check=True,
+        )
     merged = tmp_path / "merged"
-    proc = run_payload("merge", "-q", str(jobs / "a.tgz"), str(jobs / "...tgz"), "--output", str(merged),
-                       cwd=tmp_path)
+    proc = run_payload("merge", "-q", str(jobs / "a.tgz"), str(jobs / "...tgz"), "--output", str(merged), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((merged / "summary.json").read_text())
     assert sorted(summary["merged"]) == ["a", "job"], summary
@@ -589,6 +693,7 @@ def test_merge_of_an_oddly_named_tarball_stays_in_its_own_directory(tmp_path, tr
 
 
 # Submission ---------------------------------------------------------------------------------------
+
 
 def test_condor_names_with_macros_spaces_and_newlines(tmp_path):
     htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
@@ -603,10 +708,29 @@ def test_condor_names_with_macros_spaces_and_newlines(tmp_path):
     config = tmp_path / "my job $(Cluster).yaml"
     config.write_text((DATA / "demo.yaml").read_text())
     out = tmp_path / "condor"
-    proc = subprocess.run([sys.executable, "-m", "submit.cli", "condor", "--config", str(config), "--image",
-                           "docker.io/jdoe/gp:1", "--primary", str(primary), "--secondary", str(secondary),
-                           "--directory", str(out)], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "submit.cli",
+            "condor",
+            "--config",
+            str(config),
+            "--image",
+            "docker.io/jdoe/gp:1",
+            "--primary",
+            str(primary),
+            "--secondary",
+            str(secondary),
+            "--directory",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     sub = htcondor2.Submit((out / "train.sub").read_text())
     items = list(sub.itemdata()) or [{}]
@@ -622,10 +746,29 @@ def test_condor_names_with_macros_spaces_and_newlines(tmp_path):
     # A newline cannot be quoted for HTCondor: refused with one line, nothing written.
     newline = inputs / "a\nqueue 1000.root"
     newline.write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-m", "submit.cli", "condor", "--config", str(config), "--image",
-                           "docker.io/jdoe/gp:1", "--primary", str(newline), "--secondary", str(secondary),
-                           "--directory", str(tmp_path / "refused")], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "submit.cli",
+            "condor",
+            "--config",
+            str(config),
+            "--image",
+            "docker.io/jdoe/gp:1",
+            "--primary",
+            str(newline),
+            "--secondary",
+            str(secondary),
+            "--directory",
+            str(tmp_path / "refused"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert proc.returncode == 2 and "newline" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "refused" / "train.sub").exists()
 
@@ -635,7 +778,7 @@ def test_local_docker_mounts_survive_colons_and_commas(tmp_path):
 
     from submit.local import LocalRun
 
-    odd = tmp_path / "run:1,a\"b"
+    odd = tmp_path / 'run:1,a"b'
     odd.mkdir()
     config = odd / "job.yaml"
     config.write_text("x")
@@ -649,6 +792,7 @@ def test_local_docker_mounts_survive_colons_and_commas(tmp_path):
 
 # A lost GPU ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_a_gpu_job_without_a_gpu_fails_at_once_and_reports_its_device(tmp_path, how):
@@ -656,8 +800,18 @@ def test_a_gpu_job_without_a_gpu_fails_at_once_and_reports_its_device(tmp_path, 
     looks like, on any machine.  The job must not train on the CPU and exit 0."""
     hidden = {"CUDA_VISIBLE_DEVICES": ""}
     config, out = _config(tmp_path), tmp_path / "out"
-    args = ["run", "-q", "--primary", str(SAMPLE_A), "--secondary", str(SAMPLE_B), "--config", str(config),
-            "--output", str(out)]
+    args = [
+        "run",
+        "-q",
+        "--primary",
+        str(SAMPLE_A),
+        "--secondary",
+        str(SAMPLE_B),
+        "--config",
+        str(config),
+        "--output",
+        str(out),
+    ]
     if how == "flag":
         proc = run_payload(*args, "--require-gpu", cwd=tmp_path, env=hidden)
     else:

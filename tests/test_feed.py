@@ -24,16 +24,21 @@ class CountingStream:
         for step in range(self.steps):
             base = (self.epoch * 100 + step) * self.size
             values = np.arange(base, base + self.size, dtype=np.float32)
-            yield ({"objects": np.repeat(values[:, None, None], 3, axis=1), "mask": np.ones((self.size, 3), np.float32)},
-                   (values % 2)[:, None], values)
-
+            yield (
+                {"objects": np.repeat(values[:, None, None], 3, axis=1), "mask": np.ones((self.size, 3), np.float32)},
+                (values % 2)[:, None],
+                values,
+            )
 
     def groups(self, size, trim=False):
         batches = self.batches()
         while True:
             group = [next(batches) for _ in range(size)]
-            yield ({k: np.stack([b[0][k] for b in group]) for k in group[0][0]},
-                   np.stack([b[1] for b in group]), np.stack([b[2] for b in group]))
+            yield (
+                {k: np.stack([b[0][k] for b in group]) for k in group[0][0]},
+                np.stack([b[1] for b in group]),
+                np.stack([b[2] for b in group]),
+            )
 
 
 def _as_numpy(batch):
@@ -131,8 +136,11 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
     from payload.train import make_stream_factory, prepare
 
     def stream(trim):
-        raw = {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
-               "training": {"batch_size": 64, "trim_padding": trim}}
+        raw = {
+            **JAGGED_CONFIG,
+            "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
+            "training": {"batch_size": 64, "trim_padding": trim},
+        }
         config = parse_config(raw)
         files = []
         for i in range(2):

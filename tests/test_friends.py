@@ -155,7 +155,10 @@ def test_friends_are_the_same_when_memory_allows_one_file_at_a_time(tmp_path, mo
     assert [e["file"] for e in whole] == ["x.friend.root", "x.2.friend.root", "y.friend.root"]
     assert [{**e, "adler32": 0} for e in whole] == [{**e, "adler32": 0} for e in grouped]  # ROOT files hold a date
     for entry in whole:
-        with uproot.open(tmp_path / "whole" / entry["file"]) as a, uproot.open(tmp_path / "grouped" / entry["file"]) as b:
+        with (
+            uproot.open(tmp_path / "whole" / entry["file"]) as a,
+            uproot.open(tmp_path / "grouped" / entry["file"]) as b,
+        ):
             x, y = (f[friends.FRIEND_TREE].arrays(library="np") for f in (a, b))
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     with uproot.open(tmp_path / "grouped" / "x.2.friend.root") as f:

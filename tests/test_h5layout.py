@@ -18,9 +18,15 @@ def _chunk(rng: np.random.Generator, n: int, start: int) -> Chunk:
     counts = rng.integers(0, 5, n)
     for i, c in enumerate(counts):
         objects[i, :c] = rng.normal(size=(c, 3))
-    return Chunk(objects=objects, n_objects=counts.astype(np.int16), events=rng.normal(size=(n, 2)).astype(np.float32),
-                 spectators=np.zeros((n, 0), dtype=np.float32), weights=rng.random(n).astype(np.float32),
-                 file_index=np.zeros(n, dtype=np.int32), entry=np.arange(start, start + n))
+    return Chunk(
+        objects=objects,
+        n_objects=counts.astype(np.int16),
+        events=rng.normal(size=(n, 2)).astype(np.float32),
+        spectators=np.zeros((n, 0), dtype=np.float32),
+        weights=rng.random(n).astype(np.float32),
+        file_index=np.zeros(n, dtype=np.int32),
+        entry=np.arange(start, start + n),
+    )
 
 
 @pytest.mark.parametrize("compression", ["blosc-lz4", "lzf", "none"])
@@ -65,8 +71,14 @@ def test_integer_datasets_are_byte_shuffled(tmp_path):
     writer.append(chunk)
     writer.close()
     with h5py.File(path) as f:
-        for name, shuffled in (("entry", True), ("n_objects", True), ("file_index", True), ("objects", False),
-                               ("events", False), ("weights", False)):
+        for name, shuffled in (
+            ("entry", True),
+            ("n_objects", True),
+            ("file_index", True),
+            ("objects", False),
+            ("events", False),
+            ("weights", False),
+        ):
             ds = f[name]
             np.testing.assert_array_equal(ds[:], getattr(chunk, name))
             cd_values = ds._filters[str(hdf5plugin.BLOSC_ID)]

@@ -34,7 +34,9 @@ DOCKER_ENV = {**os.environ, "DOCKER_BUILDKIT": "0"}
 def docker(*args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, env=DOCKER_ENV, timeout=timeout)
     if check and proc.returncode:
-        pytest.fail(f"docker {' '.join(args[:3])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"docker {' '.join(args[:3])} ... failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -51,9 +53,20 @@ def image() -> str:
         proc = subprocess.run([str(REPO / "docker" / "local-base.sh"), BASE], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
     revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    docker("build", "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg", "TF_EXTRA=cpu",
-           "--build-arg", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
-           "--build-arg", f"REVISION={revision or 'unknown'}", "-t", IMAGE, str(REPO))
+    docker(
+        "build",
+        "--build-arg",
+        f"BASE_IMAGE={BASE}",
+        "--build-arg",
+        "TF_EXTRA=cpu",
+        "--build-arg",
+        "PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+        "--build-arg",
+        f"REVISION={revision or 'unknown'}",
+        "-t",
+        IMAGE,
+        str(REPO),
+    )
     return IMAGE
 
 
@@ -73,11 +86,40 @@ def grid_job(image, tmp_path_factory):
     config["training"]["epochs"] = 2
     (job / "job.yaml").write_text(yaml.safe_dump(config))
     job.chmod(0o777)
-    proc = docker("run", "--rm", "--network", "none", "--read-only", "--user", GRID_USER,
-                  "-v", f"{data}:/storage:ro", "-v", f"{job}:/job", "-w", "/job",
-                  "--entrypoint", "env", image, "-u", "HOME",
-                  "payload", "-q", "run", "--primary", "sample_A.root", "--secondary", "sample_B.root",
-                  "--config", "job.yaml", "--output", "out", "--tarball", "out.tgz", check=False)
+    proc = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--user",
+        GRID_USER,
+        "-v",
+        f"{data}:/storage:ro",
+        "-v",
+        f"{job}:/job",
+        "-w",
+        "/job",
+        "--entrypoint",
+        "env",
+        image,
+        "-u",
+        "HOME",
+        "payload",
+        "-q",
+        "run",
+        "--primary",
+        "sample_A.root",
+        "--secondary",
+        "sample_B.root",
+        "--config",
+        "job.yaml",
+        "--output",
+        "out",
+        "--tarball",
+        "out.tgz",
+        check=False,
+    )
     return job, proc
 
 
@@ -111,9 +153,12 @@ def test_the_command_lines_htcondor_and_docker_users_build(image):
     from submit.condor import IMAGE_EXECUTABLE
 
     version = f"grid-payload {__version__}"
-    for argv in ([image, IMAGE_EXECUTABLE, "--version"],                      # HTCondor, docker
-                 ["--entrypoint", IMAGE_EXECUTABLE, image, "--version"],      # HTCondor, Apptainer
-                 [image, "--version"], [image, "payload", "--version"]):      # by hand
+    for argv in (
+        [image, IMAGE_EXECUTABLE, "--version"],  # HTCondor, docker
+        ["--entrypoint", IMAGE_EXECUTABLE, image, "--version"],  # HTCondor, Apptainer
+        [image, "--version"],
+        [image, "payload", "--version"],
+    ):  # by hand
         proc = docker("run", "--rm", "--network", "none", *argv, check=False)
         assert proc.returncode == 0 and proc.stdout.strip() == version, (argv, proc.stderr[-2000:])
     proc = docker("run", "--rm", "--network", "none", image, check=False)  # no arguments: the help
@@ -147,18 +192,58 @@ def test_grid_run_writes_outputs_in_the_working_directory(grid_job):
 def test_docker_run_with_the_entrypoint_applies_the_model(grid_job, image):
     """`docker run -v $PWD:/work IMAGE run ...`, the laptop way: evaluate the grid job's tarball."""
     job, _ = grid_job
-    proc = docker("run", "--rm", "--network", "none", "--user", GRID_USER, "-v", f"{job}:/work", image,
-                  "-q", "run", "--mode", "evaluate", "--model", "out.tgz", "--primary", "/work/sample_A.root",
-                  "--output", "applied", "--no-job-report", check=False)
+    proc = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        GRID_USER,
+        "-v",
+        f"{job}:/work",
+        image,
+        "-q",
+        "run",
+        "--mode",
+        "evaluate",
+        "--model",
+        "out.tgz",
+        "--primary",
+        "/work/sample_A.root",
+        "--output",
+        "applied",
+        "--no-job-report",
+        check=False,
+    )
     # The links point into /storage, which this container does not mount: a clear user error.
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "sample_A.root" in proc.stderr and "Traceback" not in proc.stderr
     assert not (job / "applied" / "manifest.json").exists()
 
     shutil.copy(DATA / "sample_A.root", job / "local_A.root")
-    proc = docker("run", "--rm", "--network", "none", "--user", GRID_USER, "-v", f"{job}:/work", image,
-                  "-q", "run", "--mode", "evaluate", "--model", "out.tgz", "--primary", "local_A.root",
-                  "--output", "applied", "--no-job-report", check=False)
+    proc = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        GRID_USER,
+        "-v",
+        f"{job}:/work",
+        image,
+        "-q",
+        "run",
+        "--mode",
+        "evaluate",
+        "--model",
+        "out.tgz",
+        "--primary",
+        "local_A.root",
+        "--output",
+        "applied",
+        "--no-job-report",
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((job / "applied" / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["mode"] == "evaluate"
@@ -187,5 +272,8 @@ def test_local_fan_out_runs_points_in_the_image(image, tmp_path):
     for r, lr in zip(results, (0.001, 0.004)):
         manifest = json.loads((Path(r["directory"]) / "out" / "manifest.json").read_text())
         assert manifest["status"] == "success"
-        assert yaml.safe_load((Path(r["directory"]) / "out" / "config.yaml").read_text())["training"]["learning_rate"] == lr
+        assert (
+            yaml.safe_load((Path(r["directory"]) / "out" / "config.yaml").read_text())["training"]["learning_rate"]
+            == lr
+        )
         assert 0.4 < r["metrics"]["test_auc"] < 1

@@ -26,8 +26,9 @@ def test_globs_directories_and_urls(tmp_path):
     assert expand_inputs(f"file://{tmp_path / 'x1.root'}") == [str(tmp_path / "x1.root")]
 
 
-@pytest.mark.parametrize(("spec", "message"), [("missing.root", "no such file"), ("*.nothing", "no file matches"),
-                                           (",", "no input files")])
+@pytest.mark.parametrize(
+    ("spec", "message"), [("missing.root", "no such file"), ("*.nothing", "no file matches"), (",", "no input files")]
+)
 def test_missing_inputs(tmp_path, monkeypatch, spec, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputMissingError, match=message):
@@ -66,8 +67,19 @@ def test_odd_file_names_are_files_not_patterns_or_lists(tmp_path):
     assert expand_inputs(str(directory)) == [str(directory / n) for n in names]
     assert expand_inputs(str(directory / "run[1].root")) == [str(directory / "run[1].root")]
     out = tmp_path / "out"
-    proc = run_payload("run", "-q", "--primary", str(directory), "--secondary", str(data / "sample_B.root"),
-                       "--config", str(quick_job_config(tmp_path / "job.yaml")), "--output", str(out), cwd=tmp_path)
+    proc = run_payload(
+        "run",
+        "-q",
+        "--primary",
+        str(directory),
+        "--secondary",
+        str(data / "sample_B.root"),
+        "--config",
+        str(quick_job_config(tmp_path / "job.yaml")),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert [Path(i["location"]).name for i in manifest["inputs"]["primary"]] == names

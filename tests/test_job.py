@@ -42,9 +42,22 @@ def trained(tmp_path_factory):
 
 def test_outputs_are_complete(trained):
     out = trained.output
-    for name in ("model.keras", "scaler.json", "config.yaml", "metrics.json", "history.csv", "predictions.h5",
-                 "job.log", "manifest.json", "plots/roc.png", "plots/loss.png", "plots/calibration.png",
-                 "plots/nn_weights.png", "plots/closure_mjj.png", "saved_model/saved_model.pb"):
+    for name in (
+        "model.keras",
+        "scaler.json",
+        "config.yaml",
+        "metrics.json",
+        "history.csv",
+        "predictions.h5",
+        "job.log",
+        "manifest.json",
+        "plots/roc.png",
+        "plots/loss.png",
+        "plots/calibration.png",
+        "plots/nn_weights.png",
+        "plots/closure_mjj.png",
+        "saved_model/saved_model.pb",
+    ):
         assert (out / name).exists(), name
     assert not (out / "error.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
@@ -140,8 +153,21 @@ def test_evaluate_on_files_the_model_never_saw_scores_every_event(trained, tmp_p
 def test_evaluate_mode_reproduces_predictions(trained, tmp_path):
     for model in (trained.output, trained.output.parent / "job.tgz"):
         out = tmp_path / f"eval-{Path(model).name}"
-        proc = run_payload("run", "--mode", "evaluate", "--model", str(model), "--primary", SAMPLE_A,
-                           "--secondary", SAMPLE_B, "--output", str(out), "-q", cwd=tmp_path)
+        proc = run_payload(
+            "run",
+            "--mode",
+            "evaluate",
+            "--model",
+            str(model),
+            "--primary",
+            SAMPLE_A,
+            "--secondary",
+            SAMPLE_B,
+            "--output",
+            str(out),
+            "-q",
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         with h5py.File(trained.output / "predictions.h5") as a, h5py.File(out / "predictions.h5") as b:
             for key in ("sample", "entry", "split", "nn_weight"):
@@ -159,8 +185,21 @@ def test_resume_after_kill(tmp_path):
     raw["evaluation"]["closure_classifier"] = False
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "payload", "-q", "run", "--primary", SAMPLE_A, "--secondary", SAMPLE_B,
-            "--config", str(cfg), "--output", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "payload",
+        "-q",
+        "run",
+        "--primary",
+        SAMPLE_A,
+        "--secondary",
+        SAMPLE_B,
+        "--config",
+        str(cfg),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     state = out / "checkpoints" / "state.json"
     deadline = time.time() + 300
@@ -198,8 +237,18 @@ def test_failed_job_leaves_error_json(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "job.yaml"
     cfg.write_text((DATA / "demo.yaml").read_text())
-    proc = run_payload("run", "--primary", SAMPLE_A, "--secondary", str(tmp_path / "missing.root"),
-                       "--config", str(cfg), "--output", str(out), cwd=tmp_path)
+    proc = run_payload(
+        "run",
+        "--primary",
+        SAMPLE_A,
+        "--secondary",
+        str(tmp_path / "missing.root"),
+        "--config",
+        str(cfg),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 3
     assert "missing.root" in proc.stderr and "Traceback" not in proc.stderr
     error = json.loads((out / "error.json").read_text())
@@ -219,8 +268,18 @@ def test_evaluate_refuses_a_tarball_that_escapes(tmp_path):
         info = tarfile.TarInfo("../outside.txt")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    proc = run_payload("run", "--mode", "evaluate", "--model", str(evil), "--primary", SAMPLE_A,
-                       "--output", str(tmp_path / "out"), cwd=tmp_path)
+    proc = run_payload(
+        "run",
+        "--mode",
+        "evaluate",
+        "--model",
+        str(evil),
+        "--primary",
+        SAMPLE_A,
+        "--output",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 4 and "escapes" in proc.stderr
     assert not (tmp_path / "outside.txt").exists()
 
@@ -236,7 +295,10 @@ def test_batches_mix_both_classes_in_proportion(trained):
     raw = [EventSource(work / "primary.h5", config, None), EventSource(work / "secondary.h5", config, None)]
     _, tallies = prepare(config, raw)
     scaler = Scaler.load(trained.output / "scaler.json")
-    sources = [(EventSource(work / "primary.h5", config, scaler), 0), (EventSource(work / "secondary.h5", config, scaler), 1)]
+    sources = [
+        (EventSource(work / "primary.h5", config, scaler), 0),
+        (EventSource(work / "secondary.h5", config, scaler), 1),
+    ]
     stream = make_stream_factory(config, sources, tallies, (TRAIN,), seed=3, shuffle=True)(0)
     expected = tallies[1].counts[TRAIN] / (tallies[0].counts[TRAIN] + tallies[1].counts[TRAIN])
     batches = stream.batches()
@@ -255,8 +317,18 @@ def test_batches_mix_both_classes_in_proportion(trained):
 
 def test_evaluate_one_sample_gives_weights_without_metrics(trained, tmp_path):
     out = tmp_path / "applied"
-    proc = run_payload("run", "--mode", "evaluate", "--model", str(trained.output), "--primary", SAMPLE_A,
-                       "--output", str(out), cwd=tmp_path)
+    proc = run_payload(
+        "run",
+        "--mode",
+        "evaluate",
+        "--model",
+        str(trained.output),
+        "--primary",
+        SAMPLE_A,
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert "test" not in metrics and "closure" not in metrics
@@ -286,17 +358,23 @@ def test_cross_fitted_members_weight_only_events_they_did_not_train_on(tmp_path)
     assert result.metrics["training"]["ensemble_split"] == "folds"
     members = [load_model(out / "members" / f"{k:02d}" / "checkpoints" / "best.keras") for k in range(2)]
     scaler = Scaler.load(out / "scaler.json")
-    assert "jets1_pt" in scaler.events.names and scaler.events.transforms[scaler.events.names.index("jets1_pt")] == "log"
+    assert (
+        "jets1_pt" in scaler.events.names and scaler.events.transforms[scaler.events.names.index("jets1_pt")] == "log"
+    )
     source = EventSource(out / "work" / "primary.h5", config, scaler)
     block = next(source.iterate(splits=None, drop_outliers=False))
-    each = np.stack([np.asarray(m.predict_on_batch({k: block.inputs[k] for k in ("objects", "mask", "events")})).ravel()
-                     for m in members])
+    each = np.stack(
+        [
+            np.asarray(m.predict_on_batch({k: block.inputs[k] for k in ("objects", "mask", "events")})).ravel()
+            for m in members
+        ]
+    )
     owner = part(block.entry, source.file_keys[block.file_index], config.split.seed, 2)
     train = block.split == TRAIN
     expected = each.mean(axis=0)
     expected[train] = each[owner[train], np.flatnonzero(train)]
     with h5py.File(out / "predictions.h5") as f:
-        score = f["score"][:len(block)]
+        score = f["score"][: len(block)]
     np.testing.assert_allclose(score, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(each[0], each[1], atol=1e-4)  # the members differ: the choice matters
     # What member 0 trains on: the training split without part 0 (validation and test untouched).

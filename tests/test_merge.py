@@ -52,8 +52,9 @@ def folds(tmp_path_factory):
 
 
 def merge_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "payload", "-q", "merge", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "payload", "-q", "merge", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def broken_inputs(root: Path, good: Path) -> list[str]:
@@ -67,7 +68,9 @@ def broken_inputs(root: Path, good: Path) -> list[str]:
         tar.add(good, arcname="../escape.tgz")
     failed = root / "failed"
     failed.mkdir(exist_ok=True)
-    (failed / "error.json").write_text(json.dumps({"status": "failed", "exit_code": 3, "error": "input x.root: no such file"}))
+    (failed / "error.json").write_text(
+        json.dumps({"status": "failed", "exit_code": 3, "error": "input x.root: no such file"})
+    )
     unfinished = root / "unfinished"
     unfinished.mkdir(exist_ok=True)
     (unfinished / "metrics.json").write_text("{}")
@@ -132,9 +135,27 @@ def test_kfold_merge_groups_points_and_folds(folds, tmp_path):
     # The ensemble averages the best point's folds, loadable and usable by evaluate mode.
     assert json.loads((merged / "ensemble" / "members.json").read_text())["members"] == jobs
     applied = tmp_path / "applied"
-    proc = subprocess.run([sys.executable, "-m", "payload", "-q", "run", "--mode", "evaluate", "--model",
-                           str(merged / "ensemble"), "--primary", SAMPLE_A, "--output", str(applied),
-                           "--no-job-report"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "payload",
+            "-q",
+            "run",
+            "--mode",
+            "evaluate",
+            "--model",
+            str(merged / "ensemble"),
+            "--primary",
+            SAMPLE_A,
+            "--output",
+            str(applied),
+            "--no-job-report",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     with h5py.File(applied / "predictions.h5") as e:
         members = []

@@ -84,8 +84,11 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
     path = tmp_path / "m.keras"
     model.save(path)
     again = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(np.asarray(model.predict_on_batch({"objects": objects, "mask": mask})),
-                               np.asarray(again.predict_on_batch({"objects": objects, "mask": mask})), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.predict_on_batch({"objects": objects, "mask": mask})),
+        np.asarray(again.predict_on_batch({"objects": objects, "mask": mask})),
+        rtol=1e-6,
+    )
 
 
 def test_mixed_precision_computes_in_float16_with_a_float32_output(tmp_path):
@@ -119,8 +122,10 @@ def test_mixed_precision_computes_in_float16_with_a_float32_output(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("example", ["seed001_nanoaod_vae.yaml", "seed002_higgsml_dense.yaml",
-                                     "seed003_gcn_skim.yaml", "seed004_jet_compression.yaml"])
+@pytest.mark.parametrize(
+    "example",
+    ["seed001_nanoaod_vae.yaml", "seed002_higgsml_dense.yaml", "seed003_gcn_skim.yaml", "seed004_jet_compression.yaml"],
+)
 def test_zoo_model_trains_saves_and_loads(example, tmp_path):
     """Each example's model fits a few steps (loss finite, weights move), and saves and loads in safe mode
     with the same predictions."""
@@ -154,8 +159,9 @@ def test_zoo_model_trains_saves_and_loads(example, tmp_path):
     wanted = {t.name: x[t.name] for t in served.inputs}
     model.save(tmp_path / "m.keras")
     again = inference_model(load_model(tmp_path / "m.keras"))
-    np.testing.assert_allclose(np.asarray(again.predict_on_batch(wanted)),
-                               np.asarray(served.predict_on_batch(wanted)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(again.predict_on_batch(wanted)), np.asarray(served.predict_on_batch(wanted)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_backend_is_the_requested_one():
@@ -174,17 +180,33 @@ def test_seed000_schedule():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not any(p for p in ("jax",) if __import__("importlib").util.find_spec(p)),
-                    reason="JAX is not installed")
+@pytest.mark.skipif(
+    not any(p for p in ("jax",) if __import__("importlib").util.find_spec(p)), reason="JAX is not installed"
+)
 def test_models_run_on_the_jax_backend(tmp_path):
     """The same masking and invariance checks under KERAS_BACKEND=jax (a backend is chosen per process)."""
     import xml.etree.ElementTree as ET
 
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     report = tmp_path / "jax.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_models.py"),
-                           "-k", "padded or permutation or safe_mode or backend_is or zoo", f"--junitxml={report}"],
-                          env=env, capture_output=True, text=True, cwd=REPO / "tests")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(REPO / "tests" / "test_models.py"),
+            "-k",
+            "padded or permutation or safe_mode or backend_is or zoo",
+            f"--junitxml={report}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO / "tests",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Every selected test ran and passed on JAX: none skipped (a skip would hide a backend gap).
     suite = ET.parse(report).getroot().find("testsuite")

@@ -14,9 +14,12 @@ from payload.config import load_config, parse_config
 from payload.job import run_job
 from tests.helpers import DATA, quick_job_config
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(__import__("keras").backend.backend() != "tensorflow",
-                                 reason="the ONNX export runs on the TensorFlow backend")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        __import__("keras").backend.backend() != "tensorflow", reason="the ONNX export runs on the TensorFlow backend"
+    ),
+]
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'grid-payload[onnx]'")
 REPO = DATA.parents[1]
 

@@ -47,10 +47,12 @@ def rucio(tmp_path_factory):
         server.upload("POSIX_DISK", SCOPE, "ds.b", [DATA / "sample_B.root"])
         extra = write_sample(base / "extra_A.root", 3000, "A", batch=1000)
         server.upload("POSIX_DISK", SCOPE, "ds.a2", [extra])
-        server.client_python(textwrap.dedent(f"""\
+        server.client_python(
+            textwrap.dedent(f"""\
             client.add_container({SCOPE!r}, "cont.a")
             client.attach_dids({SCOPE!r}, "cont.a", [{{"scope": {SCOPE!r}, "name": n}} for n in ("ds.a", "ds.a2")])
-        """))
+        """)
+        )
         victim = write_sample(base / "victim.root", 2000, "B", batch=1000)
         server.upload("POSIX_DISK", SCOPE, "ds.corrupt", [victim])
         yield server
@@ -59,8 +61,14 @@ def rucio(tmp_path_factory):
 
 
 def payload(server: RucioServer, *args: str, cwd: Path, cache: Path, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "payload", "-q", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**server.client_env(), "PAYLOAD_RUCIO_CACHE": str(cache), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "payload", "-q", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**server.client_env(), "PAYLOAD_RUCIO_CACHE": str(cache), **(env or {})},
+    )
 
 
 def entries(path: Path) -> int:
@@ -74,8 +82,9 @@ def test_dataset_is_downloaded_verified_and_then_reused(rucio, tmp_path):
     assert first.returncode == 0, first.stderr
     cached = cache / "ds.a" / "sample_A.root"  # the layout of `rucio download`
     assert adler32(cached) == adler32(DATA / "sample_A.root")
-    payload(rucio, "convert", "--inputs", str(DATA / "sample_A.root"), "--output", "direct.h5", cwd=tmp_path,
-                     cache=cache)
+    payload(
+        rucio, "convert", "--inputs", str(DATA / "sample_A.root"), "--output", "direct.h5", cwd=tmp_path, cache=cache
+    )
     assert entries(tmp_path / "a.h5") == entries(tmp_path / "direct.h5") > 0
 
     stamp = cached.stat().st_mtime_ns
@@ -87,8 +96,21 @@ def test_dataset_is_downloaded_verified_and_then_reused(rucio, tmp_path):
 
 def test_container_in_payload_run_is_recorded_in_the_manifest(rucio, tmp_path):
     cfg = quick_job_config(tmp_path / "job.yaml")
-    proc = payload(rucio, "run", "--primary", f"{SCOPE}:cont.a", "--secondary", f"{SCOPE}:ds.b", "--config", str(cfg),
-                   "--output", "out", "--no-job-report", cwd=tmp_path, cache=tmp_path / "cache")
+    proc = payload(
+        rucio,
+        "run",
+        "--primary",
+        f"{SCOPE}:cont.a",
+        "--secondary",
+        f"{SCOPE}:ds.b",
+        "--config",
+        str(cfg),
+        "--output",
+        "out",
+        "--no-job-report",
+        cwd=tmp_path,
+        cache=tmp_path / "cache",
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     primary = manifest["inputs"]["primary"]
@@ -114,8 +136,16 @@ def test_file_corrupted_on_storage_is_a_checksum_error(rucio, tmp_path):
 
 
 def test_missing_did_is_exit_3(rucio, tmp_path):
-    proc = payload(rucio, "convert", "--inputs", f"{SCOPE}:no.such.dataset", "--output", "x.h5", cwd=tmp_path,
-                   cache=tmp_path / "cache")
+    proc = payload(
+        rucio,
+        "convert",
+        "--inputs",
+        f"{SCOPE}:no.such.dataset",
+        "--output",
+        "x.h5",
+        cwd=tmp_path,
+        cache=tmp_path / "cache",
+    )
     assert proc.returncode == 3, proc.stderr
     assert f"{SCOPE}:no.such.dataset" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -129,8 +159,17 @@ def test_no_usable_rucio_setup_is_exit_10(rucio, tmp_path, problem):
         text = rucio.client_cfg.read_text().replace(f"password = {rucio.password}", "password = wrong")
         cfg.write_text(text.replace(str(rucio.base / "tokens"), str(tmp_path / "tokens")))  # no valid token cached
         env = {"RUCIO_CONFIG": str(cfg)}
-    proc = payload(rucio, "convert", "--inputs", f"{SCOPE}:ds.a", "--output", "x.h5", cwd=tmp_path,
-                   cache=tmp_path / "cache", env=env)
+    proc = payload(
+        rucio,
+        "convert",
+        "--inputs",
+        f"{SCOPE}:ds.a",
+        "--output",
+        "x.h5",
+        cwd=tmp_path,
+        cache=tmp_path / "cache",
+        env=env,
+    )
     assert proc.returncode == 10, proc.stderr
     assert "Rucio" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -150,7 +189,8 @@ def test_dataset_on_an_xrootd_storage_element(rucio, tmp_path):
         stored.chmod(0o644)
         rse = f"XRD_DISK_{xrd.port}"
         # Registered, not uploaded: the daemon serves read-only; the replica is where Rucio's path scheme puts it.
-        rucio.client_python(textwrap.dedent(f"""\
+        rucio.client_python(
+            textwrap.dedent(f"""\
             client.add_rse({rse!r}, deterministic=True)
             client.add_protocol({rse!r}, {{
                 "scheme": "root", "hostname": "127.0.0.1", "port": {xrd.port},
@@ -161,7 +201,8 @@ def test_dataset_on_an_xrootd_storage_element(rucio, tmp_path):
                                            "adler32": {adler32(stored)!r}}}])
             client.add_dataset({SCOPE!r}, "ds.xrd")
             client.attach_dids({SCOPE!r}, "ds.xrd", [{{"scope": {SCOPE!r}, "name": "sample_B.xrd.root"}}])
-        """))
+        """)
+        )
         cache = tmp_path / "cache"
         proc = payload(rucio, "convert", "--inputs", f"{SCOPE}:ds.xrd", "--output", "b.h5", cwd=tmp_path, cache=cache)
     assert proc.returncode == 0, proc.stderr

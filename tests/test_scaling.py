@@ -76,8 +76,13 @@ def test_keras_layer_matches_the_scaler_and_round_trips(tmp_path):
     x = _zero_inflated(2000)
     scaler = _fit(x, transforms={"met": "log"})
     columns = scaler.events
-    layer = FeatureScaling(columns.transforms, columns.offset.tolist(), columns.scale.tolist(),
-                           columns.floor.tolist(), columns.zero.tolist())
+    layer = FeatureScaling(
+        columns.transforms,
+        columns.offset.tolist(),
+        columns.scale.tolist(),
+        columns.floor.tolist(),
+        columns.zero.tolist(),
+    )
     got = np.asarray(layer(x[:, None]))
     np.testing.assert_allclose(got, scaler.apply_events(x[:, None]), atol=1e-5)
     scaler.save(tmp_path / "scaler.json")
@@ -89,10 +94,17 @@ def test_version_1_scaler_files_keep_their_meaning(tmp_path):
     """A bundle written before floors were fitted is applied as it was trained: log(max(x, 1e-6))."""
     import json
 
-    (tmp_path / "scaler.json").write_text(json.dumps({
-        "version": 1, "method": "minmax", "outliers": {},
-        "objects": {"names": [], "transforms": [], "offset": [], "scale": []},
-        "events": {"names": ["met"], "transforms": ["log"], "offset": [-13.8155], "scale": [20.0]}}))
+    (tmp_path / "scaler.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "method": "minmax",
+                "outliers": {},
+                "objects": {"names": [], "transforms": [], "offset": [], "scale": []},
+                "events": {"names": ["met"], "transforms": ["log"], "offset": [-13.8155], "scale": [20.0]},
+            }
+        )
+    )
     scaler = Scaler.load(tmp_path / "scaler.json")
     out = scaler.apply_events(np.array([[0.0], [1.0]], np.float32))[:, 0]
     np.testing.assert_allclose(out, [(np.log(1e-6) + 13.8155) / 20, 13.8155 / 20], atol=1e-5)

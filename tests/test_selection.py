@@ -34,8 +34,9 @@ def test_branches_collected():
     assert compile_selection("njets >= 2 and any(jet_pt > 100)").branches == ("njets", "jet_pt")
 
 
-@pytest.mark.parametrize("expression", ["__import__('os')", "met.__class__", "[x for x in met]", "lambda: 1",
-                                        "open('f')", "met[0] > 1"])
+@pytest.mark.parametrize(
+    "expression", ["__import__('os')", "met.__class__", "[x for x in met]", "lambda: 1", "open('f')", "met[0] > 1"]
+)
 def test_code_is_refused(expression):
     with pytest.raises(ConfigError):
         compile_selection(expression)

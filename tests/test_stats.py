@@ -57,7 +57,7 @@ def test_stratified_samples_at_different_rates_stay_unbiased():
     rng = np.random.default_rng(7)
     low, high = rng.normal(0, 1, 200_000), rng.normal(10, 1, 2_000)
     stats = FeatureStats(capacity=10_000)
-    stats.update(low, sample_size=2_000)   # 1 % of its values
+    stats.update(low, sample_size=2_000)  # 1 % of its values
     stats.update(high, sample_size=5_000)  # all of its values
     out = stats.to_dict()
     values = np.concatenate([low, high])

@@ -26,8 +26,14 @@ os.environ.setdefault("PANDA_BEHIND_REAL_LB", "1")
 
 
 def submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "submit.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "submit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def prun_commands(stdout: str) -> list[tuple[Path, list[str]]]:
@@ -73,17 +79,39 @@ def submit_dir(tmp_path):
     d.mkdir()
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"]["epochs"] = 1
-    (d / "jdoe's \"job\" config.yaml").write_text(yaml.safe_dump(raw))
+    (d / 'jdoe\'s "job" config.yaml').write_text(yaml.safe_dump(raw))
     return d
 
 
 def test_prun_single_task(submit_dir, monkeypatch):
-    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "docker.io/jdoe/grid-payload:0.1.0",
-                  "--in-ds", "mc23_13p6TeV.sherpa.NTUP", "--secondary-ds", "mc23_13p6TeV.mgpy8.NTUP",
-                  "--out-ds", "user.jdoe.reweight.v1", "--nickname", "jdoe", "--n-files-per-job", "5",
-                  "--secondary-files-per-job", "3", "--vram-mb", "40960", "--cuda", "12.0", "--site", "CERN-GPU", cwd=submit_dir)
+    proc = submit(
+        "prun",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--image",
+        "docker.io/jdoe/grid-payload:0.1.0",
+        "--in-ds",
+        "mc23_13p6TeV.sherpa.NTUP",
+        "--secondary-ds",
+        "mc23_13p6TeV.mgpy8.NTUP",
+        "--out-ds",
+        "user.jdoe.reweight.v1",
+        "--nickname",
+        "jdoe",
+        "--n-files-per-job",
+        "5",
+        "--secondary-files-per-job",
+        "3",
+        "--vram-mb",
+        "40960",
+        "--cuda",
+        "12.0",
+        "--site",
+        "CERN-GPU",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
-    (box, argv), = prun_commands(proc.stdout)
+    ((box, argv),) = prun_commands(proc.stdout)
     assert box == submit_dir / "prun-sandbox"
     params = task_params(argv, box, monkeypatch)
     assert params["container_name"] == "docker://docker.io/jdoe/grid-payload:0.1.0"
@@ -102,7 +130,7 @@ def test_prun_single_task(submit_dir, monkeypatch):
     # The user's config (a name with quotes and a space, which panda-client's archiver would drop) is
     # shipped as job.yaml, and panda-client's own sandbox holds it and nothing else.
     assert command[command.index("--config") + 1] == "job.yaml"
-    assert (box / "job.yaml").read_text() == (submit_dir / "jdoe's \"job\" config.yaml").read_text()
+    assert (box / "job.yaml").read_text() == (submit_dir / 'jdoe\'s "job" config.yaml').read_text()
     assert sandbox_members(argv, box) == ["job.yaml"]
     assert command[command.index("--tarball") + 1] == "out.tgz"
     assert "--require-gpu" in command  # brokered to a GPU: a node whose GPU is gone fails at once
@@ -113,11 +141,34 @@ def test_prun_single_task(submit_dir, monkeypatch):
 
 
 def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
-    (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
-        "method": "grid", "parameters": {"training.learning_rate": [0.001, 0.003], "model.phi_widths": [[16], [32, 32]]}}))
-    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--scan", "scan.yaml", "--folds", "2", "--image", "img:1",
-                  "--in-ds", "data.A", "--secondary-ds", "data.B", "--out-ds", "user.jdoe.scan", "--gpu", "none",
-                  cwd=submit_dir)
+    (submit_dir / "scan.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "method": "grid",
+                "parameters": {"training.learning_rate": [0.001, 0.003], "model.phi_widths": [[16], [32, 32]]},
+            }
+        )
+    )
+    proc = submit(
+        "prun",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--scan",
+        "scan.yaml",
+        "--folds",
+        "2",
+        "--image",
+        "img:1",
+        "--in-ds",
+        "data.A",
+        "--secondary-ds",
+        "data.B",
+        "--out-ds",
+        "user.jdoe.scan",
+        "--gpu",
+        "none",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     commands = prun_commands(proc.stdout)
     assert len(commands) == 2 * 2 * 2
@@ -145,19 +196,48 @@ def test_prun_scan_one_task_per_point(submit_dir, monkeypatch):
 
 
 def test_prun_training_split_over_jobs_needs_both_file_counts(submit_dir):
-    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "img:1", "--in-ds", "data.A",
-                  "--secondary-ds", "data.B", "--out-ds", "user.jdoe.x", "--n-files-per-job", "5", cwd=submit_dir)
+    proc = submit(
+        "prun",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--image",
+        "img:1",
+        "--in-ds",
+        "data.A",
+        "--secondary-ds",
+        "data.B",
+        "--out-ds",
+        "user.jdoe.x",
+        "--n-files-per-job",
+        "5",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 2
     assert "--secondary-files-per-job" in proc.stderr and "proportion" in proc.stderr
     assert proc.stdout == ""
 
 
 def test_prun_evaluation_fan_out_reads_the_model_dataset_in_every_job(submit_dir, monkeypatch):
-    proc = submit("prun", "--mode", "evaluate", "--model", "user.jdoe.reweight.v1_out.tgz", "--image", "img:1",
-                  "--in-ds", "mc23.sherpa.NTUP", "--out-ds", "user.jdoe.applied", "--n-files-per-job", "3",
-                  "--gpu", "none", cwd=submit_dir)
+    proc = submit(
+        "prun",
+        "--mode",
+        "evaluate",
+        "--model",
+        "user.jdoe.reweight.v1_out.tgz",
+        "--image",
+        "img:1",
+        "--in-ds",
+        "mc23.sherpa.NTUP",
+        "--out-ds",
+        "user.jdoe.applied",
+        "--n-files-per-job",
+        "3",
+        "--gpu",
+        "none",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
-    (box, argv), = prun_commands(proc.stdout)
+    ((box, argv),) = prun_commands(proc.stdout)
     params = task_params(argv, box, monkeypatch)
     inputs = {p["dataset"]: p for p in params["jobParameters"] if p.get("param_type") == "input"}
     assert params["nFilesPerJob"] == 3
@@ -179,19 +259,41 @@ def test_prun_evaluation_with_the_model_in_the_sandbox_runs_as_a_worker_would(su
     from tests.helpers import quick_job_config
 
     trained = tmp_path / "trained"
-    run_job(load_config(quick_job_config(tmp_path / "q.yaml")), str(DATA / "sample_A.root"),
-            str(DATA / "sample_B.root"), trained, progress=False)
+    run_job(
+        load_config(quick_job_config(tmp_path / "q.yaml")),
+        str(DATA / "sample_A.root"),
+        str(DATA / "sample_B.root"),
+        trained,
+        progress=False,
+    )
     (trained / "plots" / "big.png").write_bytes(os.urandom(3 << 20))  # run outputs must not travel
-    proc = submit("prun", "--mode", "evaluate", "--model", str(trained), "--image", "img:1", "--in-ds", "data.new",
-                  "--out-ds", "user.jdoe.applied", "--gpu", "none", cwd=submit_dir)
+    proc = submit(
+        "prun",
+        "--mode",
+        "evaluate",
+        "--model",
+        str(trained),
+        "--image",
+        "img:1",
+        "--in-ds",
+        "data.new",
+        "--out-ds",
+        "user.jdoe.applied",
+        "--gpu",
+        "none",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
-    (box, argv), = prun_commands(proc.stdout)
+    ((box, argv),) = prun_commands(proc.stdout)
     assert argv[argv.index("--extFile") + 1] == "model.tgz"
     assert sandbox_members(argv, box) == ["model.tgz"]
     with tarfile.open(box / "model.tgz") as tar:
         assert sorted(tar.getnames()) == ["config.yaml", "metrics.json", "model.keras", "scaler.json"]
     params = task_params(argv, box, monkeypatch)
-    assert "reusableSecondary" not in argv and len([p for p in params["jobParameters"] if p.get("param_type") == "input"]) == 1
+    assert (
+        "reusableSecondary" not in argv
+        and len([p for p in params["jobParameters"] if p.get("param_type") == "input"]) == 1
+    )
 
     worker = tmp_path / "worker"
     worker.mkdir()
@@ -199,22 +301,42 @@ def test_prun_evaluation_with_the_model_in_the_sandbox_runs_as_a_worker_would(su
     (worker / "sample_A.root").symlink_to(DATA / "sample_A.root")
     command = shlex.split(exec_string(params).replace("%IN", "sample_A.root"))
     assert command[0] == "payload"
-    run = subprocess.run([sys.executable, "-m", "payload", *command[1:], "--no-job-report"], cwd=worker,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "payload", *command[1:], "--no-job-report"],
+        cwd=worker,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (worker / "out.tgz").stat().st_size > 0 and (worker / "out" / "friends" / "sample_A.friend.root").exists()
 
 
-@pytest.mark.parametrize(("out_ds", "message"), [
-    ("user.jdoe.x" + "y" * 130, "characters"),
-    ("user.other.test", "user.jdoe."),
-    ("mc23.test", "user.NICK."),
-    ("user.jdoe.a b", "not allowed"),
-    ("user.jdoe.x;rm", "not allowed"),
-])
+@pytest.mark.parametrize(
+    ("out_ds", "message"),
+    [
+        ("user.jdoe.x" + "y" * 130, "characters"),
+        ("user.other.test", "user.jdoe."),
+        ("mc23.test", "user.NICK."),
+        ("user.jdoe.a b", "not allowed"),
+        ("user.jdoe.x;rm", "not allowed"),
+    ],
+)
 def test_prun_refuses_bad_output_dataset_names(submit_dir, out_ds, message):
-    proc = submit("prun", "--config", "jdoe's \"job\" config.yaml", "--image", "img:1", "--in-ds", "data.A",
-                  "--out-ds", out_ds, "--nickname", "jdoe", cwd=submit_dir)
+    proc = submit(
+        "prun",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--image",
+        "img:1",
+        "--in-ds",
+        "data.A",
+        "--out-ds",
+        out_ds,
+        "--nickname",
+        "jdoe",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == ""
 
@@ -224,7 +346,7 @@ def test_our_length_rule_matches_panda_client(submit_dir, monkeypatch):
     from submit.prun import MAX_CONTAINER, PrunJob, prun_argv
 
     longest = "user.jdoe." + "x" * (MAX_CONTAINER - len("user.jdoe.") - len("_out.tgz/"))
-    job = PrunJob(image="img:1", in_ds="data.A", out_ds=longest, config="jdoe's \"job\" config.yaml")
+    job = PrunJob(image="img:1", in_ds="data.A", out_ds=longest, config='jdoe\'s "job" config.yaml')
     assert task_params(prun_argv(job), submit_dir, monkeypatch)["taskName"] == longest + "/"
     with pytest.raises(SystemExit):
         task_params(prun_argv(job)[:-1] + ["--outDS", longest + "x"], submit_dir, monkeypatch)
@@ -236,14 +358,36 @@ def test_condor_scan_submit_file(submit_dir, tmp_path):
     inputs.mkdir()
     for name in ("a 1.root", "b.root"):
         (inputs / name).write_bytes(b"")
-    (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
-        "method": "random", "n": 3, "seed": 7,
-        "parameters": {"training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}))
+    (submit_dir / "scan.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "method": "random",
+                "n": 3,
+                "seed": 7,
+                "parameters": {"training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+            }
+        )
+    )
     out = tmp_path / "condor"
-    proc = submit("condor", "--config", "jdoe's \"job\" config.yaml", "--scan", "scan.yaml", "--image", "docker.io/jdoe/gp:1",
-                  "--primary", str(inputs / "a 1.root"), "root://eos.example//store/a2.root",
-                  "--secondary", str(inputs / "b.root"), "--directory", str(out), "--gpu-memory-mb", "20000",
-                  cwd=submit_dir)
+    proc = submit(
+        "condor",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--scan",
+        "scan.yaml",
+        "--image",
+        "docker.io/jdoe/gp:1",
+        "--primary",
+        str(inputs / "a 1.root"),
+        "root://eos.example//store/a2.root",
+        "--secondary",
+        str(inputs / "b.root"),
+        "--directory",
+        str(out),
+        "--gpu-memory-mb",
+        "20000",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     sub = htcondor2.Submit((out / "train.sub").read_text())
     items = list(sub.itemdata())
@@ -259,7 +403,8 @@ def test_condor_scan_submit_file(submit_dir, tmp_path):
         assert transfer == [point["config"], str(inputs / "a 1.root"), str(inputs / "b.root")]
         assert (out / point["config"]).is_file()
         assert load_config(out / point["config"]).training.learning_rate == pytest.approx(
-            point["overrides"]["training.learning_rate"])
+            point["overrides"]["training.learning_rate"]
+        )
         assert per_item.expand("transfer_output_files") == f"{point['name']}.tgz, userJobMetadata.json"
         args = condor_split(per_item.expand("arguments"))
         # On the worker the transferred file is a bare name; the URL is read in place.
@@ -281,7 +426,7 @@ def condor_split(arguments: str) -> list[str]:
     while i < len(body):
         c = body[i]
         if c == "'":
-            if quoted and body[i + 1:i + 2] == "'":
+            if quoted and body[i + 1 : i + 2] == "'":
                 current, i = current + "'", i + 2
                 continue
             quoted, i = not quoted, i + 1
@@ -300,8 +445,21 @@ def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
     htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
     out = tmp_path / "dag"
     (submit_dir / "a.root").write_bytes(b"")
-    proc = submit("condor", "--config", "jdoe's \"job\" config.yaml", "--folds", "3", "--image", "img:1", "--primary", "a.root",
-                  "--directory", str(out), "--dag", cwd=submit_dir)
+    proc = submit(
+        "condor",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--folds",
+        "3",
+        "--image",
+        "img:1",
+        "--primary",
+        "a.root",
+        "--directory",
+        str(out),
+        "--dag",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     text = (out / "scan.dag").read_text()
     jobs = [line.split()[1] for line in text.splitlines() if line.startswith("JOB ")]
@@ -326,11 +484,26 @@ def test_condor_dag_merge_after_every_training_node(submit_dir, tmp_path):
 
 @pytest.mark.slow
 def test_local_scan_trains_every_point(submit_dir, tmp_path):
-    (submit_dir / "scan.yaml").write_text(yaml.safe_dump({
-        "method": "grid", "parameters": {"training.learning_rate": [0.0003, 0.003]}}))
+    (submit_dir / "scan.yaml").write_text(
+        yaml.safe_dump({"method": "grid", "parameters": {"training.learning_rate": [0.0003, 0.003]}})
+    )
     work = tmp_path / "runs"
-    proc = submit("local", "--config", "jdoe's \"job\" config.yaml", "--scan", "scan.yaml", "--primary", str(DATA / "sample_A.root"),
-                  "--secondary", str(DATA / "sample_B.root"), "--workdir", str(work), "--parallel", "2", cwd=submit_dir)
+    proc = submit(
+        "local",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--scan",
+        "scan.yaml",
+        "--primary",
+        str(DATA / "sample_A.root"),
+        "--secondary",
+        str(DATA / "sample_B.root"),
+        "--workdir",
+        str(work),
+        "--parallel",
+        "2",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((work / "summary.json").read_text())
     assert [s["name"] for s in summary] == ["p000", "p001"]
@@ -347,12 +520,33 @@ def test_phpo_task_parameters(submit_dir, monkeypatch):
     pytest.importorskip("pandaclient", reason="pip install panda-client (in the test extra)")
     from pandaclient import PhpoScript
 
-    (submit_dir / "space.json").write_text(json.dumps(
-        {"training.learning_rate": {"method": "uniform", "dimension": 1, "bounds": [1e-4, 1e-2]}}))
-    proc = submit("phpo", "--config", "jdoe's \"job\" config.yaml", "--search-space", "space.json", "--image", "docker.io/jdoe/gp:1",
-                  "--training-ds", "user.jdoe.ttbar.both", "--primary-match", "*_A*", "--secondary-match", "*_B*",
-                  "--out-ds", "user.jdoe.hpo.v1", "--max-points", "12", "--parallel", "3", "--vram-mb", "16000",
-                  cwd=submit_dir)
+    (submit_dir / "space.json").write_text(
+        json.dumps({"training.learning_rate": {"method": "uniform", "dimension": 1, "bounds": [1e-4, 1e-2]}})
+    )
+    proc = submit(
+        "phpo",
+        "--config",
+        'jdoe\'s "job" config.yaml',
+        "--search-space",
+        "space.json",
+        "--image",
+        "docker.io/jdoe/gp:1",
+        "--training-ds",
+        "user.jdoe.ttbar.both",
+        "--primary-match",
+        "*_A*",
+        "--secondary-match",
+        "*_B*",
+        "--out-ds",
+        "user.jdoe.hpo.v1",
+        "--max-points",
+        "12",
+        "--parallel",
+        "3",
+        "--vram-mb",
+        "16000",
+        cwd=submit_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     argv = shlex.split(proc.stdout.strip())
     assert argv[0] == "phpo"
@@ -366,7 +560,10 @@ def test_phpo_task_parameters(submit_dir, monkeypatch):
     inputs = [p for p in params["jobParameters"] if p.get("param_type") == "input"]
     assert [p["dataset"] for p in inputs] == ["user.jdoe.ttbar.both"]
     command = shlex.split(exec_string(params))
-    assert command[:3] == ["payload", "-q", "hpo"] and command[command.index("--config") + 1] == "jdoe's \"job\" config.yaml"
+    assert (
+        command[:3] == ["payload", "-q", "hpo"]
+        and command[command.index("--config") + 1] == 'jdoe\'s "job" config.yaml'
+    )
     assert command[command.index("--primary-match") + 1] == "*_A*"
 
 
@@ -380,8 +577,19 @@ def test_phpo_evaluation_job_contract(submit_dir, tmp_path):
         (work / name).symlink_to(DATA / name)
     (work / "input_ds.json").write_text(json.dumps(["sample_A.root", "sample_B.root"]))
     (work / "input.json").write_text(json.dumps({"training.learning_rate": 0.002, "model.phi_widths": [16]}))
-    args = [sys.executable, "-m", "payload", "-q", "hpo", "--config", str(submit_dir / "jdoe's \"job\" config.yaml"),
-            "--primary-match", "*_A*", "--secondary-match", "*_B*"]
+    args = [
+        sys.executable,
+        "-m",
+        "payload",
+        "-q",
+        "hpo",
+        "--config",
+        str(submit_dir / 'jdoe\'s "job" config.yaml'),
+        "--primary-match",
+        "*_A*",
+        "--secondary-match",
+        "*_B*",
+    ]
     proc = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = json.loads((work / "output.json").read_text())
@@ -421,7 +629,7 @@ def _run_dag(dag_dir: Path) -> dict[str, int]:
             post[words[2]] = words[3:]
         elif words[0] == "PARENT":
             split = words.index("CHILD")
-            for child in words[split + 1:]:
+            for child in words[split + 1 :]:
                 parents.setdefault(child, []).extend(words[1:split])
     status: dict[str, int] = {}
     for node in sorted(jobs, key=lambda n: n in parents):  # parents first (a two-level DAG)
@@ -438,8 +646,9 @@ def _run_dag(dag_dir: Path) -> dict[str, int]:
             shutil.copyfile(source if source.is_absolute() else dag_dir / source, scratch / source.name)
         assert sub["executable"] == "/opt/payload/bin/payload"
         args = condor_split(sub.expand("arguments"))
-        code = subprocess.run([sys.executable, "-m", "payload", *args], cwd=scratch, capture_output=True,
-                              timeout=600).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "payload", *args], cwd=scratch, capture_output=True, timeout=600
+        ).returncode
         outputs = [scratch / item.strip() for item in sub.expand("transfer_output_files").split(",")]
         if not all(p.exists() for p in outputs):
             status[node] = -2  # HTCondor holds a job whose declared output is missing: it never ends
@@ -463,12 +672,29 @@ def test_a_dag_with_a_failing_node_still_merges(tmp_path):
     raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     # The second point diverges (exit 12): its node fails, the merge must still run.
-    (tmp_path / "scan.yaml").write_text(yaml.safe_dump({
-        "method": "grid", "parameters": {"training.learning_rate": [0.003, 1e12]}}))
+    (tmp_path / "scan.yaml").write_text(
+        yaml.safe_dump({"method": "grid", "parameters": {"training.learning_rate": [0.003, 1e12]}})
+    )
     dag = tmp_path / "dag"
-    proc = submit("condor", "--config", "job.yaml", "--scan", "scan.yaml", "--image", "img:1", "--request-gpus", "0",
-                  "--primary", str(DATA / "sample_A.root"), "--secondary", str(DATA / "sample_B.root"),
-                  "--directory", str(dag), "--dag", cwd=tmp_path)
+    proc = submit(
+        "condor",
+        "--config",
+        "job.yaml",
+        "--scan",
+        "scan.yaml",
+        "--image",
+        "img:1",
+        "--request-gpus",
+        "0",
+        "--primary",
+        str(DATA / "sample_A.root"),
+        "--secondary",
+        str(DATA / "sample_B.root"),
+        "--directory",
+        str(dag),
+        "--dag",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     status = _run_dag(dag)
     assert status["merge:0"] == 0, status
@@ -486,8 +712,13 @@ def trained_model(tmp_path_factory):
     from tests.helpers import quick_job_config
 
     root = tmp_path_factory.mktemp("trained")
-    run_job(load_config(quick_job_config(root / "q.yaml")), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"),
-            root / "out", progress=False)
+    run_job(
+        load_config(quick_job_config(root / "q.yaml")),
+        str(DATA / "sample_A.root"),
+        str(DATA / "sample_B.root"),
+        root / "out",
+        progress=False,
+    )
     files = [str(write_sample(root / f"new_{k}.root", 800 + 100 * k, "A", batch=500)) for k in range(3)]
     return root / "out", files
 
@@ -497,8 +728,24 @@ def test_condor_evaluation_fan_out_dag_applies_and_merges(trained_model, tmp_pat
     htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (in the test extra)")
     model, files = trained_model
     dag = tmp_path / "dag"
-    proc = submit("condor", "--mode", "evaluate", "--model", str(model), "--image", "img:1", "--request-gpus", "0",
-                  "--primary", *files, "--files-per-job", "2", "--directory", str(dag), cwd=tmp_path)
+    proc = submit(
+        "condor",
+        "--mode",
+        "evaluate",
+        "--model",
+        str(model),
+        "--image",
+        "img:1",
+        "--request-gpus",
+        "0",
+        "--primary",
+        *files,
+        "--files-per-job",
+        "2",
+        "--directory",
+        str(dag),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 evaluation jobs" in proc.stdout
     body = htcondor2.Submit((dag / "evaluate.sub").read_text())
@@ -516,8 +763,22 @@ def test_local_evaluation_fan_out(trained_model, tmp_path):
     from payload.merge import merge
 
     model, files = trained_model
-    proc = submit("local", "--mode", "evaluate", "--model", str(model), "--primary", *files, "--files-per-job", "1",
-                  "--workdir", str(tmp_path / "runs"), "--parallel", "2", cwd=tmp_path)
+    proc = submit(
+        "local",
+        "--mode",
+        "evaluate",
+        "--model",
+        str(model),
+        "--primary",
+        *files,
+        "--files-per-job",
+        "1",
+        "--workdir",
+        str(tmp_path / "runs"),
+        "--parallel",
+        "2",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [line.split(":")[0] for line in proc.stdout.splitlines()[:3]] == ["e000", "e001", "e002"]
     summary = merge([str(tmp_path / "runs" / f"e00{k}" / "out.tgz") for k in range(3)], tmp_path / "merged")
@@ -538,10 +799,24 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     # Two good learning rates first, then two that barely move the loss: ASHA's rung after epoch 1
     # compares each trial with those that reached it before.
-    (tmp_path / "scan.yaml").write_text(yaml.safe_dump({
-        "method": "grid", "parameters": {"training.learning_rate": [0.003, 0.002, 1e-7, 2e-7]}}))
-    args = ["ray", "--config", "job.yaml", "--scan", "scan.yaml", "--primary", str(DATA / "sample_A.root"),
-            "--secondary", str(DATA / "sample_B.root"), "--workdir", "runs", "--cpus-per-trial", "1"]
+    (tmp_path / "scan.yaml").write_text(
+        yaml.safe_dump({"method": "grid", "parameters": {"training.learning_rate": [0.003, 0.002, 1e-7, 2e-7]}})
+    )
+    args = [
+        "ray",
+        "--config",
+        "job.yaml",
+        "--scan",
+        "scan.yaml",
+        "--primary",
+        str(DATA / "sample_A.root"),
+        "--secondary",
+        str(DATA / "sample_B.root"),
+        "--workdir",
+        "runs",
+        "--cpus-per-trial",
+        "1",
+    ]
     proc = submit(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "runs" / "summary.json").read_text())}

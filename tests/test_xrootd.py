@@ -29,8 +29,12 @@ pytestmark = pytest.mark.servers
 
 DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
 # A lost server is reported within seconds here (the job's defaults allow a minute).
-FAST_FAIL = {"XRD_CONNECTIONWINDOW": "2", "XRD_CONNECTIONRETRY": "1", "XRD_REQUESTTIMEOUT": "10",
-             "XRD_STREAMTIMEOUT": "5"}
+FAST_FAIL = {
+    "XRD_CONNECTIONWINDOW": "2",
+    "XRD_CONNECTIONRETRY": "1",
+    "XRD_REQUESTTIMEOUT": "10",
+    "XRD_STREAMTIMEOUT": "5",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,14 @@ def server():
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "payload", "-q", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **FAST_FAIL})
+    return subprocess.run(
+        [sys.executable, "-m", "payload", "-q", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **FAST_FAIL},
+    )
 
 
 def test_convert_reads_root_urls_like_local_files(server, tmp_path):
@@ -64,8 +74,19 @@ def test_run_reads_root_urls_and_records_them(server, tmp_path):
     from payload.manifest import adler32
 
     cfg = quick_job_config(tmp_path / "job.yaml")
-    proc = run("run", "--primary", server.url("sample_A.root"), "--secondary", server.url("sample_B.root"),
-               "--config", str(cfg), "--output", "out", "--no-job-report", cwd=tmp_path)
+    proc = run(
+        "run",
+        "--primary",
+        server.url("sample_A.root"),
+        "--secondary",
+        server.url("sample_B.root"),
+        "--config",
+        str(cfg),
+        "--output",
+        "out",
+        "--no-job-report",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     primary = manifest["inputs"]["primary"][0]
@@ -86,9 +107,26 @@ def test_server_lost_mid_conversion_leaves_no_output(server, tmp_path):
     raw = yaml.safe_load(default_config_path().read_text())
     raw["data"]["chunk_size"] = 2000
     cfg.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "payload", "-q", "convert", "--config", str(cfg),
-                             "--inputs", server.url("big.root"), "--output", "big.h5"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **FAST_FAIL})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "payload",
+            "-q",
+            "convert",
+            "--config",
+            str(cfg),
+            "--inputs",
+            server.url("big.root"),
+            "--output",
+            "big.h5",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **FAST_FAIL},
+    )
     try:
         deadline = time.time() + 120
         while not list(tmp_path.glob(".tmp-*big.h5")):  # conversion has started writing

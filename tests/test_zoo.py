@@ -36,8 +36,9 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     from payload.scaling import Scaler
 
     raw = _example("seed004_jet_compression.yaml", training={"epochs": 6})
-    result = run_job(parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), tmp_path,
-                     progress=False)
+    result = run_job(
+        parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), tmp_path, progress=False
+    )
     ae = result.metrics["autoencoder"]
     assert ae["test_mse"] < 0.5 * ae["baseline_mse"]
     assert ae["compression"] == {"latent_bytes": 12, "input_bytes": 16, "ratio": 0.75, "per": "object"}
@@ -66,8 +67,10 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     else:
         assert "skipped" in result.metrics["onnx"] and not (tmp_path / "model.onnx").exists()
     # The MSE recomputed from the model's output on these events is of the reported size.
-    mse = float((((direct - block.inputs["objects"]) ** 2).sum(-1) * block.inputs["mask"]).sum()
-                / (block.inputs["mask"].sum() * 4))
+    mse = float(
+        (((direct - block.inputs["objects"]) ** 2).sum(-1) * block.inputs["mask"]).sum()
+        / (block.inputs["mask"].sum() * 4)
+    )
     assert mse < 0.5 * ae["baseline_mse"]
     with h5py.File(tmp_path / "predictions.h5") as f:
         latent, sample = f["latent"][:500], f["sample"][:]
@@ -76,8 +79,9 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     assert set(np.unique(sample)) == {0, 1}
 
     # Evaluate mode applies the trained bundle to a new file: the secondary's per-event errors again.
-    applied = run_job(None, str(DATA / "sample_B.root"), None, tmp_path / "applied", mode="evaluate", model=tmp_path,
-                      progress=False)
+    applied = run_job(
+        None, str(DATA / "sample_B.root"), None, tmp_path / "applied", mode="evaluate", model=tmp_path, progress=False
+    )
     assert applied.metrics["autoencoder"]["test_mse"] == pytest.approx(ae["secondary_mse"], rel=1e-4)
     with h5py.File(tmp_path / "predictions.h5") as f, h5py.File(tmp_path / "applied" / "predictions.h5") as g:
         np.testing.assert_allclose(g["score"][:], f["score"][:][f["sample"][:] == 1], rtol=1e-4, atol=1e-7)
@@ -92,8 +96,12 @@ def test_event_vae_on_a_nanoaod_style_file(tmp_path):
     result = run_job(parse_config(raw), skhep_testdata.data_path("uproot-HZZ.root"), None, tmp_path, progress=False)
     ae = result.metrics["autoencoder"]
     width = 8 * 5 + 3  # padded objects x features, then event features
-    assert ae["compression"] == {"latent_bytes": 32, "input_bytes": 4 * width, "ratio": 32 / (4 * width),
-                                 "per": "event"}
+    assert ae["compression"] == {
+        "latent_bytes": 32,
+        "input_bytes": 4 * width,
+        "ratio": 32 / (4 * width),
+        "per": "event",
+    }
     assert {"met_x", "met_y", "vertices", "px", "e"} <= set(ae["residuals"])
     encoder = load_model(tmp_path / "encoder.keras")
     mean, log_var = encoder.predict_on_batch(np.zeros((3, width), np.float32))
@@ -106,38 +114,54 @@ def _scaler(names=("pt", "eta", "phi", "m")):
     n = len(names)
     offset = np.array([0.0, -2.5, -np.pi, 0.0])[:n]
     scale = np.array([100.0, 5.0, 2 * np.pi, 10.0])[:n]
-    return Scaler("minmax", ColumnScaling(list(names), ["none"] * n, offset, scale),
-                  ColumnScaling([], [], np.zeros(0), np.ones(0)))
+    return Scaler(
+        "minmax",
+        ColumnScaling(list(names), ["none"] * n, offset, scale),
+        ColumnScaling([], [], np.zeros(0), np.ones(0)),
+    )
 
 
 def test_augmentation_moves_only_what_the_symmetry_moves():
     from payload.augment import Augmenter
 
-    raw = {"task": "classify", "data": {"collections": [{"name": "j", "branches": {"pt": "a", "eta": "b", "phi": "c",
-                                                                                     "m": "d"}}],
-                                        "object_features": ["pt", "eta", "phi", "m"]},
-           "training": {"augment": ["phi_rotation", "eta_flip", "y_flip"]}}
+    raw = {
+        "task": "classify",
+        "data": {
+            "collections": [{"name": "j", "branches": {"pt": "a", "eta": "b", "phi": "c", "m": "d"}}],
+            "object_features": ["pt", "eta", "phi", "m"],
+        },
+        "training": {"augment": ["phi_rotation", "eta_flip", "y_flip"]},
+    }
     scaler = _scaler()
     augmenter = Augmenter(parse_config(raw), scaler)
     rng = np.random.default_rng(3)
     n, m = 200, 6
     counts = rng.integers(1, m + 1, n)
     mask = (np.arange(m) < counts[:, None]).astype(np.float32)
-    physical = np.stack([rng.uniform(20, 100, (n, m)), rng.uniform(-2.4, 2.4, (n, m)),
-                         rng.uniform(-np.pi, np.pi, (n, m)), rng.uniform(0, 10, (n, m))], -1)
+    physical = np.stack(
+        [
+            rng.uniform(20, 100, (n, m)),
+            rng.uniform(-2.4, 2.4, (n, m)),
+            rng.uniform(-np.pi, np.pi, (n, m)),
+            rng.uniform(0, 10, (n, m)),
+        ],
+        -1,
+    )
     scaled = (scaler.objects.apply(physical) * mask[..., None]).astype(np.float32)
     out = augmenter.random(scaled, mask, rng)
     back = scaler.objects.invert(out)
     real = mask > 0
-    np.testing.assert_allclose(out[..., [0, 3]], scaled[..., [0, 3]])      # pt and m untouched
-    assert not out[~real].any()                                           # padding stays 0
+    np.testing.assert_allclose(out[..., [0, 3]], scaled[..., [0, 3]])  # pt and m untouched
+    assert not out[~real].any()  # padding stays 0
     np.testing.assert_allclose(np.abs(back[..., 1])[real], np.abs(physical[..., 1])[real], atol=1e-4)
     assert (np.abs(back[..., 2][real]) <= np.pi + 1e-5).all()
     # One transformation per event: the azimuthal angle between two objects of an event is kept
     # up to the sign of a flip, so |delta phi| is unchanged.
     two = counts >= 2
+
     def dphi(p):
         return np.abs((p[two, 0, 2] - p[two, 1, 2] + np.pi) % (2 * np.pi) - np.pi)
+
     np.testing.assert_allclose(dphi(back), dphi(physical), atol=1e-4)
     assert not np.allclose(back[..., 2][real], physical[..., 2][real], atol=1e-2)
 
@@ -175,16 +199,19 @@ def test_higgsml_recipe_ensemble_ams_and_invariant_test_time_augmentation(tmp_pa
     source = EventSource(tmp_path / "work" / "primary.h5", config, scaler)
     inputs = source.read(0, 300, None).inputs
     source.close()
-    moved = {**inputs, "objects": Augmenter(config, scaler).transformed(inputs["objects"], inputs["mask"],
-                                                                        2 * np.pi / 4, -1.0, -1.0)}
+    moved = {
+        **inputs,
+        "objects": Augmenter(config, scaler).transformed(inputs["objects"], inputs["mask"], 2 * np.pi / 4, -1.0, -1.0),
+    }
     tta = make_predictor(config, model, scaler)
     np.testing.assert_allclose(tta(moved), tta(inputs), atol=2e-5)
     assert not np.allclose(predict(model, moved), predict(model, inputs), atol=2e-5)
 
 
 def _graph_config(**training) -> dict:
-    raw = _example("seed003_gcn_skim.yaml", training={"epochs": 5, "batch_size": 128, "learning_rate": 0.003,
-                                                      **training})
+    raw = _example(
+        "seed003_gcn_skim.yaml", training={"epochs": 5, "batch_size": 128, "learning_rate": 0.003, **training}
+    )
     raw["model"].update(phi_widths=[32], f_widths=[32])
     raw["model"]["graph"]["gcn_widths"] = [32, 32]
     return raw
@@ -224,8 +251,8 @@ def test_gcn_adjacency_and_node_permutation_invariance():
     before = np.asarray(model.predict_on_batch({"objects": objects, "mask": mask}))
     permuted = objects.copy()
     for i, c in enumerate(counts):
-        perm = rng.permutation(c)            # new slot k holds old node perm[k]
-        where = np.argsort(perm)             # old node j sits in new slot where[j]
+        perm = rng.permutation(c)  # new slot k holds old node perm[k]
+        where = np.argsort(perm)  # old node j sits in new slot where[j]
         nodes = objects[i, :c][perm]
         old_mother = nodes[:, names.index("mother")].astype(int)
         nodes[:, names.index("mother")] = np.where(old_mother >= 0, where[np.maximum(old_mother, 0)], -1)
@@ -264,9 +291,26 @@ def test_lr_range_test_writes_the_curve_and_a_suggestion(tmp_path):
     from payload.cli import main
 
     config = quick_job_config(tmp_path / "job.yaml")
-    code = main(["-q", "lr-find", "--config", str(config), "--primary", str(DATA / "sample_A.root"),
-                 "--secondary", str(DATA / "sample_B.root"), "--output", str(tmp_path / "lr"), "--steps", "60",
-                 "--start", "1e-6", "--stop", "1"])
+    code = main(
+        [
+            "-q",
+            "lr-find",
+            "--config",
+            str(config),
+            "--primary",
+            str(DATA / "sample_A.root"),
+            "--secondary",
+            str(DATA / "sample_B.root"),
+            "--output",
+            str(tmp_path / "lr"),
+            "--steps",
+            "60",
+            "--start",
+            "1e-6",
+            "--stop",
+            "1",
+        ]
+    )
     assert code == 0
     with (tmp_path / "lr" / "lr_range.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -283,10 +327,10 @@ def test_lr_suggestion_is_the_steepest_fall_of_a_noisy_curve():
     from payload.lrfind import _steepest_fall
 
     rng = np.random.default_rng(1)
-    x = np.linspace(-7, 1, 200)                      # log10 of the rate
+    x = np.linspace(-7, 1, 200)  # log10 of the rate
     y = 1 - 0.5 / (1 + np.exp(-3 * (x + 3))) + np.where(x > -0.5, (x + 0.5) ** 2, 0)
     noisy = y + rng.normal(0, 0.01, len(x))
-    noisy[:5] -= np.linspace(0.1, 0, 5)              # a falling start that is only noise
+    noisy[:5] -= np.linspace(0.1, 0, 5)  # a falling start that is only noise
     assert abs(x[_steepest_fall(x, noisy)] + 3) < 0.5
 
 

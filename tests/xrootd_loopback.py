@@ -25,15 +25,17 @@ class Server:
 
     def start(self) -> None:
         cfg = self.work / "xrootd.cfg"
-        cfg.write_text(f"xrd.port {self.port}\nall.export {self.export}\nxrootd.chksum adler32\n"
-                       f"all.adminpath {self.work}\nall.pidpath {self.work}\n")
+        cfg.write_text(
+            f"xrd.port {self.port}\nall.export {self.export}\nxrootd.chksum adler32\n"
+            f"all.adminpath {self.work}\nall.pidpath {self.work}\n"
+        )
         cmd = ["xrootd", "-c", str(cfg), "-l", str(self.work / "xrootd.log"), "-n", "payload-test"]
         if os.geteuid() == 0:
             cmd += ["-R", "nobody"]  # the daemon will not serve as root
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if wait_for_port(self.port, self.proc, 20):
             return
-        log = (self.work / "payload-test" / "xrootd.log")
+        log = self.work / "payload-test" / "xrootd.log"
         pytest.fail(f"xrootd did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
 
     def stop(self) -> None:

@@ -17,8 +17,9 @@ from payload.models.blocks import mlp
 from payload.models.layers import MaskedBatchNorm, Sampling
 
 
-def build_autoencoder(config: JobConfig, max_objects: int, object_names: list[str],
-                      event_names: list[str]) -> keras.Model:
+def build_autoencoder(
+    config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]
+) -> keras.Model:
     cfg, ae = config.model, config.model.autoencoder
     objects = keras.Input((max_objects, len(object_names)), name="objects")
     mask = keras.Input((max_objects,), name="mask")
@@ -70,4 +71,3 @@ def split(model: keras.Model, config: JobConfig) -> tuple[keras.Model, keras.Mod
     z = keras.Input((*lead, ae.latent), name="latent")
     decoder = keras.Model(z, model.get_layer("reconstruction")(_chain(model, "decoder_", z)), name="decoder")
     return encoder, decoder
-

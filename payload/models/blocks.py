@@ -16,11 +16,19 @@ def mlp(x, widths: list[int], cfg: ModelConfig, prefix: str, dropout: float | No
     # SELU is self-normalising only with LeCun-normal initial weights.
     init = "lecun_normal" if cfg.activation == "selu" else "glorot_uniform"
     for i, width in enumerate(widths):
-        h = layers.Dense(width, activation=None if cfg.batch_norm else cfg.activation, kernel_initializer=init,
-                         name=f"{prefix}_dense{i}")(x)
+        h = layers.Dense(
+            width,
+            activation=None if cfg.batch_norm else cfg.activation,
+            kernel_initializer=init,
+            name=f"{prefix}_dense{i}",
+        )(x)
         if cfg.batch_norm:
             norm = f"{prefix}_norm{i}"
-            h = MaskedBatchNorm(name=norm)([h, mask]) if mask is not None else layers.BatchNormalization(momentum=MOMENTUM, name=norm)(h)
+            h = (
+                MaskedBatchNorm(name=norm)([h, mask])
+                if mask is not None
+                else layers.BatchNormalization(momentum=MOMENTUM, name=norm)(h)
+            )
             h = layers.Activation(cfg.activation, name=f"{prefix}_act{i}")(h)
         if dropout:
             h = layers.Dropout(dropout, name=f"{prefix}_dropout{i}")(h)

@@ -54,8 +54,14 @@ def build_ensemble(members: list[tuple[object, Scaler]]):
     inputs = _inputs_like(members[0][0])
 
     def scaled(columns: ColumnScaling, x, name: str):
-        return FeatureScaling(columns.transforms, columns.offset.tolist(), columns.scale.tolist(),
-                              columns.floor.tolist(), columns.zero.tolist(), name=name)(x)
+        return FeatureScaling(
+            columns.transforms,
+            columns.offset.tolist(),
+            columns.scale.tolist(),
+            columns.floor.tolist(),
+            columns.zero.tolist(),
+            name=name,
+        )(x)
 
     fed = []
     for i, (_, scaler) in enumerate(members):

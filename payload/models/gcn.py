@@ -20,8 +20,14 @@ def build_gcn(config: JobConfig, max_objects: int, object_names: list[str], even
     inputs = {"objects": objects, "mask": mask}
     mother = Columns([object_names.index(cfg.graph.mother)], squeeze=True, name="mother")(objects)
     graph = MotherAdjacency(name="adjacency")([mother, mask])
-    h = mlp(features(objects, object_names, cfg, "nodes", skip=(cfg.graph.mother,)), cfg.phi_widths, cfg, "node",
-            dropout=0.0, mask=mask)
+    h = mlp(
+        features(objects, object_names, cfg, "nodes", skip=(cfg.graph.mother,)),
+        cfg.phi_widths,
+        cfg,
+        "node",
+        dropout=0.0,
+        mask=mask,
+    )
     for i, width in enumerate(cfg.graph.gcn_widths):
         h = GraphConv(width, cfg.activation, name=f"gcn{i}")([h, graph])
     h = MaskedPool("mean", name="pool")([h, mask])

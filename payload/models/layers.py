@@ -44,15 +44,25 @@ class FeatureScaling(keras.layers.Layer):
     padded objects set back to 0 when a mask is given.  Lets an ensemble of members with different
     scalers take one (raw) input."""
 
-    def __init__(self, transforms: list[str], offset: list[float], scale: list[float],
-                 floor: list[float] | None = None, zero: list[float] | None = None, **kwargs):
+    def __init__(
+        self,
+        transforms: list[str],
+        offset: list[float],
+        scale: list[float],
+        floor: list[float] | None = None,
+        zero: list[float] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.transforms, self.offset, self.scale = list(transforms), list(offset), list(scale)
         n = len(self.transforms)
         # Models saved before floors were fitted used log(max(x, 1e-6)).
         self.floor = list(floor) if floor is not None else [1e-6] * n
-        self.zero = list(zero) if zero is not None else [
-            math.log(1e-6) if t == "log" else math.log10(1e-6) if t == "log10" else 0.0 for t in self.transforms]
+        self.zero = (
+            list(zero)
+            if zero is not None
+            else [math.log(1e-6) if t == "log" else math.log10(1e-6) if t == "log10" else 0.0 for t in self.transforms]
+        )
 
     def call(self, inputs):
         x, mask = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
@@ -77,8 +87,14 @@ class FeatureScaling(keras.layers.Layer):
         return tuple(first) if isinstance(first, (tuple, list)) else input_shape  # [x, mask] or x
 
     def get_config(self):
-        return {**super().get_config(), "transforms": self.transforms, "offset": self.offset, "scale": self.scale,
-                "floor": self.floor, "zero": self.zero}
+        return {
+            **super().get_config(),
+            "transforms": self.transforms,
+            "offset": self.offset,
+            "scale": self.scale,
+            "floor": self.floor,
+            "zero": self.zero,
+        }
 
 
 @keras.saving.register_keras_serializable(package="payload")
@@ -173,12 +189,12 @@ class GraphConv(keras.layers.Layer):
         return (*input_shape[0][:-1], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "activation": keras.activations.serialize(self.activation)}
+        return {**super().get_config(), "units": self.units, "activation": keras.activations.serialize(self.activation)}
 
 
 def distance_correlation_squared(x, y):
     """Sample dCorr^2 of two (batch,) tensors (Szekely et al.): 0 only for independent variables."""
+
     def centred(v):
         d = ops.abs(ops.expand_dims(v, 0) - ops.expand_dims(v, 1))
         return d - ops.mean(d, axis=0, keepdims=True) - ops.mean(d, axis=1, keepdims=True) + ops.mean(d)
