@@ -348,11 +348,12 @@ def train(
                 if val_streams is not None:
                     fit_kwargs = {"validation_data": ValidationBatches(lambda: val_streams(0))}
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
+                assert model is not None  # resumed or built above
                 model.fit(
                     batches,
                     steps_per_epoch=steps,
                     epochs=config.training.epochs,
-                    initial_epoch=initial_epoch,  # type: ignore[union-attr]
+                    initial_epoch=initial_epoch,
                     verbose=0,
                     shuffle=False,
                     **fit_kwargs,

@@ -48,15 +48,10 @@ class LocalRun:
         # The inputs and the config are mounted read-only at their own paths; the point's
         # directory is the working directory, as on the grid.  --mount, not -v: a path holding ':'
         # would split -v's SRC:DST:MODE, and --mount's CSV value quotes commas.
-        mounts = {
-            str(Path(p).resolve().parent)
-            for p in [
-                *self.primary,
-                *self.secondary,  # type: ignore[arg-type]
-                *([config] if config is not None else []),
-                *([self.model] if self.model else []),
-            ]
-        }
+        paths: list[str | Path] = [*self.primary, *self.secondary]
+        paths += [config] if config is not None else []
+        paths += [self.model] if self.model else []
+        mounts = {str(Path(p).resolve().parent) for p in paths}
         argv = [
             "docker",
             "run",
