@@ -75,9 +75,8 @@ class DataConfig(_Strict):
     energy_features: list[str] = Field(default_factory=lambda: ["pt", "m", "e", "met"])
     #: Entries read per conversion task.
     chunk_size: Annotated[int, Field(ge=100)] = 50_000
-    workers: Annotated[int, Field(ge=0, le=512)] = (
-        0  # reading processes; 0 = one per core the job may use, less one (1 on two cores)
-    )
+    #: Reading processes; 0 = one per core the job may use, less one (1 on two cores).
+    workers: Annotated[int, Field(ge=0, le=512)] = 0
     #: HDF5 compression of the work files.
     compression: Literal["blosc-lz4", "lzf", "gzip", "none"] = "blosc-lz4"
     #: NaN or infinite values in a stored branch: ``error`` stops the job (exit 7) naming the branch
