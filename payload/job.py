@@ -161,19 +161,9 @@ def _run(
         raise ConfigError("--mode train needs --config")
     if mode == "train" and not secondary and config.task != "autoencode":
         raise ConfigError(f"task {config.task} needs --secondary")
-    inputs = {"primary": expand_inputs(primary)}
-    if secondary:
-        inputs["secondary"] = expand_inputs(secondary)
-    check_samples_differ(inputs)
-    with timer.stage("inputs"):
-        described = {name: [describe_input(f) for f in files] for name, files in inputs.items()}
-    identities = {name: [identity(d) for d in described[name]] for name in inputs}
-    work = output / "work"
-    work.mkdir(exist_ok=True)
-    converted = {}
-    for name, files in inputs.items():
-        with timer.stage(f"convert_{name}"):
-            converted[name] = work_file(config, files, identities[name], work / f"{name}.h5", progress)
+    described, identities, converted = convert_samples(
+        config, {"primary": primary, "secondary": secondary}, output / "work", progress, timer
+    )
     if mode == "train":
         bind_checkpoints(output, config, identities)
     metrics = _train_and_evaluate(
@@ -215,6 +205,29 @@ def _run(
         manifest["tarball"] = str(tarball)
     write_json(output / "manifest.json", manifest)
     return JobResult(output, metrics, manifest)
+
+
+def convert_samples(
+    config: JobConfig, given: dict[str, str | None], work: Path, progress: bool, timer: Timer | None = None
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Any]], dict[str, Path]]:
+    """Each given sample's inputs expanded once, checked, described (size, checksum) and converted to
+    its work file ``work/<sample>.h5``, or the work file reused when it was made from these very inputs:
+    (descriptions, identities, work files) per sample.  Shared by the job and ``payload lr-find``."""
+
+    def stage(name: str):
+        return timer.stage(name) if timer is not None else contextlib.nullcontext()
+
+    inputs = {name: expand_inputs(spec) for name, spec in given.items() if spec}
+    check_samples_differ(inputs)
+    with stage("inputs"):
+        described = {name: [describe_input(f) for f in files] for name, files in inputs.items()}
+    identities = {name: [identity(d) for d in described[name]] for name in inputs}
+    work.mkdir(parents=True, exist_ok=True)
+    converted = {}
+    for name, files in inputs.items():
+        with stage(f"convert_{name}"):
+            converted[name] = work_file(config, files, identities[name], work / f"{name}.h5", progress)
+    return described, identities, converted
 
 
 def data_quality(converted: dict[str, Path]) -> dict[str, dict[str, Any]]:

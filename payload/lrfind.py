@@ -34,11 +34,8 @@ def lr_range_test(
     import keras
 
     from payload.feed import epoch_batches
-    from payload.inputs import expand_inputs
-    from payload.job import labelled_sources
-    from payload.manifest import describe_input
+    from payload.job import convert_samples, labelled_sources
     from payload.models import build_model_for
-    from payload.resume import identity, work_file
     from payload.train import compile_model, make_stream_factory, prepare
 
     if not 0 < start < stop:
@@ -49,14 +46,8 @@ def lr_range_test(
     if len(names) == 2 and not secondary:
         raise ConfigError(f"task {config.task} needs --secondary")
     output = Path(output)
-    (output / "work").mkdir(parents=True, exist_ok=True)
-    given = {"primary": primary, "secondary": secondary}
-    files = {}
-    for n in names:
-        listed = expand_inputs(given[n])
-        files[n] = work_file(
-            config, listed, [identity(describe_input(f)) for f in listed], output / "work" / f"{n}.h5", progress
-        )
+    given = {"primary": primary, "secondary": secondary if len(names) == 2 else None}
+    _, _, files = convert_samples(config, given, output / "work", progress)
     raw = [source for source, _ in labelled_sources(config, files, None)]
     scaler, tallies = prepare(config, raw)
     sources = labelled_sources(config, files, scaler)
