@@ -47,6 +47,15 @@ def _execute(argv: list[str], failed: str, cwd: Path | None = None) -> None:
         raise PayloadError(failed)
 
 
+def _check_mode(args: argparse.Namespace, model_is: str = "the trained job's output directory or tarball") -> None:
+    """--mode evaluate needs --model (``model_is`` says what it may be); training needs --config."""
+    if getattr(args, "mode", "train") == "evaluate":
+        if not args.model:
+            raise ConfigError(f"--mode evaluate needs --model: {model_is}")
+    elif not args.config:
+        raise ConfigError("training needs --config (and --scan and/or --folds for several points)")
+
+
 def _gpu(args: argparse.Namespace):
     from submit.prun import GpuRequest
 
@@ -86,12 +95,8 @@ def cmd_prun(args: argparse.Namespace) -> int:
         force_staged=not args.no_force_staged,
     )
     reads: set[str] = set()
+    _check_mode(args, "a Rucio DID of the trained job's tarball, or its output directory or tarball here")
     if args.mode == "evaluate":
-        if not args.model:
-            raise ConfigError(
-                "--mode evaluate needs --model: a Rucio DID of the trained job's tarball, or its "
-                "output directory or tarball here"
-            )
         if Path(args.model).exists():  # a local bundle travels in the sandbox, slimmed to what applies it
             sandbox.slim_bundle(args.model, box / "model.tgz")
             job.model, job.model_in_sandbox = "model.tgz", True
@@ -101,8 +106,6 @@ def cmd_prun(args: argparse.Namespace) -> int:
         paths: list[Path] = []
         names = ["job"]
     else:
-        if not args.config:
-            raise ConfigError("--mode train needs --config")
         paths, names = _points(args, box / "points")
         if names == ["job"]:  # under a plain name: panda-client's archiver drops names holding quotes
             shutil.copyfile(args.config, box / "job.yaml")
@@ -156,6 +159,7 @@ def cmd_phpo(args: argparse.Namespace) -> int:
 def cmd_condor(args: argparse.Namespace) -> int:
     from submit.condor import CondorJob, write_dag, write_evaluation_dag, write_submit
 
+    _check_mode(args)
     directory = Path(args.directory)
     directory.mkdir(parents=True, exist_ok=True)
     job = CondorJob(
@@ -171,8 +175,6 @@ def cmd_condor(args: argparse.Namespace) -> int:
         from submit.groups import file_groups
         from submit.sandbox import slim_bundle
 
-        if not args.model:
-            raise ConfigError("--mode evaluate needs --model: the trained job's output directory or tarball")
         groups = file_groups(job.primary, job.secondary, args.files_per_job, args.secondary_files_per_job)
         slim_bundle(args.model, directory / "model.tgz")  # transferred to every node
         path = write_evaluation_dag(job, "model.tgz", groups, directory)
@@ -181,8 +183,6 @@ def cmd_condor(args: argparse.Namespace) -> int:
             f"cd {shlex.quote(str(directory))} && condor_submit_dag {path.name}"
         )
         return 0
-    if not args.config:
-        raise ConfigError("--mode train needs --config")
     configs, names = _points(args, directory)
     items = []
     for config, name in zip(configs, names):
@@ -201,6 +201,7 @@ def cmd_condor(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from submit.local import LocalRun, run_evaluations, run_points
 
+    _check_mode(args)
     workdir = Path(args.workdir)
     run = LocalRun(
         expand_inputs(args.primary),
@@ -212,15 +213,11 @@ def cmd_local(args: argparse.Namespace) -> int:
     if args.mode == "evaluate":
         from submit.groups import file_groups
 
-        if not args.model:
-            raise ConfigError("--mode evaluate needs --model: the trained job's output directory or tarball")
         run.model = args.model
         results = run_evaluations(
             run, file_groups(run.primary, run.secondary, args.files_per_job, args.secondary_files_per_job), workdir
         )
     else:
-        if not args.config:
-            raise ConfigError("--mode train needs --config")
         configs, names = _points(args, workdir / "points")
         results = run_points(run, configs, names, workdir)
     for r in results:
@@ -243,8 +240,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_ray(args: argparse.Namespace) -> int:
     from submit.raytune import RayScan, run_scan
 
-    if not args.config:
-        raise ConfigError("payload-submit ray needs --config (and --scan and/or --folds for several points)")
+    _check_mode(args)
     workdir = Path(args.workdir)
     configs, names = _points(args, workdir / "points")
     scan = RayScan(

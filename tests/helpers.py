@@ -39,3 +39,25 @@ def quick_job_config(path: Path) -> Path:
     raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def run_in_pty(argv: list[str], timeout: float = 600, **popen) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its stdin, stdout and stderr, as in a person's terminal:
+    (exit code, everything it wrote)."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True, **popen)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the terminal is gone once the process and its children have exited
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")

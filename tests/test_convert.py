@@ -315,13 +315,11 @@ def test_each_input_is_opened_once_and_closed_when_the_next_begins(tmp_path, mon
 
 def test_progress_on_a_terminal(tmp_path, jagged_file):
     """On a TTY the progress line is redrawn in place and shows the rate."""
-    import os
-    import pty
-    import subprocess
     import sys
 
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
+    from tests.helpers import run_in_pty
+
+    code, text = run_in_pty(
         [
             sys.executable,
             "-m",
@@ -334,23 +332,9 @@ def test_progress_on_a_terminal(tmp_path, jagged_file):
             "--config",
             str(_write_config(tmp_path)),
         ],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
+        timeout=120,
     )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert proc.wait(timeout=120) == 0
-    text = b"".join(chunks).decode()
+    assert code == 0
     assert "events/s" in text and "1,000/1,000 events" in text
 
 

@@ -4,13 +4,12 @@ line of a job started from a terminal."""
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import DATA, quick_job_config
+from tests.helpers import DATA, quick_job_config, run_in_pty
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +44,7 @@ def test_demo_prints_only_its_own_lines(tmp_path):
 
 def test_a_terminal_gets_a_live_training_line(tmp_path):
     config = quick_job_config(tmp_path / "job.yaml")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
+    code, text = run_in_pty(
         [
             sys.executable,
             "-m",
@@ -62,25 +60,10 @@ def test_a_terminal_gets_a_live_training_line(tmp_path):
             str(tmp_path / "out"),
             "--no-job-report",
         ],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        close_fds=True,
         env=_env(),
         cwd=tmp_path,
     )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert proc.wait(timeout=600) == 0
-    text = b"".join(chunks).decode()
+    assert code == 0, text[-2000:]
     live = [part for part in text.split("\r") if part.startswith("epoch 1/1: ")]
     assert live, text[-2000:]
     assert any("samples/s" in part and "batch " in part for part in live)
