@@ -391,7 +391,7 @@ class JobConfig(_Strict):
     """The whole job: one config drives every stage and is dumped into every output."""
 
     #: The config format's version (configs without one are version 1 and are migrated on loading).
-    version: Literal[2] = 2
+    version: Annotated[int, Field(ge=CONFIG_VERSION, le=CONFIG_VERSION)] = CONFIG_VERSION
     #: `reweight` (secondary / primary density ratio as weights), `classify` (primary = signal),
     #: `autoencode` (the primary alone).
     task: Literal["reweight", "classify", "autoencode"] = "reweight"
