@@ -113,10 +113,6 @@ def open_job(source: str, scratch: Path, name: str) -> Job:
     if manifest.get("status") != "success":
         raise InputCorruptError(f"manifest status is {manifest.get('status')!r}")
     metrics = parse_metrics(_read_json(directory / "metrics.json", "metrics.json"))
-    for friend in manifest.get("friends", []):
-        path = directory / "friends" / friend["file"]
-        if not path.is_file() or adler32(path) != friend["adler32"]:
-            raise InputCorruptError(f"friends/{friend['file']} missing or not the file the manifest lists")
     try:
         config = load_config(directory / "config.yaml")
     except PayloadError as err:
@@ -379,20 +375,26 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
 
 def merge_friends(jobs: list[Job], dest: Path) -> dict[str, Any]:
     """The jobs' friend trees side by side (an evaluation fan-out: each input in one job), each
-    checked against its job's manifest by ``open_job``.  An input in several jobs (k folds, a scan)
-    has no single answer: it is listed, not merged; each job's own friends stay in its output."""
+    checked against its job's manifest: a missing or altered one is listed as damaged and not copied
+    (the job's model and predictions still merge).  An input in several jobs (k folds, a scan) has no
+    single answer: it is listed, not merged; each job's own friends stay in its output."""
     owners: dict[str, list[tuple[Job, dict[str, Any]]]] = {}
     for job in jobs:
         for entry in job.manifest.get("friends", []):
             owners.setdefault(entry["file"], []).append((job, entry))
-    copied, several = [], []
+    copied, several, damaged = [], [], []
     for name, held in sorted(owners.items()):
         if len(held) > 1:
             several.append(f"{name} ({', '.join(j.name for j, _ in held)})")
             continue
         job, entry = held[0]
+        source = job.directory / "friends" / name
+        if not source.is_file() or adler32(source) != entry["adler32"]:
+            log.warning("job %s: friends/%s missing or not the file its manifest lists; not merged", job.name, name)
+            damaged.append({"file": name, "job": job.name})
+            continue
         dest.mkdir(exist_ok=True)
-        shutil.copyfile(job.directory / "friends" / name, dest / name)  # checked by open_job
+        shutil.copyfile(source, dest / name)
         copied.append({**entry, "job": job.name})
     if several:
         log.info(
@@ -400,7 +402,7 @@ def merge_friends(jobs: list[Job], dest: Path) -> dict[str, Any]:
             len(several),
             "; ".join(several[:3]),
         )
-    return {"files": copied, "in_several_jobs": several}
+    return {"files": copied, "in_several_jobs": several, "damaged": damaged}
 
 
 def merge(

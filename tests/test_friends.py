@@ -122,15 +122,18 @@ def test_friends_of_an_evaluation_fan_out_merge(trained):
         job = jobs[int(name.split("_")[2][0])]
         assert (tmp / "merged" / "friends" / name).read_bytes() == (job / "friends" / name).read_bytes()
 
-    # A job whose friend file no longer matches its manifest is skipped, with the reason.
+    # A friend file that no longer matches its job's manifest is reported and not merged; the
+    # job's other outputs still are.
     bad = tmp / "bad"
     shutil.copytree(jobs[1], bad)
     with open(bad / "friends" / "new_A_1.friend.root", "r+b") as f:
         f.seek(-100, 2)
         f.write(b"\0" * 100)
     summary = merge([str(jobs[0]), str(bad)], tmp / "merged_bad")
-    assert [s["name"] for s in summary["skipped"]] == ["bad"]
-    assert "new_A_1.friend.root" in summary["skipped"][0]["reason"]
+    assert summary["merged"] == ["bad", "eval_0"] and not summary["skipped"]
+    assert summary["friends"]["damaged"] == [{"file": "new_A_1.friend.root", "job": "bad"}]
+    assert not (tmp / "merged_bad" / "friends" / "new_A_1.friend.root").exists()
+    assert (tmp / "merged_bad" / "friends" / "new_B_1.friend.root").exists()
 
 
 def test_friends_are_the_same_when_memory_allows_one_file_at_a_time(tmp_path, monkeypatch):
