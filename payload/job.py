@@ -349,6 +349,8 @@ def _train_and_evaluate(
             prepare(config, trained, fit=mode == "train") if len(trained) == 2 or autoencode else (None, None)
         )
     metrics: dict[str, Any] = {"task": config.task, "mode": mode, "warnings": []}
+    # A former run's export must not sit beside this run's model when this one writes none.
+    (output / "model.onnx").unlink(missing_ok=True)
     if mode == "train":
         assert fitted is not None  # training always has its samples (checked before conversion)
         scaler = fitted

@@ -22,6 +22,10 @@ TOLERANCE = 1e-4
 INSTALL = "pip install 'grid-payload[onnx]'"
 
 
+class _ConverterFailed(Exception):
+    pass
+
+
 def available() -> str | None:
     """None when an export can run, else why not."""
     import keras
@@ -41,24 +45,29 @@ def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) ->
     import onnxruntime as ort
 
     reference = np.asarray(model(batch))  # also marks the model as called, which the exporter needs
-    with atomic_path(path) as tmp:
-        try:
-            with warnings.catch_warnings():  # the converter's NumPy 2 deprecations are not the user's business
-                warnings.simplefilter("ignore")
-                model.export(str(tmp), format="onnx", verbose=False)
-        except Exception as err:  # noqa: BLE001 - a layer the converter cannot express: the job's outputs stand
-            log.warning("no model.onnx: the ONNX converter failed (%s: %s)", type(err).__name__, str(err)[:200])
-            return {"skipped": f"the ONNX converter failed: {type(err).__name__}"}
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        feed = batch if isinstance(batch, dict) else {names[0]: batch}
-        got = session.run(None, {name: np.asarray(feed[name], dtype=np.float32) for name in names})[0]
-        difference = float(np.max(np.abs(got - reference))) if reference.size else 0.0
-        if not difference <= TOLERANCE:
-            raise RuntimeError(
-                f"model.onnx differs from model.keras by {difference:.3g} (> {TOLERANCE}) on "
-                f"{len(reference)} test events"
-            )
+    try:
+        with atomic_path(path) as tmp:
+            try:
+                with warnings.catch_warnings():  # the converter's NumPy 2 deprecations are not the user's business
+                    warnings.simplefilter("ignore")
+                    model.export(str(tmp), format="onnx", verbose=False)
+            except Exception as err:  # a layer the converter cannot express: the job's other outputs stand
+                # Raised out of the block, so atomic_path removes whatever the converter left behind
+                # instead of putting a partial file in place.
+                raise _ConverterFailed(f"{type(err).__name__}: {str(err)[:200]}") from err
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()]
+            feed = batch if isinstance(batch, dict) else {names[0]: batch}
+            got = session.run(None, {name: np.asarray(feed[name], dtype=np.float32) for name in names})[0]
+            difference = float(np.max(np.abs(got - reference))) if reference.size else 0.0
+            if not difference <= TOLERANCE:
+                raise RuntimeError(
+                    f"model.onnx differs from model.keras by {difference:.3g} (> {TOLERANCE}) on "
+                    f"{len(reference)} test events"
+                )
+    except _ConverterFailed as failed:
+        log.warning("no model.onnx: the ONNX converter failed (%s)", failed)
+        return {"skipped": f"the ONNX converter failed: {failed}"}
     log.info("model.onnx written: ONNX Runtime equals Keras within %.1g on %d test events", difference, len(reference))
     return {
         "file": path.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401  (the work files' Blosc filter)
@@ -84,3 +85,24 @@ def test_the_documented_recipe_gives_the_jobs_weights(tmp_path):
     ratio = nn_weight[~outlier] / weights[~outlier]
     np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-4)
     assert weights.std() > 0.01
+
+
+def test_a_converter_failure_leaves_no_model_onnx(tmp_path, monkeypatch):
+    """A network the converter cannot express is a recorded skip, and whatever the converter wrote
+    before failing is removed, not put in place as model.onnx (nor a former run's left there)."""
+    import keras
+
+    from payload import onnx
+
+    inputs = keras.Input((3,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    batch = np.ones((4, 3), np.float32)
+
+    def broken_export(path, **kwargs):
+        Path(path).write_bytes(b"half an ONNX file")
+        raise NotImplementedError("no ONNX op for this layer")
+
+    monkeypatch.setattr(model, "export", broken_export)
+    result = onnx.export_onnx(model, tmp_path / "model.onnx", batch)
+    assert result == {"skipped": "the ONNX converter failed: NotImplementedError: no ONNX op for this layer"}
+    assert list(tmp_path.iterdir()) == []
