@@ -95,7 +95,7 @@ def run_point(
         out = {"status": 0, "loss": loss, "message": f"{objective_name} {loss:.6g} for {point.overrides}"}
     except PayloadError as err:
         out = {"status": err.exit_code, "loss": None, "message": err.message}
-    except Exception as err:
+    except Exception as err:  # the steering must hear of every failure, whatever it was
         out = {"status": EXIT_INTERNAL, "loss": None, "message": f"{type(err).__name__}: {err}"}
         write_json(directory / output_json, out)
         raise

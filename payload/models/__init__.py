@@ -32,7 +32,7 @@ def load_model(path):
     """Load a saved model in Keras safe mode, with this package's custom layers and schedules registered."""
     import keras
 
-    import payload.models.layers
+    import payload.models.layers  # registers the custom layers, which loading resolves by name
     import payload.schedules  # noqa: F401 - registers the LR schedules
 
     return keras.saving.load_model(path, safe_mode=True)
