@@ -28,11 +28,23 @@ DEFAULT_DIR = "prun-sandbox"
 SANDBOX_LIMIT = 10 * 1024 * 1024
 
 
+#: Marks a directory as a staged sandbox, which the next submission may empty (a dot file: prun's
+#: archiver leaves it out).
+MARKER = ".payload-sandbox"
+
+
 def stage(directory: Path) -> Path:
-    """A fresh, empty sandbox directory (a former submission's files removed)."""
+    """A fresh, empty sandbox directory (a former submission's files removed).  Only a directory this
+    helper staged is emptied: ``--sandbox .`` or any other directory holding files is refused."""
     if directory.exists():
+        if any(directory.iterdir()) and not (directory / MARKER).is_file():
+            raise ConfigError(
+                f"--sandbox {directory}: exists and holds files this helper did not stage; "
+                "give a new directory (it is emptied on every submission)"
+            )
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
+    (directory / MARKER).write_text("staged by payload-submit prun; emptied on every submission\n")
     return directory
 
 
