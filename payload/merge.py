@@ -149,6 +149,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _varying(flat: list[dict[str, Any]]) -> list[str]:
+    """The dotted config keys whose values differ between the flattened configs, sorted."""
+    keys = sorted({k for f in flat for k in f})
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+
+
 def metric_value(job: Job, metric: str) -> float | None:
     return job.metrics.headline(metric)
 
@@ -156,8 +162,7 @@ def metric_value(job: Job, metric: str) -> float | None:
 def job_table(jobs: list[Job], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows): the config keys that differ between jobs and the headline metrics, best first."""
     flat = [_flatten(config_to_dict(j.config)) for j in jobs]
-    keys = sorted({k for f in flat for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    varying = _varying(flat)
     rows = []
     for job, f in zip(jobs, flat):
         row: dict[str, Any] = {"job": job.name}
@@ -261,8 +266,7 @@ def fold_points(jobs: list[Job], metric: str) -> list[dict[str, Any]]:
         config["split"].pop("fold", None)
         groups.setdefault(json.dumps(config, sort_keys=True), []).append(job)
     flat = {key: _flatten(json.loads(key)) for key in groups}
-    keys = sorted({k for f in flat.values() for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    varying = _varying(list(flat.values()))
     points: list[dict[str, Any]] = []
     for key, members in groups.items():
         folds = sorted(j.config.split.fold for j in members)
