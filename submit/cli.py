@@ -252,6 +252,7 @@ def cmd_ray(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        parallel=args.parallel,
     )
     rows = run_scan(scan, configs, names)
     for r in rows:
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, help="default: 1 when the cluster has GPUs, else 0")
+    p.add_argument("--parallel", type=int, help="trials running at once (default: as many as the resources allow)")
     p.set_defaults(func=cmd_ray)
     return parser
 

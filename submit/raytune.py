@@ -35,6 +35,7 @@ class RayScan:
     scheduler: str = "asha"  # or "fifo": every point runs to its last epoch
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: one GPU per trial when the cluster has GPUs
+    parallel: int | None = None  # trials running at once (None: as many as the resources allow)
 
 
 class StoppedEarly(Terminated):
@@ -102,6 +103,25 @@ def _status(out: Path, epochs: int | None, failed: bool) -> tuple[str, str | Non
     return ("stopped early" if error.startswith("stopped early") else "error"), error
 
 
+def _check_same_experiment(workdir: Path, points: list[dict[str, Any]], scan: RayScan) -> None:
+    """Rerunning resumes the experiment in ``WORKDIR/tune``, whose points are fixed when it starts: a
+    changed scan, config or input list there would be silently ignored, so it is refused instead."""
+    record = workdir / "experiment.json"
+    current = {
+        "points": [{**p, "config_text": Path(p["config"]).read_text()} for p in points],
+        "metric": scan.metric,
+        "scheduler": scan.scheduler,
+    }
+    if (workdir / EXPERIMENT).exists() and record.exists():
+        if json.loads(record.read_text()) != current:
+            raise ConfigError(
+                f"--workdir {workdir}: holds a Ray Tune experiment of another scan (points, configs, inputs, "
+                "metric or scheduler differ); give a new --workdir to start this one"
+            )
+        return
+    write_json(record, current)
+
+
 def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[str, Any]]:
     """Run every point as a Tune trial; one summary row per point, also in ``WORKDIR/summary.json``."""
     try:
@@ -126,6 +146,7 @@ def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[
         }
         for c, n in zip(configs, names)
     ]
+    _check_same_experiment(workdir, points, scan)
     ray.init(
         address=scan.address,
         include_dashboard=False,
@@ -150,7 +171,9 @@ def run_scan(scan: RayScan, configs: list[Path], names: list[str]) -> list[dict[
             tuner = tune.Tuner(
                 trainable,
                 param_space={"point": tune.grid_search(points)},
-                tune_config=tune.TuneConfig(metric=scan.metric, mode="min", scheduler=scheduler),
+                tune_config=tune.TuneConfig(
+                    metric=scan.metric, mode="min", scheduler=scheduler, max_concurrent_trials=scan.parallel
+                ),
                 run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(workdir), verbose=0),
             )
         grid = tuner.fit()

@@ -797,8 +797,9 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     raw["training"].update(epochs=4, early_stopping_patience=0)
     raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
-    # Two good learning rates first, then two that barely move the loss: ASHA's rung after epoch 1
-    # compares each trial with those that reached it before.
+    # Two good learning rates first, then two that barely move the loss.  Two trials at a time, so the
+    # poor ones reach ASHA's rung after epoch 1 after the good ones and are stopped there; of the two
+    # good ones, whichever reaches a rung first goes on, so at least one trains to the end.
     (tmp_path / "scan.yaml").write_text(
         yaml.safe_dump({"method": "grid", "parameters": {"training.learning_rate": [0.003, 0.002, 1e-7, 2e-7]}})
     )
@@ -816,16 +817,18 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
         "runs",
         "--cpus-per-trial",
         "1",
+        "--parallel",
+        "2",
     ]
     proc = submit(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = {r["name"]: r for r in json.loads((tmp_path / "runs" / "summary.json").read_text())}
     assert set(rows) == {"p000", "p001", "p002", "p003"}
-    assert rows["p000"]["status"] == "finished" and rows["p000"]["epochs"] == 4
     stopped = [n for n, r in rows.items() if r["status"] == "stopped early"]
-    assert stopped and set(stopped) <= {"p002", "p003"}, rows
-    assert all(rows[n]["epochs"] < 4 for n in stopped)
     finished = [n for n, r in rows.items() if r["status"] == "finished"]
+    assert {"p002", "p003"} <= set(stopped) and rows["p002"]["epochs"] == rows["p003"]["epochs"] == 1, rows
+    assert finished and set(finished) <= {"p000", "p001"} and set(finished) | set(stopped) == set(rows), rows
+    assert all(rows[n]["epochs"] == 4 for n in finished) and all(rows[n]["epochs"] < 4 for n in stopped)
     summary = merge([str(tmp_path / "runs" / n / "out") for n in rows], tmp_path / "merged")
     assert summary["merged"] == sorted(finished)
     skipped = {s["name"]: s["reason"] for s in summary["skipped"]}
@@ -836,6 +839,13 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     again = submit(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {n: (tmp_path / "runs" / n / "out.tgz").stat().st_mtime_ns for n in finished} == before
+
+    # Another scan in the same directory would be ignored by the restored experiment: refused.
+    (tmp_path / "scan.yaml").write_text(
+        yaml.safe_dump({"method": "grid", "parameters": {"training.learning_rate": [0.01]}})
+    )
+    changed = submit(*args, cwd=tmp_path)
+    assert changed.returncode == 2 and "another scan" in changed.stderr, changed.stderr[-2000:]
 
 
 def test_prun_never_empties_a_directory_it_did_not_stage(submit_dir):
