@@ -65,7 +65,7 @@ def main() -> None:
     import yaml
 
     from payload.config import parse_config
-    from payload.job import run_job
+    from payload.job import train_job
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     tarball = args.workdir / "job.tgz"
@@ -74,7 +74,7 @@ def main() -> None:
         raw["training"]["epochs"] = 1
         raw["evaluation"]["closure_classifier"] = False
         data = REPO / "payload" / "data"
-        run_job(
+        train_job(
             parse_config(raw),
             str(data / "sample_A.root"),
             str(data / "sample_B.root"),

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from payload import __version__
-from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, PayloadError
+from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, OutputError, PayloadError
 from payload.signals import Terminated
 
 log = logging.getLogger("payload")
@@ -49,9 +49,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace):
+    """The train or evaluate job the flags ask for."""
+    from payload.job import evaluate_job, train_job
+
+    given = {"tarball": args.tarball, "progress": not args.quiet, "require_gpu": args.require_gpu}
+    if args.mode == "evaluate":
+        if not args.model:
+            raise ConfigError("--mode evaluate needs --model (a trained job's output directory or tarball)")
+        return evaluate_job(args.model, args.primary, args.secondary, args.output, **given)
+    if not args.config:
+        raise ConfigError("--mode train needs --config")
+    config = _config(args.config)
+    if not args.secondary and config.task != "autoencode":
+        raise ConfigError(f"task {config.task} needs --secondary")
+    return train_job(config, args.primary, args.secondary, args.output, **given)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from payload.gridreport import write_report
-    from payload.job import run_job
 
     report_dir = Path.cwd()  # where the PanDA pilot looks for userJobMetadata.json
     if args.job_report and not os.access(report_dir, os.W_OK | os.X_OK):
@@ -60,18 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "goes there; run from a writable directory or pass --no-job-report"
         )
     try:
-        config = _config(args.config) if args.mode == "train" else None
-        result = run_job(
-            config,
-            args.primary,
-            args.secondary,
-            args.output,
-            mode=args.mode,
-            model=args.model,
-            tarball=args.tarball,
-            progress=not args.quiet,
-            require_gpu=args.require_gpu,
-        )
+        result = _run(args)
     except (PayloadError, Terminated) as err:
         if args.job_report:
             _report(report_dir, err.exit_code, args.output, error=err.message)
@@ -206,10 +211,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from payload.config import load_config
-    from payload.job import run_job
+    from payload.job import train_job
 
     data_dir = Path(__file__).parent / "data"
-    result = run_job(
+    result = train_job(
         load_config(data_dir / "demo.yaml"),
         str(data_dir / "sample_A.root"),
         str(data_dir / "sample_B.root"),

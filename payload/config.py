@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from payload.errors import ConfigError
 
@@ -226,23 +235,27 @@ class GraphConfig(_Strict):
     gcn_widths: Widths = Field(default_factory=lambda: [128, 128, 128])
 
 
-class ModelConfig(_Strict):
-    #: `deepsets` (seed 000), `dense` (seed 002), `gcn` (seed 003) or `autoencoder` (seeds 001, 004).
-    type: Literal["deepsets", "dense", "gcn", "autoencoder"] = "deepsets"
-    phi_widths: Widths = Field(default_factory=lambda: [64, 64])  # per object (Deep Sets Phi, GCN's node Dense)
-    f_widths: Widths = Field(default_factory=lambda: [64, 64])  # per event, after pooling (or the dense network)
+class Layers(_Strict):
+    """What every model's hidden layers share."""
+
+    #: `deepsets` (seed 000, the default), `dense` (seed 002), `gcn` (seed 003) or `autoencoder` (seeds
+    #: 001, 004); the other settings of `model` depend on it.
+    type: str
     #: Activation of the hidden layers (a Keras name).
     activation: str = "relu"
     #: Dropout rate after each hidden layer.
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    #: Deep Sets pooling over the real objects (masked).
-    pooling: Literal["sum", "mean"] = "sum"
     #: Batch normalisation after each hidden layer.
     batch_norm: bool = False
+
+
+class ClassifierModel(Layers):
+    """What the classifiers (`deepsets`, `dense`, `gcn`) share: the per-event network after pooling,
+    their extra inputs and ensembles."""
+
+    f_widths: Widths = Field(default_factory=lambda: [64, 64])  # per event, after pooling (or the dense network)
     #: Each hidden layer sees all earlier layers' outputs concatenated (seed 002's dense connections).
     dense_connections: bool = False
-    #: Dense network: the padded object array, flattened, is an input beside the event features.
-    flatten_objects: bool = False
     #: Feed the high-level features built from the objects (multiplicity, leading objects, scalar pT
     #: sums per collection; ``payload.highlevel``) to the network as event features, beside the set.
     high_level_inputs: bool = False
@@ -254,8 +267,75 @@ class ModelConfig(_Strict):
     #: scored (weighted) only by the member that did not train on it; validation and test events by
     #: the average of all (cross-fitting: less variance in NN weights, no event judged in-sample).
     ensemble_split: Literal["seeds", "folds"] = "seeds"
-    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+
+    @model_validator(mode="after")
+    def _check_folds(self) -> ClassifierModel:
+        if self.ensemble_split == "folds" and self.ensemble < 2:
+            raise ValueError("ensemble_split folds needs ensemble of at least 2 (the number of parts)")
+        return self
+
+
+class DeepSetsModel(ClassifierModel):
+    """Seed 000: Phi on every object, masked pooling over the real ones, F on the pooled vector."""
+
+    type: Literal["deepsets"] = "deepsets"
+    phi_widths: Widths = Field(default_factory=lambda: [64, 64])  # per object (Deep Sets Phi)
+    #: Pooling over the real objects (masked).
+    pooling: Literal["sum", "mean"] = "sum"
+
+
+class DenseModel(ClassifierModel):
+    """Seed 002: a dense network on the event features (and, optionally, the flattened objects)."""
+
+    type: Literal["dense"]
+    #: The padded object array, flattened, is an input beside the event features.
+    flatten_objects: bool = False
+
+
+class GCNModel(ClassifierModel):
+    """Seed 003: a Dense layer per node, graph convolutions over mother-daughter edges, mean pooling."""
+
+    type: Literal["gcn"]
+    phi_widths: Widths = Field(default_factory=lambda: [64, 64])  # per node, before the graph convolutions
     graph: GraphConfig = Field(default_factory=GraphConfig)
+
+
+class AutoencoderModel(Layers):
+    """Seeds 001 and 004: an autoencoder (task `autoencode`)."""
+
+    type: Literal["autoencoder"]
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+
+
+def embedded(config: JobConfig) -> set[str]:
+    """The features a classifier feeds through embeddings (none for the autoencoder)."""
+    return set(config.model.embeddings) if isinstance(config.model, ClassifierModel) else set()
+
+
+#: Fields of each model type, for the readable error of a setting another type takes.
+MODEL_TYPES: dict[str, type[Layers]] = {
+    "deepsets": DeepSetsModel,
+    "dense": DenseModel,
+    "gcn": GCNModel,
+    "autoencoder": AutoencoderModel,
+}
+
+
+def _model_type(value: Any) -> str | None:
+    """The ``model.type`` a section is, ``deepsets`` when it does not say."""
+    if isinstance(value, dict):
+        return value.get("type", "deepsets")
+    return getattr(value, "type", None)
+
+
+#: `model`: its settings depend on `model.type` (`deepsets`, the default; `dense`; `gcn`; `autoencoder`).
+ModelConfig = Annotated[
+    Annotated[DeepSetsModel, Tag("deepsets")]
+    | Annotated[DenseModel, Tag("dense")]
+    | Annotated[GCNModel, Tag("gcn")]
+    | Annotated[AutoencoderModel, Tag("autoencoder")],
+    Discriminator(_model_type),
+]
 
 
 class DecorrelationConfig(_Strict):
@@ -358,7 +438,7 @@ class EvaluationConfig(_Strict):
 #: The config format's version, written into every dumped config.  A change that a config written
 #: before could not be read under bumps it and adds ``MIGRATIONS[old]``, which turns a version-``old``
 #: mapping into version ``old + 1``: bundles made today load after tomorrow's change.
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 
 def _from_v1(raw: dict[str, Any]) -> dict[str, Any]:
@@ -366,7 +446,40 @@ def _from_v1(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_v1}
+#: Version 2's model settings and their defaults, which every output dumped whatever the type.
+_V2_MODEL_DEFAULTS: dict[str, Any] = {
+    "phi_widths": [64, 64],
+    "f_widths": [64, 64],
+    "activation": "relu",
+    "dropout": 0.0,
+    "pooling": "sum",
+    "batch_norm": False,
+    "dense_connections": False,
+    "flatten_objects": False,
+    "high_level_inputs": False,
+    "embeddings": {},
+    "ensemble": 1,
+    "ensemble_split": "seeds",
+    "autoencoder": {"level": "object", "widths": [200, 100, 50], "latent": 3, "variational": False}
+    | {"kl_weight": 1e-3, "loss": "mse"},
+    "graph": {"mother": "mother", "gcn_widths": [128, 128, 128]},
+}
+
+
+def _from_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2: one model section held every type's settings; version 3 holds only its type's
+    (``MODEL_TYPES``).  Settings of other types left at their defaults (as every output dumped them)
+    are dropped; any other value stays, for validation to name."""
+    model = raw.get("model")
+    kind = _model_type(model)
+    if not isinstance(model, dict) or kind not in MODEL_TYPES:
+        return raw
+    fields = MODEL_TYPES[kind].model_fields
+    kept = {k: v for k, v in model.items() if k in fields or _V2_MODEL_DEFAULTS.get(k, object()) != v}
+    return {**raw, "model": kept}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_v1, 2: _from_v2}
 
 
 def migrate(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
@@ -399,9 +512,16 @@ class JobConfig(_Strict):
     data: DataConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=DeepSetsModel)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @property
+    def autoencoder(self) -> AutoencoderConfig:
+        """The autoencoder settings of a task `autoencode` job (validation ties the task to the model type)."""
+        if not isinstance(self.model, AutoencoderModel):
+            raise TypeError(f"model.type {self.model.type} is not an autoencoder")
+        return self.model.autoencoder
 
     @model_validator(mode="after")
     def _check_names(self) -> JobConfig:
@@ -414,28 +534,19 @@ class JobConfig(_Strict):
             if unknown:
                 raise ValueError(f"{section} names unknown feature(s) {unknown}; features are {sorted(known)}")
         model, objects, events = self.model, self.data.object_features, self.data.event_features
-        if model.type == "dense" and not (events or model.flatten_objects):
+        if isinstance(model, DenseModel) and not (events or model.flatten_objects):
             raise ValueError("model.type dense needs data.event_features or model.flatten_objects")
-        if (self.task == "autoencode") != (model.type == "autoencoder"):
+        if (self.task == "autoencode") != isinstance(model, AutoencoderModel):
             raise ValueError("task autoencode and model.type autoencoder go together")
-        if model.high_level_inputs and model.type == "autoencoder":
-            raise ValueError("model.high_level_inputs is for classifiers, not the autoencoder")
-        if model.ensemble_split == "folds" and model.ensemble < 2:
-            raise ValueError("model.ensemble_split folds needs model.ensemble of at least 2 (the number of parts)")
-        if model.type == "autoencoder" and (model.dense_connections or model.embeddings or model.ensemble > 1):
-            raise ValueError(
-                "model.dense_connections, model.embeddings and model.ensemble are for classifiers, "
-                "not the autoencoder (a concatenating connection would bypass the bottleneck)"
-            )
         if self.scaling.method == "fixed":
             unknown = sorted(set(self.scaling.fixed) - known)
             if unknown:
                 raise ValueError(f"scaling.fixed names unknown feature(s) {unknown}; features are {sorted(known)}")
-        unknown = sorted(set(model.embeddings) - known)
+        categorical = list(model.embeddings) if isinstance(model, ClassifierModel) else []
+        unknown = sorted(set(categorical) - known)
         if unknown:
             raise ValueError(f"model.embeddings names unknown feature(s) {unknown}; features are {sorted(known)}")
-        categorical = list(model.embeddings)
-        if model.type == "gcn":
+        if isinstance(model, GCNModel):
             if model.graph.mother not in objects:
                 raise ValueError(f"model.graph.mother {model.graph.mother!r} is not one of object_features {objects}")
             if self.data.sort_by is not None:
@@ -445,7 +556,7 @@ class JobConfig(_Strict):
         if missing:  # categorical codes and indices are never scaled
             self.scaling.passthrough = [*self.scaling.passthrough, *missing]
         if self.training.augment or self.evaluation.test_time_augment:
-            if model.type == "dense" and not model.flatten_objects:
+            if isinstance(model, DenseModel) and not model.flatten_objects:
                 raise ValueError("augmentation transforms objects: the dense model needs model.flatten_objects")
             need = {"phi"} | ({"eta"} if "eta_flip" in self.training.augment else set())
             bad = sorted(n for n in need if n not in objects or self.scaling.transforms.get(n, "none") != "none")
@@ -464,8 +575,12 @@ class JobConfig(_Strict):
 def _format_validation_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        msg = e["msg"].removeprefix("Value error, ")
+        loc, msg = list(e["loc"]), e["msg"].removeprefix("Value error, ")
+        if loc[:1] == ["model"] and len(loc) > 1 and loc[1] in MODEL_TYPES:
+            kind = str(loc.pop(1))  # the union's tag: the model type whose settings were read
+            if e["type"] == "extra_forbidden":
+                msg = f"not a setting of model.type {kind} (its settings: {', '.join(MODEL_TYPES[kind].model_fields)})"
+        where = ".".join(str(p) for p in loc) or "<top level>"
         parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 

@@ -118,6 +118,29 @@ def _jagged_parts(arr: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     return ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64), ak.to_numpy(ak.flatten(arr, axis=1))
 
 
+def _slot_order(
+    event_of: np.ndarray, counts: np.ndarray, sort_values: np.ndarray | None, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Where each object goes: (order of the objects kept, their event, their slot in it, the number
+    clipped beyond ``m``), events in order and objects by descending ``sort_values`` within each."""
+    # One stable sort on a 64-bit key (event number high, inverted float bits low): 6x faster than
+    # np.lexsort, and exact.
+    key = event_of.astype(np.uint64) << np.uint64(32)
+    if sort_values is not None:
+        key |= (~_sortable_bits(sort_values)).astype(np.uint64)
+    order = np.argsort(key, kind="stable")
+    del key
+    event_of = event_of[order]
+    starts = np.zeros(len(counts), dtype=event_of.dtype)
+    np.cumsum(counts[:-1], out=starts[1:])
+    position = np.arange(len(event_of), dtype=event_of.dtype) - starts[event_of]
+    kept = position < m
+    clipped = int(len(kept) - np.count_nonzero(kept))
+    if clipped:
+        order, event_of, position = order[kept], event_of[kept], position[kept]
+    return order, event_of, position, clipped
+
+
 class ChunkBuilder:
     """Turns the branch arrays of one entry range into a ``Block`` (the per-chunk processor).
 
@@ -215,7 +238,11 @@ class ChunkBuilder:
             )
         return counts, bad_events
 
-    def __call__(self, arrays: dict[str, ak.Array], file_index: int, start: int, stop: int, location: str) -> Block:
+    def _selected(
+        self, arrays: dict[str, ak.Array], start: int, stop: int, location: str
+    ) -> tuple[dict[str, ak.Array], np.ndarray, dict[str, int]]:
+        """The events that pass the selection and the NaN/inf policy: (arrays, their entry numbers,
+        the non-finite values met per branch)."""
         n_read = len(next(iter(arrays.values())))
         entry = np.arange(start, start + n_read, dtype=np.int64)
         if self.selection is not None:
@@ -230,6 +257,24 @@ class ChunkBuilder:
             arrays = {
                 k: ak.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if k in nonfinite else v for k, v in arrays.items()
             }
+        return arrays, entry, nonfinite
+
+    def _flat(self, arrays: dict[str, ak.Array], mapping: dict[str, str], n: int, location: str) -> np.ndarray:
+        """Per-event branches (event features, spectators, the weight) as an (n, len(mapping)) array."""
+        out = np.empty((n, len(mapping)), dtype=np.float32)
+        for j, (name, branch) in enumerate(mapping.items()):
+            arr = arrays[branch]
+            if arr.ndim != 1:
+                raise InconsistentDataError(
+                    f"input {location}: branch {branch!r} (for {name!r}) is jagged, but event features and "
+                    "spectators need one value per event; put it in a collection instead"
+                )
+            out[:, j] = ak.to_numpy(arr) * self.data.energy_scale(name)
+        return out
+
+    def __call__(self, arrays: dict[str, ak.Array], file_index: int, start: int, stop: int, location: str) -> Block:
+        n_read = len(next(iter(arrays.values())))
+        arrays, entry, nonfinite = self._selected(arrays, start, stop, location)
         n = len(entry)
         m, f = self.data.max_objects, len(self.features)
 
@@ -253,23 +298,8 @@ class ChunkBuilder:
         index = np.int32 if max(sum(totals), n * m) < 2**31 else np.int64
         event_of = np.concatenate([np.repeat(np.arange(n, dtype=index), c) for c in counts_list])
 
-        # Group objects by event, highest sort key first, with one stable sort on a 64-bit key
-        # (event number high, inverted float bits low): 6x faster than np.lexsort, and exact.
-        key = event_of.astype(np.uint64) << np.uint64(32)
-        sort_values = None
-        if self.sort_col is not None:
-            sort_values = column(self.sort_col)
-            key |= (~_sortable_bits(sort_values)).astype(np.uint64)
-        order = np.argsort(key, kind="stable")
-        del key
-        event_of = event_of[order]
-        starts = np.zeros(n, dtype=index)
-        np.cumsum(counts[:-1], out=starts[1:])
-        position = np.arange(len(event_of), dtype=index) - starts[event_of]
-        kept = position < m
-        clipped = int(len(kept) - np.count_nonzero(kept))
-        if clipped:
-            order, event_of, position = order[kept], event_of[kept], position[kept]
+        sort_values = column(self.sort_col) if self.sort_col is not None else None
+        order, event_of, position, clipped = _slot_order(event_of, counts, sort_values, m)
 
         # Each feature is gathered into place from one contiguous column at a time: no unsorted
         # (objects, F) copy is ever made, and the statistics read the columns while contiguous.
@@ -288,20 +318,13 @@ class ChunkBuilder:
                     negative[name] = below
         n_objects = np.minimum(counts, m).astype(np.int16)
 
-        def flat(mapping: dict[str, str]) -> np.ndarray:
-            out = np.empty((n, len(mapping)), dtype=np.float32)
-            for j, (name, branch) in enumerate(mapping.items()):
-                arr = arrays[branch]
-                if arr.ndim != 1:
-                    raise InconsistentDataError(
-                        f"input {location}: branch {branch!r} (for {name!r}) is jagged, but event features and "
-                        "spectators need one value per event; put it in a collection instead"
-                    )
-                out[:, j] = ak.to_numpy(arr) * self.data.energy_scale(name)
-            return out
-
-        weights = flat({"weight": self.data.weight})[:, 0] if self.data.weight else np.ones(n, dtype=np.float32)
-        events, spectators = flat(self.data.event_features), flat(self.data.spectators)
+        weights = (
+            self._flat(arrays, {"weight": self.data.weight}, n, location)[:, 0]
+            if self.data.weight
+            else np.ones(n, dtype=np.float32)
+        )
+        events = self._flat(arrays, self.data.event_features, n, location)
+        spectators = self._flat(arrays, self.data.spectators, n, location)
         stats["events"].update(events, sample)
         stats["spectators"].update(spectators, sample)
         stats["weights"].update(weights[:, None], sample)
@@ -526,6 +549,47 @@ def convert_files(
             tree.close()
 
 
+class _Findings:
+    """What the blocks of one conversion add up to: merged statistics, clipped objects, NaN/inf values
+    and negative energies met, events selected per input file."""
+
+    def __init__(self, data: DataConfig, n_files: int):
+        self.data = data
+        self.stats = new_stats(data)
+        self.nonfinite: dict[str, int] = {}
+        self.negative: dict[str, int] = {}
+        self.clipped = 0
+        self.selected = [0] * n_files
+
+    def add(self, block: Block) -> None:
+        for key, group in block.stats.items():
+            self.stats[key].merge(group)
+        self.clipped += block.clipped
+        for total, part in ((self.nonfinite, block.nonfinite), (self.negative, block.negative)):
+            for key, count in part.items():
+                total[key] = total.get(key, 0) + count
+        self.selected[block.file_index] += len(block)
+
+    def log(self, name: str) -> None:
+        if self.clipped:
+            log.info("clipped %d objects beyond max_objects=%d", self.clipped, self.data.max_objects)
+        if self.nonfinite:
+            action = "events holding them left out" if self.data.nonfinite == "drop_event" else "stored as 0"
+            log.warning(
+                "%s: NaN or infinite values (data.nonfinite %s: %s): %s",
+                name,
+                self.data.nonfinite,
+                action,
+                ", ".join(f"{b} {k}" for b, k in self.nonfinite.items()),
+            )
+        if self.negative:
+            log.warning(
+                "%s: negative values of energy features, kept as they are (check the inputs): %s",
+                name,
+                ", ".join(f"{feature} {k} object(s)" for feature, k in self.negative.items()),
+            )
+
+
 def _write(
     config: JobConfig,
     files: list[str],
@@ -539,26 +603,13 @@ def _write(
 ) -> ConvertResult:
     """Runs the tasks and writes their blocks to ``output`` (the second half of ``convert``)."""
     data = config.data
-    stats = new_stats(data)
-    nonfinite: dict[str, int] = {}
-    negative: dict[str, int] = {}
-    n_clipped = 0
-    selected = [0] * len(files)
+    found = _Findings(data, len(files))
     started = time.perf_counter()
     bar = Progress(total_entries, f"convert {output.name}") if progress else None
-    # Reading, building and merging statistics run ahead of the padding and HDF5 writes in threads
-    # (decompression, Blosc and numpy release the GIL).
 
     def merged() -> Iterator[Block]:
-        nonlocal n_clipped
         for block in run_tasks(config, tasks, workers, total_entries, still_open):
-            for key, group in block.stats.items():
-                stats[key].merge(group)
-            n_clipped += block.clipped
-            for total, part in ((nonfinite, block.nonfinite), (negative, block.negative)):
-                for key, count in part.items():
-                    total[key] = total.get(key, 0) + count
-            selected[block.file_index] += len(block)
+            found.add(block)
             yield block
 
     with atomic_path(output) as tmp:
@@ -571,6 +622,8 @@ def _write(
             data.compression,
         )
         with hdf5_writing(writer.file, tmp, finish=writer.close):
+            # Reading, building and merging statistics run ahead of the padding and HDF5 writes in
+            # threads (decompression, Blosc and numpy release the GIL).
             for block in prefetch(merged(), depth=1):
                 writer.append(block.chunk(data.max_objects))
                 if bar:
@@ -579,11 +632,11 @@ def _write(
                 raise EmptyInputError(
                     f"selection {data.selection!r} rejected all {total_entries} events; loosen data.selection"
                 )
-            stats_dict = {k: v.to_dict() for k, v in stats.items()}
-            stats_dict["clipped_objects"] = n_clipped  # type: ignore[assignment]
+            stats_dict = {k: v.to_dict() for k, v in found.stats.items()}
+            stats_dict["clipped_objects"] = found.clipped  # type: ignore[assignment]
             seconds = time.perf_counter() - started
             sources = [
-                {"location": t.location, "entries": t.num_entries, "selected": selected[i], "bytes": t.num_bytes}
+                {"location": t.location, "entries": t.num_entries, "selected": found.selected[i], "bytes": t.num_bytes}
                 for i, t in enumerate(trees)
             ]
             provenance = {
@@ -596,8 +649,8 @@ def _write(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "host": platform.node(),
                 "seconds": round(seconds, 3),
-                "nonfinite": {"mode": data.nonfinite, "values": nonfinite},
-                "negative_energies": negative,
+                "nonfinite": {"mode": data.nonfinite, "values": found.nonfinite},
+                "negative_energies": found.negative,
             }
             writer.set_attrs(
                 config=config_to_dict(config), provenance=provenance, stats=stats_dict, source_files=list(files)
@@ -605,21 +658,5 @@ def _write(
             events = writer.size
     if bar:
         bar.finish()
-    if n_clipped:
-        log.info("clipped %d objects beyond max_objects=%d", n_clipped, data.max_objects)
-    if nonfinite:
-        action = "events holding them left out" if data.nonfinite == "drop_event" else "stored as 0"
-        log.warning(
-            "%s: NaN or infinite values (data.nonfinite %s: %s): %s",
-            output.name,
-            data.nonfinite,
-            action,
-            ", ".join(f"{b} {k}" for b, k in nonfinite.items()),
-        )
-    if negative:
-        log.warning(
-            "%s: negative values of energy features, kept as they are (check the inputs): %s",
-            output.name,
-            ", ".join(f"{name} {k} object(s)" for name, k in negative.items()),
-        )
+    found.log(output.name)
     return ConvertResult(output, events, total_entries, seconds, stats_dict, provenance)

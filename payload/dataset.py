@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from payload.config import JobConfig
+from payload.config import ClassifierModel, DeepSetsModel, JobConfig
 from payload.h5layout import json_attr, names, object_mask, open_event_file, read_rows
 from payload.scaling import Scaler, outlier_mask
 from payload.splits import TEST, TRAIN, assign, base_name, file_key, part
@@ -91,7 +91,7 @@ class EventSource:
         # Network event inputs: the file's event features, then (model.high_level_inputs) the
         # high-level features built from the objects of each event.
         self.high_level = None
-        if config.model.high_level_inputs:
+        if isinstance(config.model, ClassifierModel) and config.model.high_level_inputs:
             from payload.highlevel import HighLevel
 
             self.high_level = HighLevel(config, self.object_names, [], [])
@@ -361,9 +361,9 @@ class TrainingStream:
             from payload.augment import Augmenter
 
             self.augmenter = Augmenter(config, sources[0][0].scaler)  # type: ignore[arg-type]
-        self.level = config.model.autoencoder.level if config.task == "autoencode" else None
+        self.level = config.autoencoder.level if config.task == "autoencode" else None
         #: Whether ``groups(..., trim=True)`` may cut padding (the model takes any number of slots).
-        self.trimmable = config.training.trim_padding and config.model.type == "deepsets"
+        self.trimmable = config.training.trim_padding and isinstance(config.model, DeepSetsModel)
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         """Endless batches (x, y, sample weight)."""

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from payload.atomic import atomic_path, hdf5_writing
-from payload.config import JobConfig
+from payload.config import JobConfig, embedded
 from payload.dataset import Block, EventSource, cut_padding
 from payload.h5layout import object_mask
 from payload.metrics import BinaryScores, WeightedHist, compare, distance_correlation
@@ -149,7 +149,7 @@ def object_variables(config: JobConfig, sources: list[tuple[EventSource, int]], 
         if type_index is not None and len(config.data.collections) > 1
         else [("objects", None)]
     )
-    skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | set(config.model.embeddings)
+    skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | embedded(config)
     blocks = [source.read(*r, (TEST,)) for source, _ in sources for r in source.block_ranges()[:2]]
     out = []
     for group, code in groups:
@@ -243,6 +243,107 @@ class _Weighting:
         return self.sum_w / self.sum_wf if self.sum_wf > 0 else 1.0
 
 
+class _TestEvents:
+    """What the test events (outliers aside) of a labelled job are summed into while the predictions
+    are written: the binary scores; for a reweighting, the per-object closure histograms streamed over
+    all of them and the bounded closure sample; for a classification, rows for distance correlations."""
+
+    def __init__(self, config: JobConfig, sources: list[tuple[EventSource, int]], weightings: dict[str, _Weighting]):
+        from payload.closure import ClosureSample
+        from payload.highlevel import HighLevel
+
+        self.config, self.sources, self.weightings = config, sources, weightings
+        # Labels are known only when both samples are given; one sample gets predictions and weights alone.
+        self.labelled = len(sources) == 2
+        self.check = config.task == "reweight" and self.labelled
+        first = sources[0][0]
+        self.scores = BinaryScores()
+        self.variables = object_variables(config, sources, config.evaluation.bins) if self.check else []
+        self.high_level = HighLevel(config, first.object_names, first.event_names, first.spectator_names)
+        self.sample = ClosureSample(self.high_level.names, self.high_level.integer)
+        # Expected test events per sample, which sets the rate that keeps about closure_events of them.
+        self.expected = [s.size * (1.0 if s.unseen.all() else config.split.test) for s, _ in sources]
+        self.observables = first.spectator_names + first.event_names
+        # Rows (score, observables...) of test events, the same number from each sample.
+        self.kept: list[list[np.ndarray]] = [[] for _ in sources]
+        self.type_index = first.object_names.index("type") if "type" in first.object_names else None
+
+    def add(self, index: int, block: Block, p: np.ndarray, w: np.ndarray, factors: dict, features) -> None:
+        source, label = self.sources[index]
+        test = (block.split == TEST) & ~block.outlier
+        if not self.labelled or not test.any():
+            return
+        self.scores.fill(p[test], np.full(int(test.sum()), label), w[test])
+        if self.config.task == "classify" and sum(map(len, self.kept[index])) < DCORR_EVENTS // len(self.sources):
+            self.kept[index].append(np.column_stack([p, block.spectators, block.events])[test])
+        if not self.check:
+            return
+        from payload.splits import uniform
+
+        rate = min(1.0, self.config.evaluation.closure_events / max(self.expected[index], 1))
+        u = uniform(block.entry, source.file_keys[block.file_index], self.config.split.seed + _CLOSURE_DRAW)
+        drawn = test & (u < rate)
+        self.sample.add(
+            index, features[drawn], w[drawn], {k: f[drawn] for k, f in factors.items()} if index == 0 else {}
+        )
+        if index == 0:
+            for key, weighting in self.weightings.items():
+                weighting.hist.fill(factors[key][test], w[test])
+        sub = block.take(np.flatnonzero(test))
+        for v in self.variables:
+            values, event = v.values(sub, self.type_index)
+            if index:
+                v.hists.setdefault("secondary", WeightedHist(v.edges)).fill(values, w[test][event])
+                continue
+            v.hists.setdefault("unweighted", WeightedHist(v.edges)).fill(values, w[test][event])
+            for key in self.weightings:
+                v.hists.setdefault(key, WeightedHist(v.edges)).fill(values, (w * factors[key])[test][event])
+
+    def metrics(self) -> dict[str, Any]:
+        if not self.labelled:
+            return {}
+        scores, config = self.scores, self.config
+        metrics: dict[str, Any] = {"test": scores.summary(), "calibration": scores.calibration()}
+        if config.task == "classify":
+            metrics["ams"] = scores.ams(config.evaluation.ams_b_r, 1.0 / config.split.test)
+            if config.evaluation.speedup:
+                metrics["speedup"] = scores.speedup(**config.evaluation.speedup.model_dump())
+            if self.observables:
+                per_sample = DCORR_EVENTS // len(self.sources)
+                rows = np.concatenate([np.concatenate(k)[:per_sample] for k in self.kept if k])
+                metrics["distance_correlation"] = {
+                    name: distance_correlation(rows[:, 0], rows[:, 1 + i]) for i, name in enumerate(self.observables)
+                }
+        return metrics
+
+
+def _columns(block: Block, index: int, label: int, p: np.ndarray, w: np.ndarray, factors: dict) -> dict:
+    """One block's rows of predictions.h5 (``PRED_FIELDS``)."""
+    columns = {
+        "sample": np.full(len(block), index),
+        "file_index": block.file_index,
+        "entry": block.entry,
+        "split": block.split,
+        "outlier": block.outlier,
+        "label": np.full(len(block), label),
+        "score": p,
+        "weight": w,
+        "nn_weight": factors.get("nn", np.ones(len(block))),
+    }
+    if "baseline" in factors:
+        columns["baseline_weight"] = factors["baseline"]
+    return columns
+
+
+def _scored_on(sources: list[tuple[EventSource, int]]) -> str:
+    if all(s.unseen.all() for s, _ in sources):
+        return "every event of files the model never trained on"
+    if not any(s.unseen.any() for s, _ in sources):
+        return "the test split"
+    unseen = {s.path.stem: int(s.unseen.sum()) for s, _ in sources}
+    return f"every event of unseen files {unseen}, the test split of training files"
+
+
 def evaluate(
     config: JobConfig,
     model,
@@ -259,30 +360,12 @@ def evaluate(
     ``payload.baseline.Baseline``) is measured on the test events: object-level histograms streamed
     over all of them, event-level tables and the independent test on a bounded sample.
     """
-    from payload.closure import ClosureSample
-    from payload.highlevel import HighLevel
-    from payload.splits import uniform
-
-    reweight = config.task == "reweight"
     ev = config.evaluation
-    # Labels are known only when both samples are given; one sample gets predictions and weights alone.
-    labelled = len(sources) == 2
-    scores = BinaryScores()
-    first = sources[0][0]
-    check = reweight and labelled
-    variables = object_variables(config, sources, ev.bins) if check else []
-    high_level = HighLevel(config, first.object_names, first.event_names, first.spectator_names)
-    sample = ClosureSample(high_level.names, high_level.integer)
-    # Expected test events per sample, which sets the rate that keeps about closure_events of them.
-    expected = [s.size * (1.0 if s.unseen.all() else config.split.test) for s, _ in sources]
-    weightings = {"nn": _Weighting(ev.max_weight)} if reweight else {}
-    if reweight and baseline is not None:
+    weightings = {"nn": _Weighting(ev.max_weight)} if config.task == "reweight" else {}
+    if weightings and baseline is not None:
         weightings["baseline"] = _Weighting(None)
-    scorer = Scorer(config, model, first.scaler, members)
-    observables = first.spectator_names + first.event_names
-    # Rows (score, observables...) of test events, the same number from each sample, for distance correlations.
-    kept: list[list[np.ndarray]] = [[] for _ in sources]
-    type_index = first.object_names.index("type") if "type" in first.object_names else None
+    test = _TestEvents(config, sources, weightings)
+    scorer = Scorer(config, model, sources[0][0].scaler, members)
     extra: dict[str, tuple[tuple[int, ...], Any]] | None = (
         {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
     )
@@ -295,61 +378,17 @@ def evaluate(
                     if bar:
                         bar.update(len(block))
                     p = scorer(block, source)
-                    outlier = block.outlier
                     w = block.weights.astype(np.float64)
+                    features = test.high_level.compute(block) if test.check or "baseline" in weightings else None
                     factors = {k: np.ones(len(block)) for k in weightings}
-                    features = high_level.compute(block) if check or "baseline" in weightings else None
-                    if index == 0:
-                        if "nn" in weightings:
-                            factors["nn"] = weightings["nn"].factors(odds(p), outlier, w)
-                        if "baseline" in weightings:
-                            factors["baseline"] = weightings["baseline"].factors(baseline.factors(features), outlier, w)
-                    columns = {
-                        "sample": np.full(len(block), index),
-                        "file_index": block.file_index,
-                        "entry": block.entry,
-                        "split": block.split,
-                        "outlier": outlier,
-                        "label": np.full(len(block), label),
-                        "score": p,
-                        "weight": w,
-                        "nn_weight": factors.get("nn", np.ones(len(block))),
-                    }
-                    if extra:
-                        columns["baseline_weight"] = factors["baseline"]
-                    writer.append(columns)
-                    test = (block.split == TEST) & ~outlier
-                    if not labelled or not test.any():
-                        continue
-                    scores.fill(p[test], np.full(int(test.sum()), label), w[test])
-                    if config.task == "classify" and sum(map(len, kept[index])) < DCORR_EVENTS // len(sources):
-                        kept[index].append(np.column_stack([p, block.spectators, block.events])[test])
-                    if not check:
-                        continue
-                    rate = min(1.0, ev.closure_events / max(expected[index], 1))
-                    u = uniform(block.entry, source.file_keys[block.file_index], config.split.seed + _CLOSURE_DRAW)
-                    drawn = test & (u < rate)
-                    assert features is not None  # computed whenever the closure is checked
-                    sample.add(
-                        index,
-                        features[drawn],
-                        w[drawn],
-                        {k: f[drawn] for k, f in factors.items()} if index == 0 else {},
-                    )
-                    sub = block.take(np.flatnonzero(test))
-                    for key, weighting in weightings.items():
-                        if index == 0:
-                            weighting.hist.fill(factors[key][test], w[test])
-                    for v in variables:
-                        values, event = v.values(sub, type_index)
-                        if index == 0:
-                            v.hists.setdefault("unweighted", WeightedHist(v.edges)).fill(values, w[test][event])
-                            for key in weightings:
-                                v.hists.setdefault(key, WeightedHist(v.edges)).fill(
-                                    values, (w * factors[key])[test][event]
-                                )
-                        else:
-                            v.hists.setdefault("secondary", WeightedHist(v.edges)).fill(values, w[test][event])
+                    if index == 0 and "nn" in weightings:
+                        factors["nn"] = weightings["nn"].factors(odds(p), block.outlier, w)
+                    if index == 0 and "baseline" in weightings:
+                        factors["baseline"] = weightings["baseline"].factors(
+                            baseline.factors(features), block.outlier, w
+                        )
+                    writer.append(_columns(block, index, label, p, w, factors))
+                    test.add(index, block, p, w, factors, features)
             for key, weighting in weightings.items():
                 writer.scale_column("nn_weight" if key == "nn" else "baseline_weight", weighting.normalisation)
             writer.describe_sources([s for s, _ in sources])
@@ -359,29 +398,11 @@ def evaluate(
     if bar:
         bar.finish()
 
-    metrics: dict[str, Any] = {"events": size}
-    unseen = {s.path.stem: int(s.unseen.sum()) for s, _ in sources}
-    metrics["scored_on"] = (
-        "every event of files the model never trained on"
-        if all(s.unseen.all() for s, _ in sources)
-        else "the test split"
-        if not any(s.unseen.any() for s, _ in sources)
-        else f"every event of unseen files {unseen}, the test split of training files"
-    )
-    if labelled:
-        metrics.update(test=scores.summary(), calibration=scores.calibration())
+    metrics: dict[str, Any] = {"events": size, "scored_on": _scored_on(sources), **test.metrics()}
+    if "test" in metrics:
         log.info(
             "test AUC %.4f over %d events (%s)", metrics["test"]["auc"], metrics["test"]["events"], metrics["scored_on"]
         )
-    if labelled and config.task == "classify":
-        metrics["ams"] = scores.ams(config.evaluation.ams_b_r, 1.0 / config.split.test)
-        if config.evaluation.speedup:
-            metrics["speedup"] = scores.speedup(**config.evaluation.speedup.model_dump())
-        if observables:
-            rows = np.concatenate([np.concatenate(k)[: DCORR_EVENTS // len(sources)] for k in kept if k])
-            metrics["distance_correlation"] = {
-                name: distance_correlation(rows[:, 0], rows[:, 1 + i]) for i, name in enumerate(observables)
-            }
     if "nn" in weightings:
         nn = weightings["nn"]
         metrics["nn_weights"] = {
@@ -390,10 +411,10 @@ def evaluate(
             "max_weight": ev.max_weight,
         }
     evaluation = Evaluation(
-        metrics, scores, variables, {k: (wt.hist, wt.normalisation) for k, wt in weightings.items()}
+        metrics, test.scores, test.variables, {k: (wt.hist, wt.normalisation) for k, wt in weightings.items()}
     )
-    if check:
-        _closure(config, evaluation, sample, weightings, baseline)
+    if test.check:
+        _closure(config, evaluation, test.sample, weightings, baseline)
     return evaluation
 
 

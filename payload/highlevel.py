@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from payload.config import TYPE_FEATURE, JobConfig
+from payload.config import TYPE_FEATURE, JobConfig, embedded
 from payload.h5layout import object_mask
 
 LEADING = 2
@@ -26,7 +26,7 @@ class HighLevel:
         self.object_names = object_names
         order = config.data.sort_by or ("pt" if "pt" in object_names else None)
         self.order = object_names.index(order) if order in object_names else None
-        skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | set(config.model.embeddings)
+        skip = set(config.scaling.passthrough) | {TYPE_FEATURE} | embedded(config)
         self.features = [(j, n) for j, n in enumerate(object_names) if n not in skip and "phi" not in n.lower()]
         self.type_index = object_names.index(TYPE_FEATURE) if TYPE_FEATURE in object_names else None
         collections = config.data.collections

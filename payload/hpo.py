@@ -83,12 +83,12 @@ def run_point(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run one phpo evaluation and write ``output.json``; returns what was written."""
-    from payload.job import run_job
+    from payload.job import train_job
 
     try:
         point = read_point(directory / input_json, directory / input_ds_json, primary_match, secondary_match)
         config = parse_config(apply_overrides(config_to_dict(base_config), point.overrides), source=input_json)
-        result = run_job(config, point.primary, point.secondary or None, output, progress=progress)
+        result = train_job(config, point.primary, point.secondary or None, output, progress=progress)
         loss = objective(result.metrics, objective_name)
         if not math.isfinite(loss):
             raise PayloadError(f"objective {objective_name} is {loss}: training diverged")

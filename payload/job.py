@@ -27,12 +27,13 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from payload.atomic import atomic_path, check_writable_dir, write_json
-from payload.config import JobConfig, dump_config
+from payload.config import ClassifierModel, JobConfig, dump_config
 from payload.errors import EXIT_INTERNAL, ConfigError, OutputError, PayloadError
 from payload.inputs import expand_inputs
 from payload.lock import output_lock
@@ -98,21 +99,58 @@ class _JobLog:
 REQUIRED = ("model.keras", "scaler.json", "config.yaml", "metrics.json", "predictions.h5", "job.log")
 
 
-def run_job(
-    config: JobConfig | None,
+def train_job(
+    config: JobConfig,
     primary: str | list[str],
     secondary: str | list[str] | None,
     output: str | Path,
-    mode: str = "train",
-    model: str | Path | None = None,
+    *,
     tarball: str | Path | None = None,
     progress: bool = True,
     require_gpu: bool = False,
 ) -> JobResult:
-    """The whole job into ``output``, which it holds locked (``payload.lock``).  A failure at any stage
-    (a signal included, ``payload.signals``) leaves ``error.json`` naming the stage and no
-    ``manifest.json`` or ``metrics.json``: a job never looks complete unless it is.  ``require_gpu``:
-    stop before any work (``DeviceError``, exit 13) when the backend sees no GPU."""
+    """Train ``config``'s model on the primary (and secondary) sample, evaluate it on their test split,
+    and write the outputs into ``output`` (``_guarded``: locked, logged, failures recorded)."""
+    if not secondary and config.task != "autoencode":
+        raise ConfigError(f"task {config.task} needs a secondary sample")
+    return _guarded(
+        output,
+        tarball,
+        require_gpu,
+        lambda timer, started: _train(config, primary, secondary, Path(output), tarball, progress, timer, started),
+    )
+
+
+def evaluate_job(
+    model: str | Path,
+    primary: str | list[str],
+    secondary: str | list[str] | None,
+    output: str | Path,
+    *,
+    tarball: str | Path | None = None,
+    progress: bool = True,
+    require_gpu: bool = False,
+) -> JobResult:
+    """Apply a trained job's output (directory or tarball) to the inputs: every event of files the model
+    never saw, the test split of those it trained on; the outputs into ``output`` as ``train_job``."""
+    return _guarded(
+        output,
+        tarball,
+        require_gpu,
+        lambda timer, started: _evaluate(model, primary, secondary, Path(output), tarball, progress, timer, started),
+    )
+
+
+def _guarded(
+    output: str | Path,
+    tarball: str | Path | None,
+    require_gpu: bool,
+    body: Callable[[Timer, float], JobResult],
+) -> JobResult:
+    """Run ``body`` holding ``output`` locked (``payload.lock``).  A failure at any stage (a signal
+    included, ``payload.signals``) leaves ``error.json`` naming the stage and no ``manifest.json`` or
+    ``metrics.json``: a job never looks complete unless it is.  ``require_gpu``: stop before any work
+    (``DeviceError``, exit 13) when the backend sees no GPU."""
     output = Path(output)
     check_writable_dir(output, "output")
     if tarball:
@@ -139,7 +177,7 @@ def run_job(
                         found["backend"],
                         ", ".join(found["gpu_names"]),
                     )
-                return _run(config, primary, secondary, output, mode, model, tarball, progress, timer, started)
+                return body(timer, started)
         except BaseException as err:  # noqa: BLE001 - recorded in error.json, then re-raised
             _fail(output, err, timer)
             if tarball:
@@ -147,28 +185,104 @@ def run_job(
             raise disk_full(err) or err from None
 
 
-def _run(
-    config, primary, secondary, output: Path, mode: str, model, tarball, progress: bool, timer: Timer, started: float
-) -> JobResult:
-    if mode == "evaluate":
-        if model is None:
-            raise ConfigError("--mode evaluate needs --model (a trained job's output directory or tarball)")
-        from payload import bundle as bundles
+def _open(stack: contextlib.ExitStack, sources: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+    """``sources``, each closed when ``stack`` closes, whether the job succeeds or fails."""
+    for source, _ in sources:
+        stack.callback(source.close)
+    return sources
 
-        bundle = bundles.load(bundles.locate(model, output / "work" / "model"), model)
-        config = bundle.config
-    elif config is None:
-        raise ConfigError("--mode train needs --config")
-    if mode == "train" and not secondary and config.task != "autoencode":
-        raise ConfigError(f"task {config.task} needs --secondary")
+
+def _train(
+    config: JobConfig, primary, secondary, output: Path, tarball, progress: bool, timer: Timer, started: float
+) -> JobResult:
     described, identities, converted = convert_samples(
         config, {"primary": primary, "secondary": secondary}, output / "work", progress, timer
     )
-    if mode == "train":
-        bind_checkpoints(output, config, identities)
-    metrics = _train_and_evaluate(
-        config, converted, output, timer, mode, bundle if mode == "evaluate" else None, progress
+    bind_checkpoints(output, config, identities)
+    # Keras loads after conversion: a job failing on its inputs never waits for a backend, and its
+    # report names no device (payload.gridreport).
+    import keras
+
+    from payload.train import prepare
+
+    metrics = _new_metrics(config, "train", output)
+    with contextlib.ExitStack() as stack:
+        raw = _open(stack, labelled_sources(config, converted, None))
+        # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
+        trained = raw[:1] if config.task == "autoencode" else raw
+        with timer.stage("prepare"):
+            scaler, tallies = prepare(config, [s for s, _ in trained], fit=True)
+        assert scaler is not None  # prepare fits one when asked to
+        with atomic_path(output / "scaler.json") as tmp:
+            scaler.save(tmp)
+        for warning in scaler.warnings:
+            log.warning("%s", warning)
+        metrics["warnings"] += scaler.warnings
+        sources = _open(stack, labelled_sources(config, converted, scaler))
+        with timer.stage("train"):
+            model, metrics["training"], members = _train_members(
+                config, sources[: len(trained)], tallies, output, progress
+            )
+        metrics["training"]["files"] = {
+            name: [base_name(f) for f in source.source_files]
+            for name, (source, _) in zip(("primary", "secondary"), raw)
+        }
+        with atomic_path(output / "model.keras") as tmp:
+            model.save(tmp)
+        if keras.backend.backend() == "tensorflow":
+            with timer.stage("export"):
+                shutil.rmtree(output / "saved_model", ignore_errors=True)
+                model.export(str(output / "saved_model"), verbose=False)
+        _assess(config, model, sources, tallies, members, output, metrics, timer, progress)
+        _export_onnx(config, model, sources, output, metrics, timer)
+    return _finish(config, "train", described, converted, metrics, output, tarball, timer, started)
+
+
+def _evaluate(
+    model, primary, secondary, output: Path, tarball, progress: bool, timer: Timer, started: float
+) -> JobResult:
+    from payload import bundle as bundles
+    from payload.train import prepare
+
+    bundle = bundles.load(bundles.locate(model, output / "work" / "model"), model)
+    config = bundle.config
+    described, _, converted = convert_samples(
+        config, {"primary": primary, "secondary": secondary}, output / "work", progress, timer
     )
+    metrics = _new_metrics(config, "evaluate", output)
+    trained_on = _trained_files(bundle.directory)
+    with contextlib.ExitStack() as stack:
+        raw = _open(stack, labelled_sources(config, converted, None, trained_on))
+        trained = raw[:1] if config.task == "autoencode" else raw
+        tallies = None
+        if len(trained) == 2 or config.task == "autoencode":  # the split counts the checks weigh by
+            with timer.stage("prepare"):
+                _, tallies = prepare(config, [s for s, _ in trained], fit=False)
+        shutil.copyfile(bundle.directory / "scaler.json", output / "scaler.json")
+        sources = _open(stack, labelled_sources(config, converted, bundle.scaler, trained_on))
+        shutil.copyfile(bundle.directory / "model.keras", output / "model.keras")
+        _assess(config, bundle.model, sources, tallies, None, output, metrics, timer, progress)
+    return _finish(config, "evaluate", described, converted, metrics, output, tarball, timer, started)
+
+
+def _new_metrics(config: JobConfig, mode: str, output: Path) -> dict[str, Any]:
+    # A former run's export must not sit beside this run's model when this one writes none.
+    (output / "model.onnx").unlink(missing_ok=True)
+    return {"task": config.task, "mode": mode, "warnings": []}
+
+
+def _finish(
+    config: JobConfig,
+    mode: str,
+    described: dict[str, list[dict[str, Any]]],
+    converted: dict[str, Path],
+    metrics: dict[str, Any],
+    output: Path,
+    tarball,
+    timer: Timer,
+    started: float,
+) -> JobResult:
+    """Friend trees, data-quality warnings, config.yaml, metrics.json, and manifest.json written last."""
     friends = []
     shutil.rmtree(output / "friends", ignore_errors=True)  # a former run's, perhaps of other inputs
     if config.evaluation.friend_trees:
@@ -327,93 +441,60 @@ def _trained_files(bundle: Path) -> dict[str, list[str]] | None:
         return None
 
 
-def _train_and_evaluate(
-    config: JobConfig, converted: dict[str, Path], output: Path, timer: Timer, mode: str, bundle, progress: bool = True
-) -> dict[str, Any]:
-    """Train (``bundle`` None) or apply a ``payload.bundle.Bundle``, then evaluate; the metrics."""
-    import keras
+def _assess(
+    config: JobConfig, model, sources, tallies, members, output: Path, metrics: dict[str, Any], timer: Timer, progress
+) -> None:
+    """The trained or applied model judged on the test events, into ``metrics`` and plots/."""
+    plot_dir = output / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    if config.task == "autoencode":
+        _assess_autoencoder(config, model, sources, output, metrics, timer)
+    else:
+        _assess_classifier(config, model, sources, tallies, members, output, metrics, timer, progress)
 
+
+def _assess_autoencoder(config: JobConfig, model, sources, output: Path, metrics: dict[str, Any], timer: Timer) -> None:
+    from payload import plots
+    from payload.reconstruct import evaluate_autoencoder
+
+    with timer.stage("evaluate"):
+        metrics["autoencoder"], hists, matrix, names = evaluate_autoencoder(config, model, sources, output)
+    with timer.stage("plots"):
+        plots.history(output / "history.csv", output / "plots" / "loss.png")
+        plots.residuals(hists, metrics["autoencoder"]["residuals"], output / "plots" / "residuals.png")
+        plots.correlation(matrix, names, output / "plots" / "residual_correlation.png")
+
+
+def _fit_baseline(config: JobConfig, sources, tallies, metrics: dict[str, Any], timer: Timer):
+    """hep_ml's GBReweighter on the training events' high-level features (``evaluation.baseline``), or
+    None where the job has none to compare with."""
+    if not (config.task == "reweight" and len(sources) == 2 and config.evaluation.baseline == "gbreweighter"):
+        return None
+    from payload.baseline import Baseline
+    from payload.highlevel import HighLevel
+    from payload.splits import TRAIN
+
+    expected = [t.counts.get(TRAIN, 0) for t in tallies or []]
+    if not all(expected):  # applying a model to files it never saw: they hold no training events
+        metrics["baseline"] = {
+            "skipped": "no training-split events among these inputs (files the model never "
+            "saw are all test events); the training job's outputs compare it"
+        }
+        return None
+    first = sources[0][0]
+    with timer.stage("baseline"):
+        baseline = Baseline(config, HighLevel(config, first.object_names, first.event_names, first.spectator_names))
+        baseline.fit([s for s, _ in sources], expected)
+    return baseline
+
+
+def _assess_classifier(
+    config: JobConfig, model, sources, tallies, members, output: Path, metrics: dict[str, Any], timer: Timer, progress
+) -> None:
     from payload import plots
     from payload.evaluate import closure_classifier, evaluate
-    from payload.reconstruct import evaluate_autoencoder
-    from payload.splits import TRAIN, base_name
-    from payload.train import prepare
 
-    autoencode = config.task == "autoencode"
-    trained_on = _trained_files(bundle.directory) if mode == "evaluate" else None
-    raw = [source for source, _ in labelled_sources(config, converted, None, trained_on)]
-    # An autoencoder learns the primary alone; a secondary is only its out-of-distribution test.
-    trained = raw[:1] if autoencode else raw
-    with timer.stage("prepare"):
-        fitted, tallies = (
-            prepare(config, trained, fit=mode == "train") if len(trained) == 2 or autoencode else (None, None)
-        )
-    metrics: dict[str, Any] = {"task": config.task, "mode": mode, "warnings": []}
-    # A former run's export must not sit beside this run's model when this one writes none.
-    (output / "model.onnx").unlink(missing_ok=True)
-    if mode == "train":
-        assert fitted is not None  # training always has its samples (checked before conversion)
-        scaler = fitted
-        with atomic_path(output / "scaler.json") as tmp:
-            scaler.save(tmp)
-        for warning in scaler.warnings:
-            log.warning("%s", warning)
-        metrics["warnings"] += scaler.warnings
-    else:
-        scaler = bundle.scaler
-        shutil.copyfile(bundle.directory / "scaler.json", output / "scaler.json")
-    sources = labelled_sources(config, converted, scaler, trained_on)
-
-    members = None
-    if mode == "train":
-        with timer.stage("train"):
-            model, metrics["training"], members = _train_members(
-                config, sources[: len(trained)], tallies, output, progress
-            )
-        metrics["training"]["files"] = {
-            name: [base_name(f) for f in source.source_files] for name, source in zip(("primary", "secondary"), raw)
-        }
-        with atomic_path(output / "model.keras") as tmp:
-            model.save(tmp)
-        if keras.backend.backend() == "tensorflow":
-            with timer.stage("export"):
-                shutil.rmtree(output / "saved_model", ignore_errors=True)
-                model.export(str(output / "saved_model"), verbose=False)
-    else:
-        model = bundle.model
-        shutil.copyfile(bundle.directory / "model.keras", output / "model.keras")
-
-    if autoencode:
-        with timer.stage("evaluate"):
-            metrics["autoencoder"], hists, matrix, names = evaluate_autoencoder(config, model, sources, output)
-        with timer.stage("plots"):
-            plot_dir = output / "plots"
-            plot_dir.mkdir(exist_ok=True)
-            plots.history(output / "history.csv", plot_dir / "loss.png")
-            plots.residuals(hists, metrics["autoencoder"]["residuals"], plot_dir / "residuals.png")
-            plots.correlation(matrix, names, plot_dir / "residual_correlation.png")
-        if mode == "train":
-            _export_onnx(config, model, sources, output, metrics, timer)
-        _close(sources, raw)
-        return metrics
-    baseline = None
-    if config.task == "reweight" and len(sources) == 2 and config.evaluation.baseline == "gbreweighter":
-        from payload.baseline import Baseline
-        from payload.highlevel import HighLevel
-
-        first = sources[0][0]
-        expected = [t.counts.get(TRAIN, 0) for t in tallies or []]
-        if all(expected):
-            with timer.stage("baseline"):
-                baseline = Baseline(
-                    config, HighLevel(config, first.object_names, first.event_names, first.spectator_names)
-                )
-                baseline.fit([s for s, _ in sources], expected)
-        else:  # applying a model to files it never saw: they hold no training events to fit the baseline on
-            metrics["baseline"] = {
-                "skipped": "no training-split events among these inputs (files the model never "
-                "saw are all test events); the training job's outputs compare it"
-            }
+    baseline = _fit_baseline(config, sources, tallies, metrics, timer)
     with timer.stage("evaluate"):
         evaluation = evaluate(config, model, sources, output / "predictions.h5", baseline, members, progress)
     metrics.update(evaluation.metrics)
@@ -423,9 +504,8 @@ def _train_and_evaluate(
         with timer.stage("closure_classifier"):
             factor = evaluation.metrics["nn_weights"]["normalisation"]
             metrics["closure_classifier_auc"] = closure_classifier(config, model, sources, tallies, factor)
+    plot_dir = output / "plots"
     with timer.stage("plots"):
-        plot_dir = output / "plots"
-        plot_dir.mkdir(exist_ok=True)
         if len(sources) == 2:
             plots.roc(evaluation, plot_dir / "roc.png")
             plots.calibration(evaluation, plot_dir / "calibration.png")
@@ -434,10 +514,6 @@ def _train_and_evaluate(
             plots.weights(evaluation.weight_hists, plot_dir / "nn_weights.png")
         if "closure" in metrics:
             plots.closure(evaluation, plot_dir)
-    if mode == "train":
-        _export_onnx(config, model, sources, output, metrics, timer)
-    _close(sources, raw)
-    return metrics
 
 
 def _export_onnx(config: JobConfig, model, sources, output: Path, metrics: dict[str, Any], timer: Timer) -> None:
@@ -462,14 +538,9 @@ def _export_onnx(config: JobConfig, model, sources, output: Path, metrics: dict[
         batch = (
             {n: inputs[n] for n in names}
             if set(names) <= set(inputs)
-            else flat_inputs(inputs, config.model.autoencoder.level)
+            else flat_inputs(inputs, config.autoencoder.level)
         )  # an event-level autoencoder
         metrics["onnx"] = onnx.export_onnx(model, output / "model.onnx", batch)
-
-
-def _close(sources, raw) -> None:
-    for source, _ in sources + [(r, None) for r in raw]:
-        source.close()
 
 
 def _train_members(
@@ -493,11 +564,11 @@ def _train_members(
             "replicas": result.replicas,
         }
 
-    n = config.model.ensemble
+    n = config.model.ensemble if isinstance(config.model, ClassifierModel) else 1
     if n == 1:
         result = train(config, sources, tallies, output, progress=progress)
         return inference_model(result.model), summary(result), None
-    folds = config.model.ensemble_split == "folds"
+    folds = isinstance(config.model, ClassifierModel) and config.model.ensemble_split == "folds"
     members, results = [], []
     for k in range(n):
         member = config.model_copy(deep=True)
@@ -510,5 +581,5 @@ def _train_members(
         members.append(inference_model(results[-1].model))
     shutil.copyfile(output / "members" / "00" / "history.csv", output / "history.csv")
     best = min(results, key=lambda r: r.best_loss)
-    info = {**summary(best), "members": [summary(r) for r in results], "ensemble_split": config.model.ensemble_split}
+    info = {**summary(best), "members": [summary(r) for r in results], "ensemble_split": "folds" if folds else "seeds"}
     return average(members), info, members if folds else None

@@ -159,7 +159,7 @@ def evaluate_autoencoder(
     """Returns (metrics, residual histograms, residual correlation matrix, its variable names)."""
     from payload.models.autoencoder import split
 
-    ae = config.model.autoencoder
+    ae = config.autoencoder
     encoder, decoder = split(model, config)
     for name, part in (("encoder.keras", encoder), ("decoder.keras", decoder)):
         with atomic_path(output / name) as tmp:
@@ -211,23 +211,7 @@ def evaluate_autoencoder(
                         train_rows += len(train)
                         if test.any():
                             residuals.add_block(block, out, test, ae.level, scaler)
-                    if ae.level == "object":
-                        z = z * mask[..., None]
-                    n = len(block)
-                    writer.append(
-                        {
-                            "sample": np.full(n, sample),
-                            "file_index": block.file_index,
-                            "entry": block.entry,
-                            "split": block.split,
-                            "outlier": block.outlier,
-                            "label": np.full(n, sample),
-                            "score": per_event,
-                            "weight": block.weights,
-                            "nn_weight": np.ones(n),
-                            "latent": z,
-                        }
-                    )
+                    writer.append(_rows(block, sample, per_event, z * mask[..., None] if ae.level == "object" else z))
             writer.describe_sources([s for s, _ in sources])
             writer.file.attrs["task"] = config.task
             writer.file.attrs["fields"] = (
@@ -235,15 +219,45 @@ def evaluate_autoencoder(
                 "error (scaled units), label = sample, latent = the encoder's codes"
             )
 
-    primary = errors[0]
-    baseline = primary.baseline(train_sum / max(train_rows, 1))
-    input_bytes = 4 * width
+    metrics = _metrics(ae, errors, train_sum / max(train_rows, 1), width, seconds, timed, (encoder, decoder))
     matrix = residuals.correlation.correlation()
+    metrics["residuals"] = residuals.summary()
+    metrics["residual_correlation"] = {"names": object_names, "matrix": matrix.tolist()}
+    log.info(
+        "autoencoder: test MSE %.4g (mean baseline %.4g), compression ratio %.3f",
+        metrics["test_mse"],
+        metrics["baseline_mse"],
+        metrics["compression"]["ratio"],
+    )
+    return metrics, residuals.hists, matrix, object_names
+
+
+def _rows(block, sample: int, per_event: np.ndarray, latent: np.ndarray) -> dict[str, np.ndarray]:
+    """One block's rows of predictions.h5: the classifiers' fields, the error as score, the codes."""
+    n = len(block)
+    return {
+        "sample": np.full(n, sample),
+        "file_index": block.file_index,
+        "entry": block.entry,
+        "split": block.split,
+        "outlier": block.outlier,
+        "label": np.full(n, sample),
+        "score": per_event,
+        "weight": block.weights,
+        "nn_weight": np.ones(n),
+        "latent": latent,
+    }
+
+
+def _metrics(
+    ae, errors: list[_Errors], train_mean: np.ndarray, width: int, seconds, timed: int, parts
+) -> dict[str, Any]:
+    """Reconstruction error against the mean-prediction baseline, compression, speed and size."""
+    primary = errors[0]
+    input_bytes = 4 * width
     metrics: dict[str, Any] = {
         "test_mse": primary.mse(),
-        "baseline_mse": baseline,
-        "residuals": residuals.summary(),
-        "residual_correlation": {"names": object_names, "matrix": matrix.tolist()},
+        "baseline_mse": primary.baseline(train_mean),
         "compression": {
             "latent_bytes": 4 * ae.latent,
             "input_bytes": input_bytes,
@@ -258,17 +272,11 @@ def evaluate_autoencoder(
             "decode_events_per_second": timed / max(seconds["decode"], 1e-9),
         },
         "memory": {
-            "encoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in encoder.weights)),
-            "decoder_weight_bytes": int(sum(np.asarray(w).nbytes for w in decoder.weights)),
+            f"{name}_weight_bytes": int(sum(np.asarray(w).nbytes for w in part.weights))
+            for name, part in zip(("encoder", "decoder"), parts)
         },
     }
-    if len(sources) == 2 and errors[1].elements:
+    if len(errors) == 2 and errors[1].elements:
         metrics["secondary_mse"] = errors[1].mse()
         metrics["ood_auc"] = rank_auc(np.concatenate(primary.events), np.concatenate(errors[1].events))
-    log.info(
-        "autoencoder: test MSE %.4g (mean baseline %.4g), compression ratio %.3f",
-        metrics["test_mse"],
-        baseline,
-        metrics["compression"]["ratio"],
-    )
-    return metrics, residuals.hists, matrix, object_names
+    return metrics

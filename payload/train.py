@@ -75,7 +75,7 @@ def compile_model(
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     if config.task == "autoencode":
         loss = {"mse": keras.losses.MeanSquaredError(), "l1": keras.losses.MeanAbsoluteError()}
-        model.compile(optimizer=optimizer, loss=loss[config.model.autoencoder.loss])
+        model.compile(optimizer=optimizer, loss=loss[config.autoencoder.loss])
         return
     model.compile(
         optimizer=optimizer,

@@ -82,15 +82,11 @@ def default_text(field) -> str:
     return f"`{json.dumps(value, default=str)}`"
 
 
-def nested_model(annotation) -> type[BaseModel] | None:
-    """The config section a field holds (directly, in a list or dict, or optional), if any."""
+def nested_models(annotation) -> list[type[BaseModel]]:
+    """The config sections a field holds (directly, in a list or dict, optional, or one of a union)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = nested_model(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [found for arg in typing.get_args(annotation) for found in nested_models(arg)]
 
 
 def render() -> str:
@@ -112,7 +108,10 @@ def render() -> str:
         if (prefix, model) in seen:
             continue
         seen.add((prefix, model))
-        lines += [f"## `{prefix or 'job'}` ({model.__name__})", ""]
+        kind = model.model_fields.get("type")
+        tags = typing.get_args(kind.annotation) if kind is not None else ()
+        tag = f", `{prefix}.type: {tags[0]}`" if len(tags) == 1 else ""
+        lines += [f"## `{prefix or 'job'}` ({model.__name__}{tag})", ""]
         doc = " ".join((model.__doc__ or "").split())
         if doc and model.__doc__ != BaseModel.__doc__:
             lines += [doc, ""]
@@ -120,14 +119,14 @@ def render() -> str:
         for name, field in model.model_fields.items():
             dotted = f"{prefix}.{name}" if prefix else name
             text = comments.get((model.__name__, name)) or next(
-                (comments[(base.__name__, name)] for base in model.__mro__ if (base.__name__, name) in comments), ""
+                (comments[(base.__name__, name)] for base in model.__mro__ if comments.get((base.__name__, name))), ""
             )
-            child = nested_model(field.annotation)
-            if child is not None and not text:
+            children = nested_models(field.annotation)
+            if children and not text:
                 text = f"a section: `{dotted}` below"
             lines.append(f"| `{dotted}` | {type_name(field.annotation)} | {default_text(field)} | {text} |")
-            if child is not None:
-                queue.append((dotted + ("[]" if typing.get_origin(field.annotation) in (list, dict) else ""), child))
+            suffix = "[]" if typing.get_origin(field.annotation) in (list, dict) else ""
+            queue += [(dotted + suffix, child) for child in children]
         lines.append("")
     return "\n".join(lines)
 

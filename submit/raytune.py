@@ -52,7 +52,7 @@ def _trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from payload.config import load_config
-    from payload.job import run_job
+    from payload.job import train_job
     from payload.train import epoch_hooks
 
     point = config["point"]
@@ -71,7 +71,7 @@ def _trial(config: dict[str, Any]) -> None:
 
     token = epoch_hooks.set((report,))
     try:
-        run_job(
+        train_job(
             load_config(point["config"]),
             ",".join(point["primary"]),
             ",".join(point["secondary"]) or None,

@@ -19,18 +19,18 @@ from helpers import DATA, quick_job_config
 
 from payload.config import config_to_dict, load_config, parse_config
 from payload.errors import ConfigError
-from payload.job import run_job
+from payload.job import train_job
 
 
 def main(out: Path) -> None:
     raw = config_to_dict(load_config(quick_job_config(out / "job.yaml")))
     raw["training"].update(data_parallel="all", epochs=2)
-    result = run_job(
+    result = train_job(
         parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out / "job", progress=False
     )
     raw["training"]["batch_size"] = 1023
     try:
-        run_job(
+        train_job(
             parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out / "odd", progress=False
         )
         odd = "no error"

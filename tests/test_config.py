@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import JAGGED_CONFIG
 
-from payload.config import config_to_dict, default_config_path, dump_config, load_config, parse_config
+from payload.config import CONFIG_VERSION, config_to_dict, default_config_path, dump_config, load_config, parse_config
 from payload.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def test_defaults_are_filled_and_round_trip(tmp_path):
@@ -118,7 +123,12 @@ def test_kfold_bad_values(split):
     [
         ({"task": "autoencode"}, "task autoencode and model.type autoencoder go together"),
         ({"model": {"type": "autoencoder"}}, "task autoencode and model.type autoencoder go together"),
-        ({"task": "autoencode", "model": {"type": "autoencoder", "dense_connections": True}}, "bypass the bottleneck"),
+        (
+            {"task": "autoencode", "model": {"type": "autoencoder", "dense_connections": True}},
+            "model.dense_connections: not a setting of model.type autoencoder",
+        ),
+        ({"model": {"flatten_objects": True}}, "model.flatten_objects: not a setting of model.type deepsets"),
+        ({"model": {"type": "deepset"}}, "does not match any of the expected tags: 'deepsets'"),
         (
             {"model": {"embeddings": {"njets": {"values": [1, 2]}}}},
             "model.embeddings names unknown feature(s) ['njets']",
@@ -164,15 +174,39 @@ def test_configs_without_a_version_load_as_version_one(tmp_path):
     import yaml
 
     raw = config_to_dict(load_config(default_config_path()))
-    assert raw["version"] == 2
+    assert raw["version"] == CONFIG_VERSION
     del raw["version"]
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(raw))
     config = load_config(tmp_path / "old.yaml")
-    assert config.version == 2 and config_to_dict(config) == {**raw, "version": 2}
+    assert config.version == CONFIG_VERSION and config_to_dict(config) == {**raw, "version": CONFIG_VERSION}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "config_v2").glob("*.yaml")))
+def test_version_two_bundles_load_with_the_same_settings(name):
+    """config.yaml as every version-2 output wrote it (all four model types' settings in one section,
+    from the examples): it loads as today's version, its model the example's, nothing else changed."""
+    import yaml
+
+    old = yaml.safe_load((DATA / "config_v2" / name).read_text())
+    config, today = load_config(DATA / "config_v2" / name), load_config(REPO / "examples" / name)
+    assert old["version"] == 2 and config.version == CONFIG_VERSION
+    assert config == today
+    assert set(config_to_dict(config)["model"]) < set(old["model"])  # the other types' settings dropped
+
+
+def test_version_two_settings_of_another_model_type_are_named_not_dropped():
+    """A hand-written version-2 (or unversioned) config that set another type's option to something
+    other than its default: it had no effect then, and loading says so instead of dropping it."""
+    raw = {**JAGGED_CONFIG, "version": 2, "model": {"type": "dense", "flatten_objects": True, "pooling": "mean"}}
+    with pytest.raises(ConfigError, match=r"model\.pooling: not a setting of model\.type dense"):
+        parse_config(raw)
+    raw["model"]["pooling"] = "sum"  # the default, which every output dumped
+    assert parse_config(raw).model.type == "dense"
 
 
 @pytest.mark.parametrize(
-    ("version", "words"), [(3, "newer grid-payload"), (0, "not a config version"), ("2", "not a config version")]
+    ("version", "words"),
+    [(CONFIG_VERSION + 1, "newer grid-payload"), (0, "not a config version"), ("2", "not a config version")],
 )
 def test_config_versions_that_cannot_be_read(version, words):
     raw = config_to_dict(load_config(default_config_path()))
@@ -181,11 +215,11 @@ def test_config_versions_that_cannot_be_read(version, words):
 
 
 def test_a_migration_step_brings_an_old_config_to_today(monkeypatch):
-    """The mechanism a format change uses: version 2 configs named the learning rate `lr`; a
-    migration renames it and the config loads as the current version."""
+    """The mechanism a format change uses: say the next version renames the learning rate `lr`; a
+    migration from today's version renames it and the config loads as the next version."""
     from payload import config as module
 
-    def from_v2(raw):
+    def rename(raw):
         training = dict(raw.get("training", {}))
         if "lr" in training:
             training["learning_rate"] = training.pop("lr")
@@ -193,8 +227,8 @@ def test_a_migration_step_brings_an_old_config_to_today(monkeypatch):
 
     raw = config_to_dict(load_config(default_config_path()))
     raw["training"]["lr"] = raw["training"].pop("learning_rate") * 3
-    monkeypatch.setattr(module, "CONFIG_VERSION", 3)
-    monkeypatch.setitem(module.MIGRATIONS, 2, from_v2)
+    monkeypatch.setattr(module, "CONFIG_VERSION", CONFIG_VERSION + 1)
+    monkeypatch.setitem(module.MIGRATIONS, CONFIG_VERSION, rename)
     migrated = module.migrate(raw)
-    assert migrated["version"] == 3 and "lr" not in migrated["training"]
+    assert migrated["version"] == CONFIG_VERSION + 1 and "lr" not in migrated["training"]
     assert migrated["training"]["learning_rate"] == raw["training"]["lr"]

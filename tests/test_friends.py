@@ -19,7 +19,7 @@ import yaml
 
 from payload import friends
 from payload.config import load_config
-from payload.job import run_job
+from payload.job import evaluate_job, train_job
 from payload.merge import merge
 from payload.samples import write_sample
 from tests.helpers import DATA, quick_job_config
@@ -80,7 +80,7 @@ def check_friends(output, inputs: dict[int, list[str]]) -> None:
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("friends")
     inputs = {0: [str(DATA / "sample_A.root")], 1: [str(DATA / "sample_B.root")]}
-    run_job(load_config(_config(tmp)), inputs[0][0], inputs[1][0], tmp / "train", progress=False)
+    train_job(load_config(_config(tmp)), inputs[0][0], inputs[1][0], tmp / "train", progress=False)
     return tmp, inputs
 
 
@@ -108,7 +108,7 @@ def test_friends_of_an_evaluation_fan_out_merge(trained):
         a = str(write_sample(tmp / f"new_A_{j}.root", 1500 + 500 * j, "A", batch=700))
         b = str(write_sample(tmp / f"new_B_{j}.root", 1200, "B", batch=700))
         out = tmp / f"eval_{j}"
-        run_job(None, a, b, out, mode="evaluate", model=tmp / "train", progress=False)
+        evaluate_job(tmp / "train", a, b, out, progress=False)
         check_friends(out, {0: [a], 1: [b]})
         with uproot.open(out / "friends" / f"new_A_{j}.friend.root") as f:
             split = f[friends.FRIEND_TREE]["split"].array(library="np")

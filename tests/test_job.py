@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO, run_payload
 
 from payload.config import load_config, parse_config
-from payload.job import run_job
+from payload.job import evaluate_job, train_job
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def tiny_config(**training):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("job") / "out"
-    result = run_job(tiny_config(), SAMPLE_A, SAMPLE_B, out, tarball=out.parent / "job.tgz", progress=False)
+    result = train_job(tiny_config(), SAMPLE_A, SAMPLE_B, out, tarball=out.parent / "job.tgz", progress=False)
     return result
 
 
@@ -136,7 +136,7 @@ def test_evaluate_on_files_the_model_never_saw_scores_every_event(trained, tmp_p
     shutil.copyfile(SAMPLE_A, a)
     shutil.copyfile(SAMPLE_B, b)
     out = tmp_path / "heldout"
-    result = run_job(None, str(a), str(b), out, mode="evaluate", model=trained.output, progress=False)
+    result = evaluate_job(trained.output, str(a), str(b), out, progress=False)
     m = result.metrics
     with uproot.open(a) as fa, uproot.open(b) as fb:
         total = fa["nominal"].num_entries + fb["nominal"].num_entries
@@ -258,6 +258,25 @@ def test_failed_job_leaves_error_json(tmp_path):
     assert report == {"status": "failed", "exit_code": 3, "output": str(out), "error": error["error"]}
 
 
+def test_a_job_failing_after_conversion_closes_its_event_files(tmp_path, monkeypatch):
+    """The event files a job opens are closed however it ends, so a rerun (or an in-process caller
+    such as the Ray trials) can rewrite them.  The failure is injected into the evaluation stage,
+    because no real input makes a job fail after its files are open and before it finishes."""
+    import payload.evaluate
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected failure in the evaluation stage")
+
+    monkeypatch.setattr(payload.evaluate, "evaluate", fail)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_job(tiny_config(epochs=1), SAMPLE_A, SAMPLE_B, out, progress=False)
+    assert json.loads((out / "error.json").read_text())["stage"] == "evaluate"
+    still_open = [f.name.decode() for f in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)]
+    assert not [name for name in still_open if name.startswith(str(out))]
+    assert not (out / "manifest.json").exists()
+
+
 def test_evaluate_refuses_a_tarball_that_escapes(tmp_path):
     import io
     import tarfile
@@ -354,7 +373,7 @@ def test_cross_fitted_members_weight_only_events_they_did_not_train_on(tmp_path)
     raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
     config = parse_config(raw)
     out = tmp_path / "out"
-    result = run_job(config, SAMPLE_A, SAMPLE_B, out, progress=False)
+    result = train_job(config, SAMPLE_A, SAMPLE_B, out, progress=False)
     assert result.metrics["training"]["ensemble_split"] == "folds"
     members = [load_model(out / "members" / f"{k:02d}" / "checkpoints" / "best.keras") for k in range(2)]
     scaler = Scaler.load(out / "scaler.json")
@@ -397,7 +416,7 @@ def test_closure_checks_work_from_a_bounded_sample(trained, tmp_path):
     raw = yaml.safe_load((bundle / "config.yaml").read_text())
     raw["evaluation"].update(closure_events=1000, permutations=0)
     (bundle / "config.yaml").write_text(yaml.safe_dump(raw))
-    result = run_job(None, SAMPLE_A, SAMPLE_B, tmp_path / "out", mode="evaluate", model=bundle, progress=False)
+    result = evaluate_job(bundle, SAMPLE_A, SAMPLE_B, tmp_path / "out", progress=False)
     kept = result.metrics["closure"]["events"]
     assert 800 < kept["primary"] < 1200 and 800 < kept["secondary"] < 1200, kept
     assert result.metrics["closure"]["independent_test"]["events"] == {k: kept[k] for k in ("primary", "secondary")}

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from payload.config import parse_config
-from payload.job import run_job
+from payload.job import evaluate_job, train_job
 from payload.merge import merge
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def folds(tmp_path_factory):
     for point, lr in enumerate(RATES):
         for fold in range(FOLDS):
             out = root / f"p{point}f{fold}"
-            run_job(fold_config(fold, lr), SAMPLE_A, SAMPLE_B, out, tarball=root / f"{out.name}.tgz", progress=False)
+            train_job(fold_config(fold, lr), SAMPLE_A, SAMPLE_B, out, tarball=root / f"{out.name}.tgz", progress=False)
             tarballs.append(root / f"{out.name}.tgz")
     return root, tarballs
 
@@ -196,7 +196,7 @@ def test_evaluation_fan_out_concatenates_predictions(folds, tmp_path):
         staged = tmp_path / f"{name}.root"
         shutil.copy(sample, staged)
         out = tmp_path / f"eval{name}" / "out"
-        run_job(None, str(staged), None, out, mode="evaluate", model=tarballs[0], progress=False)
+        evaluate_job(tarballs[0], str(staged), None, out, progress=False)
         outs.append(out)
     summary = merge([str(o) for o in outs], tmp_path / "merged")
     assert summary["merged"] == ["evalA", "evalB"] and "best" not in summary

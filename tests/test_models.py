@@ -147,7 +147,7 @@ def test_zoo_model_trains_saves_and_loads(example, tmp_path):
     if config.training.decorrelation:
         x["decorrelate"] = rng.normal(size=(64, 1)).astype(np.float32)
     if config.task == "autoencode":
-        level = config.model.autoencoder.level
+        level = config.autoencoder.level
         y, w = flat_inputs(x, level), (mask if level == "object" else np.ones(64, np.float32))
     else:
         y, w = rng.integers(0, 2, (64, 1)).astype(np.float32), np.ones(64, np.float32)

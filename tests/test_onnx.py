@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from payload.config import load_config, parse_config
-from payload.job import run_job
+from payload.job import train_job
 from tests.helpers import DATA, quick_job_config
 
 pytestmark = [
@@ -39,7 +39,7 @@ def test_onnx_equals_keras_for_the_seed000_model(tmp_path):
     raw["training"].update(epochs=1, batch_size=512)
     raw["evaluation"].update(independent_test=False, baseline="none")
     config = parse_config(raw)
-    result = run_job(config, str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), tmp_path, progress=False)
+    result = train_job(config, str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), tmp_path, progress=False)
     check = result.metrics["onnx"]["check"]
     assert check["events"] == 256 and check["max_abs_difference"] <= 1e-4
     assert set(result.metrics["onnx"]["inputs"]) == {"events", "mask", "objects"}
@@ -67,7 +67,7 @@ def test_the_documented_recipe_gives_the_jobs_weights(tmp_path):
     predictions.h5: the score, and the NN weight up to the one normalisation constant."""
     config = load_config(quick_job_config(tmp_path / "job.yaml"))
     out = tmp_path / "job"
-    run_job(config, str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out, progress=False)
+    train_job(config, str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), out, progress=False)
     code = re.search(r"```python\n(.*?)```", (REPO / "docs" / "onnx.md").read_text(), re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "docs/onnx.md", "exec"), namespace)  # the documentation's own code

@@ -255,11 +255,11 @@ def test_prun_evaluation_with_the_model_in_the_sandbox_runs_as_a_worker_would(su
     the exec run with %IN replaced) applies it."""
     import tarfile
 
-    from payload.job import run_job
+    from payload.job import train_job
     from tests.helpers import quick_job_config
 
     trained = tmp_path / "trained"
-    run_job(
+    train_job(
         load_config(quick_job_config(tmp_path / "q.yaml")),
         str(DATA / "sample_A.root"),
         str(DATA / "sample_B.root"),
@@ -707,12 +707,12 @@ def test_a_dag_with_a_failing_node_still_merges(tmp_path):
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """A trained job output and three new files of the primary's configuration to apply it to."""
-    from payload.job import run_job
+    from payload.job import train_job
     from payload.samples import write_sample
     from tests.helpers import quick_job_config
 
     root = tmp_path_factory.mktemp("trained")
-    run_job(
+    train_job(
         load_config(quick_job_config(root / "q.yaml")),
         str(DATA / "sample_A.root"),
         str(DATA / "sample_B.root"),

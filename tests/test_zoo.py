@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from payload.config import parse_config
-from payload.job import run_job
+from payload.job import evaluate_job, train_job
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     from payload.scaling import Scaler
 
     raw = _example("seed004_jet_compression.yaml", training={"epochs": 6})
-    result = run_job(
+    result = train_job(
         parse_config(raw), str(DATA / "sample_A.root"), str(DATA / "sample_B.root"), tmp_path, progress=False
     )
     ae = result.metrics["autoencoder"]
@@ -79,9 +79,7 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
     assert set(np.unique(sample)) == {0, 1}
 
     # Evaluate mode applies the trained bundle to a new file: the secondary's per-event errors again.
-    applied = run_job(
-        None, str(DATA / "sample_B.root"), None, tmp_path / "applied", mode="evaluate", model=tmp_path, progress=False
-    )
+    applied = evaluate_job(tmp_path, str(DATA / "sample_B.root"), None, tmp_path / "applied", progress=False)
     assert applied.metrics["autoencoder"]["test_mse"] == pytest.approx(ae["secondary_mse"], rel=1e-4)
     with h5py.File(tmp_path / "predictions.h5") as f, h5py.File(tmp_path / "applied" / "predictions.h5") as g:
         np.testing.assert_allclose(g["score"][:], f["score"][:][f["sample"][:] == 1], rtol=1e-4, atol=1e-7)
@@ -93,7 +91,7 @@ def test_event_vae_on_a_nanoaod_style_file(tmp_path):
     from payload.models import load_model
 
     raw = _example("seed001_nanoaod_vae.yaml", training={"epochs": 2})
-    result = run_job(parse_config(raw), skhep_testdata.data_path("uproot-HZZ.root"), None, tmp_path, progress=False)
+    result = train_job(parse_config(raw), skhep_testdata.data_path("uproot-HZZ.root"), None, tmp_path, progress=False)
     ae = result.metrics["autoencoder"]
     width = 8 * 5 + 3  # padded objects x features, then event features
     assert ae["compression"] == {
@@ -179,7 +177,7 @@ def test_higgsml_recipe_ensemble_ams_and_invariant_test_time_augmentation(tmp_pa
     raw["model"].update(ensemble=2, f_widths=[16, 16])
     raw["data"]["event_features"] = ["njets"]
     config = parse_config(raw)
-    result = run_job(config, str(DATA / "sample_B.root"), str(DATA / "sample_A.root"), tmp_path, progress=False)
+    result = train_job(config, str(DATA / "sample_B.root"), str(DATA / "sample_A.root"), tmp_path, progress=False)
     assert len(result.metrics["training"]["members"]) == 2
     assert (tmp_path / "members" / "01" / "checkpoints" / "best.keras").exists()
 
@@ -272,7 +270,7 @@ def test_gcn_skim_filter_decorrelation_penalty_lowers_distance_correlation(tmp_p
     for strength in (0.0, 5.0):
         raw = _graph_config(decorrelation={"features": ["mbc"], "strength": strength})
         out = tmp_path / f"lambda{strength}"
-        result = run_job(parse_config(raw), str(passed), str(failed), out, progress=False)
+        result = train_job(parse_config(raw), str(passed), str(failed), out, progress=False)
         measured[strength] = result.metrics["distance_correlation"]["mbc"]
         speedup = result.metrics["speedup"]
         with h5py.File(out / "predictions.h5") as f:

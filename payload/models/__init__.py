@@ -7,20 +7,26 @@ decorrelation penalty is trained.
 
 from __future__ import annotations
 
-from payload.config import JobConfig
+from payload.config import DeepSetsModel, DenseModel, GCNModel, JobConfig
 
 
 def build_model(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]):
-    kind = config.model.type
-    if kind == "deepsets":
-        from payload.models.deepsets import build_deepsets as build
-    elif kind == "dense":
-        from payload.models.dense import build_dense as build
-    elif kind == "gcn":
-        from payload.models.gcn import build_gcn as build
-    else:
-        from payload.models.autoencoder import build_autoencoder as build
-    return build(config, max_objects, object_names, event_names)
+    cfg = config.model
+    if isinstance(cfg, DeepSetsModel):
+        from payload.models.deepsets import build_deepsets
+
+        return build_deepsets(config, cfg, max_objects, object_names, event_names)
+    if isinstance(cfg, DenseModel):
+        from payload.models.dense import build_dense
+
+        return build_dense(config, cfg, max_objects, object_names, event_names)
+    if isinstance(cfg, GCNModel):
+        from payload.models.gcn import build_gcn
+
+        return build_gcn(config, cfg, max_objects, object_names, event_names)
+    from payload.models.autoencoder import build_autoencoder
+
+    return build_autoencoder(config, cfg, max_objects, object_names, event_names)
 
 
 def build_model_for(config: JobConfig, source):

@@ -12,15 +12,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from payload.config import JobConfig
+from payload.config import AutoencoderModel, JobConfig
 from payload.models.blocks import mlp
 from payload.models.layers import MaskedBatchNorm, Sampling
 
 
 def build_autoencoder(
-    config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]
+    config: JobConfig, cfg: AutoencoderModel, max_objects: int, object_names: list[str], event_names: list[str]
 ) -> keras.Model:
-    cfg, ae = config.model, config.model.autoencoder
+    ae = cfg.autoencoder
     objects = keras.Input((max_objects, len(object_names)), name="objects")
     mask = keras.Input((max_objects,), name="mask")
     inputs = {"objects": objects, "mask": mask}
@@ -59,7 +59,7 @@ def split(model: keras.Model, config: JobConfig) -> tuple[keras.Model, keras.Mod
     """(encoder, decoder) sharing the trained weights.  Object level: (batch, n, F) <-> (batch, n,
     latent) for any n; event level: (batch, D) <-> (batch, latent).  A VAE's encoder outputs
     [mean, log_var]."""
-    ae = config.model.autoencoder
+    ae = config.autoencoder
     width = model.get_layer("reconstruction").units
     lead = (None,) if ae.level == "object" else ()
     x = keras.Input((*lead, width), name="inputs")

@@ -5,14 +5,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from payload.config import ModelConfig, TrainingConfig
+from payload.config import ClassifierModel, Layers, TrainingConfig
 from payload.models.layers import MOMENTUM, CategoryEmbedding, Columns, DecorrelationPenalty, MaskedBatchNorm
 
 
-def mlp(x, widths: list[int], cfg: ModelConfig, prefix: str, dropout: float | None = None, mask=None):
+def mlp(x, widths: list[int], cfg: Layers, prefix: str, dropout: float | None = None, mask=None):
     """Dense layers of ``widths`` with the configured activation, batch norm (statistics over real
     objects only when ``mask`` is given), dropout and dense (concatenating) connections."""
     dropout = cfg.dropout if dropout is None else dropout
+    connect = isinstance(cfg, ClassifierModel) and cfg.dense_connections
     # SELU is self-normalising only with LeCun-normal initial weights.
     init = "lecun_normal" if cfg.activation == "selu" else "glorot_uniform"
     for i, width in enumerate(widths):
@@ -32,11 +33,11 @@ def mlp(x, widths: list[int], cfg: ModelConfig, prefix: str, dropout: float | No
             h = layers.Activation(cfg.activation, name=f"{prefix}_act{i}")(h)
         if dropout:
             h = layers.Dropout(dropout, name=f"{prefix}_dropout{i}")(h)
-        x = layers.Concatenate(name=f"{prefix}_concat{i}")([x, h]) if cfg.dense_connections else h
+        x = layers.Concatenate(name=f"{prefix}_concat{i}")([x, h]) if connect else h
     return x
 
 
-def features(x, names: list[str], cfg: ModelConfig, prefix: str, skip: tuple[str, ...] = ()):
+def features(x, names: list[str], cfg: ClassifierModel, prefix: str, skip: tuple[str, ...] = ()):
     """The numeric columns of ``x`` with each embedded categorical column replaced by its embedding."""
     numeric = [i for i, n in enumerate(names) if n not in cfg.embeddings and n not in skip]
     parts = [Columns(numeric, name=f"{prefix}_numeric")(x)] if numeric else []

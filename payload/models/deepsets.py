@@ -5,13 +5,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from payload.config import JobConfig
+from payload.config import DeepSetsModel, JobConfig
 from payload.models.blocks import features, mlp, probability
 from payload.models.layers import MaskedPool
 
 
-def build_deepsets(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]) -> keras.Model:
-    cfg = config.model
+def build_deepsets(
+    config: JobConfig, cfg: DeepSetsModel, max_objects: int, object_names: list[str], event_names: list[str]
+) -> keras.Model:
     # Any number of objects: a batch cut to its largest real multiplicity runs the same weights.
     objects = keras.Input((None, len(object_names)), name="objects")
     mask = keras.Input((None,), name="mask")

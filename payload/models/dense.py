@@ -6,12 +6,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from payload.config import JobConfig
+from payload.config import DenseModel, JobConfig
 from payload.models.blocks import features, mlp, probability
 
 
-def build_dense(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]) -> keras.Model:
-    cfg = config.model
+def build_dense(
+    config: JobConfig, cfg: DenseModel, max_objects: int, object_names: list[str], event_names: list[str]
+) -> keras.Model:
     inputs, parts = {}, []
     if cfg.flatten_objects:
         inputs["objects"] = keras.Input((max_objects, len(object_names)), name="objects")

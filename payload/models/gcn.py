@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import keras
 
-from payload.config import JobConfig
+from payload.config import GCNModel, JobConfig
 from payload.models.blocks import features, mlp, probability
 from payload.models.layers import Columns, GraphConv, MaskedPool, MotherAdjacency
 
 
-def build_gcn(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]) -> keras.Model:
-    cfg = config.model
+def build_gcn(
+    config: JobConfig, cfg: GCNModel, max_objects: int, object_names: list[str], event_names: list[str]
+) -> keras.Model:
     objects = keras.Input((max_objects, len(object_names)), name="objects")
     mask = keras.Input((max_objects,), name="mask")
     inputs = {"objects": objects, "mask": mask}
