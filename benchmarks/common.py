@@ -15,7 +15,7 @@ def peak_rss_mb() -> float:
     VmHWM belongs to the address space, which exec replaces; ru_maxrss would instead carry over the
     parent's peak into a freshly started measurement process, so it is only the fallback.
     """
-    from payload.manifest import peak_rss_mb as vmhwm
+    from payload.results.manifest import peak_rss_mb as vmhwm
 
     value = vmhwm()
     return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -4,7 +4,7 @@
 
 For each size a seed-000-shaped toy file (jets, leptons, MET; 45 x 5 objects) is written once and
 cached.  Each measurement runs in a fresh subprocess so its peak RSS is its own: first the raw
-``uproot`` read of exactly the branches conversion needs (the baseline), then ``payload.convert``.
+``uproot`` read of exactly the branches conversion needs (the baseline), then ``payload.ingest.convert``.
 Prints events/s, MB/s (file bytes), the convert/raw ratio and peak RSS per size.
 """
 
@@ -30,7 +30,7 @@ def child(mode: str, path: str, out: str) -> None:
     if mode == "raw":
         import uproot
 
-        from payload.convert import ChunkBuilder
+        from payload.ingest.convert import ChunkBuilder
 
         branches = ChunkBuilder(config.data).branches()
         start = time.perf_counter()
@@ -40,7 +40,7 @@ def child(mode: str, path: str, out: str) -> None:
                 events += len(arrays)
         seconds = time.perf_counter() - start
     else:
-        from payload.convert import convert
+        from payload.ingest.convert import convert
 
         Path(out).unlink(missing_ok=True)  # deleting the last run's output is not part of this one
         start = time.perf_counter()
@@ -88,7 +88,7 @@ def main() -> None:
         child(*args.child)
         return
 
-    from payload.samples import write_sample
+    from payload.ingest.samples import write_sample
 
     env, allocator = allocator_env(args.allocator)
 

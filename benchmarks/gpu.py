@@ -150,14 +150,14 @@ def main() -> int:
     import keras
 
     from payload.config import load_config
-    from payload.convert import convert
-    from payload.dataset import EventSource
     from payload.device import describe, gpus
-    from payload.evaluate import predict
-    from payload.feed import fit_input
-    from payload.models import build_model_for
-    from payload.splits import TEST, TRAIN, VALIDATION
-    from payload.train import Tally, compile_model, make_stream_factory, prepare
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import EventSource
+    from payload.learn.feed import fit_input
+    from payload.learn.models import build_model_for
+    from payload.learn.splits import TEST, TRAIN, VALIDATION
+    from payload.learn.train import Tally, compile_model, make_stream_factory, prepare
+    from payload.results.evaluate import predict
 
     result: dict = {
         "device": describe(),

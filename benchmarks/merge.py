@@ -4,7 +4,7 @@
 
 One real job (the demo config, one epoch, on the bundled samples) is run once; its tarball is copied
 to stand for each job of a fan-out.  Each measurement runs in a fresh process: first extracting every
-tarball (the baseline: the least any merge must do), then ``payload.merge.merge`` with every job's
+tarball (the baseline: the least any merge must do), then ``payload.results.merge.merge`` with every job's
 predictions concatenated (``predictions="all"``).
 """
 
@@ -36,7 +36,7 @@ def child(mode: str, workdir: str, n: int) -> None:
                 tar.extractall(target / Path(path).stem, filter="data")
         shutil.rmtree(target)
     else:
-        from payload.merge import merge
+        from payload.results.merge import merge
 
         merge(inputs, work / f"merged{n}", predictions="all")
     seconds = time.perf_counter() - start
@@ -70,10 +70,10 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     tarball = args.workdir / "job.tgz"
     if not tarball.exists():
-        raw = yaml.safe_load((REPO / "payload" / "data" / "demo.yaml").read_text())
+        raw = yaml.safe_load((REPO / "payload" / "resources" / "demo.yaml").read_text())
         raw["training"]["epochs"] = 1
         raw["evaluation"]["closure_classifier"] = False
-        data = REPO / "payload" / "data"
+        data = REPO / "payload" / "resources"
         train_job(
             parse_config(raw),
             str(data / "sample_A.root"),

@@ -62,7 +62,7 @@ def _payload(*args: str, cwd: Path, env: dict[str, str]) -> None:
 
 def job(size: int, workdir: Path, env: dict[str, str]) -> dict:
     """A whole training job and an evaluation job on ``size`` events per sample."""
-    from payload.samples import write_sample
+    from payload.ingest.samples import write_sample
 
     inputs = []
     for name in ("A", "B"):
@@ -70,7 +70,7 @@ def job(size: int, workdir: Path, env: dict[str, str]) -> dict:
         if not path.exists():
             write_sample(path, size, name)
         inputs.append(str(path))
-    raw = yaml.safe_load((REPO / "payload" / "data" / "demo.yaml").read_text())
+    raw = yaml.safe_load((REPO / "payload" / "resources" / "demo.yaml").read_text())
     raw["model"] = yaml.safe_load((REPO / "examples" / "seed000_reweight.yaml").read_text())["model"]
     raw["training"].update(epochs=2, batch_size=1024)
     raw["evaluation"].update(closure_epochs=1)

@@ -7,7 +7,7 @@ For each size, toy samples A and B are written and converted once (cached).  Eac
 a fresh process (its own peak RSS): the same Deep Sets model (``--model-config``, the seed-000 one by
 default) and batch size trained for ``--steps`` steps (after a warm-up that compiles the step) from
 the streaming pipeline that ``payload run`` uses, from the same stream handed over one batch per
-Python call (what the pipeline did before ``payload.feed`` grouped batches), and from numpy arrays of
+Python call (what the pipeline did before ``payload.learn.feed`` grouped batches), and from numpy arrays of
 the whole training split loaded into memory, the baseline.
 """
 
@@ -49,13 +49,13 @@ def child(mode: str, a: str, b: str, steps: int, model_config: str) -> None:
     import numpy as np
 
     from payload.config import load_config
-    from payload.dataset import EventSource, concat
-    from payload.feed import GROUP, fit_input
-    from payload.models import build_model_for
-    from payload.splits import TRAIN
-    from payload.train import compile_model, make_stream_factory, prepare
+    from payload.learn.dataset import EventSource, concat
+    from payload.learn.feed import GROUP, fit_input
+    from payload.learn.models import build_model_for
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import compile_model, make_stream_factory, prepare
 
-    config = load_config(REPO / "payload" / "data" / "demo.yaml")
+    config = load_config(REPO / "payload" / "resources" / "demo.yaml")
     config.model = load_config(model_config).model
     config.training.batch_size = 1024
     raw = [EventSource(a, config, None), EventSource(b, config, None)]
@@ -143,11 +143,11 @@ def main() -> None:
         return
 
     from payload.config import load_config
-    from payload.convert import convert
-    from payload.samples import write_sample
+    from payload.ingest.convert import convert
+    from payload.ingest.samples import write_sample
 
     env, allocator = allocator_env(args.allocator)
-    config = load_config(REPO / "payload" / "data" / "demo.yaml")
+    config = load_config(REPO / "payload" / "resources" / "demo.yaml")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in args.sizes:

@@ -40,7 +40,7 @@ def _config(path: str | None):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from payload.convert import convert
+    from payload.ingest.convert import convert
 
     result = convert(_config(args.config), args.inputs, args.output, progress=not args.quiet)
     log.info(
@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from payload.gridreport import write_report
+    from payload.results.gridreport import write_report
 
     report_dir = Path.cwd()  # where the PanDA pilot looks for userJobMetadata.json
     if args.job_report and not os.access(report_dir, os.W_OK | os.X_OK):
@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report(directory: Path, code: int, output, error: str) -> None:
     """The failed job's report, where space allows (a full disk must not hide the job's own error)."""
-    from payload.gridreport import write_report
+    from payload.results.gridreport import write_report
 
     with contextlib.suppress(OSError):
         write_report(directory, code, output, error=error)
@@ -102,7 +102,7 @@ def _report(directory: Path, code: int, output, error: str) -> None:
 def _summary(result) -> None:
     """The job's last lines: what was done, the headline figures, where the outputs are."""
     from payload.progress import duration
-    from payload.results import parse_metrics
+    from payload.results.schema import parse_metrics
 
     m, manifest = parse_metrics(result.metrics), result.manifest
     timings = manifest.get("timings", {})
@@ -172,7 +172,7 @@ def cmd_hpo(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from payload.merge import merge
+    from payload.results.merge import merge
 
     summary = merge(
         args.inputs,
@@ -213,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from payload.config import load_config
     from payload.job import train_job
 
-    data_dir = Path(__file__).parent / "data"
+    data_dir = Path(__file__).parent / "resources"
     result = train_job(
         load_config(data_dir / "demo.yaml"),
         str(data_dir / "sample_A.root"),

@@ -99,7 +99,7 @@ class DataConfig(_Strict):
     @classmethod
     def _check_selection(cls, value: str | None) -> str | None:
         if value is not None:
-            from payload.selection import compile_selection
+            from payload.ingest.selection import compile_selection
 
             try:
                 compile_selection(value)
@@ -257,7 +257,7 @@ class ClassifierModel(Layers):
     #: Each hidden layer sees all earlier layers' outputs concatenated (seed 002's dense connections).
     dense_connections: bool = False
     #: Feed the high-level features built from the objects (multiplicity, leading objects, scalar pT
-    #: sums per collection; ``payload.highlevel``) to the network as event features, beside the set.
+    #: sums per collection; ``payload.learn.highlevel``) to the network as event features, beside the set.
     high_level_inputs: bool = False
     #: Object features fed through a learnt embedding instead of as numbers.
     embeddings: dict[str, Embedding] = Field(default_factory=dict)
@@ -379,7 +379,7 @@ class TrainingConfig(_Strict):
     #: independent of it.  Evaluation cuts every block the same way for any model that takes a
     #: variable number of objects.
     trim_padding: bool = True
-    #: Replicate the model over several devices (payload/distribute.py): auto = all GPUs when more than one.
+    #: Replicate the model over several devices (payload/learn/distribute.py): auto = all GPUs when more than one.
     data_parallel: Literal["auto", "all", "off"] = "auto"
     #: Random symmetry transformations of the objects of every training batch (seed 002).
     augment: list[Literal["phi_rotation", "eta_flip", "x_flip", "y_flip"]] = Field(default_factory=list)
@@ -709,4 +709,4 @@ def dump_config(config: JobConfig, path: str | Path) -> None:
 
 def default_config_path() -> Path:
     """The bundled config for the reference ttbar ntuples (and the bundled demo sample)."""
-    return Path(__file__).parent / "data" / "default.yaml"
+    return Path(__file__).parent / "resources" / "default.yaml"

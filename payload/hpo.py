@@ -19,7 +19,7 @@ from typing import Any
 from payload.atomic import write_json
 from payload.config import apply_overrides, config_to_dict, parse_config
 from payload.errors import EXIT_INTERNAL, ConfigError, InputMissingError, PayloadError
-from payload.results import parse_metrics
+from payload.results.schema import parse_metrics
 
 
 @dataclass

@@ -35,13 +35,13 @@ from typing import Any
 from payload.atomic import atomic_path, check_writable_dir, write_json
 from payload.config import ClassifierModel, JobConfig, dump_config
 from payload.errors import EXIT_INTERNAL, ConfigError, OutputError, PayloadError
-from payload.inputs import expand_inputs
+from payload.ingest.inputs import expand_inputs
+from payload.learn.splits import base_name
 from payload.lock import output_lock
-from payload.manifest import Timer, build_manifest, describe_input
 from payload.progress import log
+from payload.results.manifest import Timer, build_manifest, describe_input
 from payload.resume import bind_checkpoints, identity, work_file
 from payload.signals import Terminated, terminate_on_signals
-from payload.splits import base_name
 
 
 @dataclass
@@ -61,7 +61,7 @@ def labelled_sources(
 ) -> list[tuple[Any, int]]:
     """(EventSource, label) for each converted sample, primary first.  ``trained_on``: the base names
     of the files a model was trained on, per sample, when applying it (other files are all test)."""
-    from payload.dataset import EventSource
+    from payload.learn.dataset import EventSource
 
     seen = None if trained_on is None else {n for names in trained_on.values() for n in names}
     return [
@@ -200,10 +200,10 @@ def _train(
     )
     bind_checkpoints(output, config, identities)
     # Keras loads after conversion: a job failing on its inputs never waits for a backend, and its
-    # report names no device (payload.gridreport).
+    # report names no device (payload.results.gridreport).
     import keras
 
-    from payload.train import prepare
+    from payload.learn.train import prepare
 
     metrics = _new_metrics(config, "train", output)
     with contextlib.ExitStack() as stack:
@@ -241,8 +241,8 @@ def _train(
 def _evaluate(
     model, primary, secondary, output: Path, tarball, progress: bool, timer: Timer, started: float
 ) -> JobResult:
-    from payload import bundle as bundles
-    from payload.train import prepare
+    from payload.learn.train import prepare
+    from payload.results import bundle as bundles
 
     bundle = bundles.load(bundles.locate(model, output / "work" / "model"), model)
     config = bundle.config
@@ -286,7 +286,7 @@ def _finish(
     friends = []
     shutil.rmtree(output / "friends", ignore_errors=True)  # a former run's, perhaps of other inputs
     if config.evaluation.friend_trees:
-        from payload.friends import write_friends
+        from payload.results.friends import write_friends
 
         with timer.stage("friends"):
             friends = write_friends(output / "predictions.h5", output / "friends")
@@ -310,7 +310,7 @@ def _finish(
         manifest["data_quality"] = quality
         manifest["friends"] = friends
     if tarball:
-        from payload.archive import make_tarball
+        from payload.results.archive import make_tarball
 
         write_json(output / "manifest.json", manifest)
         with timer.stage("tarball"):
@@ -347,7 +347,7 @@ def convert_samples(
 def data_quality(converted: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Per sample: the NaN/inf values met and what was done with them, and negative energies kept (from
     each work file's provenance)."""
-    from payload.h5layout import json_attr, open_event_file
+    from payload.ingest.h5layout import json_attr, open_event_file
 
     out = {}
     for name, path in converted.items():
@@ -424,7 +424,7 @@ def _failure_tarball(output: Path, tarball: Path) -> None:
     transfer declared outputs (HTCondor holds a job whose output is missing) get it back, and
     ``payload merge`` reports the job with its error instead of a missing file.  Best effort: the
     failure may be the tarball itself, or a full disk."""
-    from payload.archive import make_tarball
+    from payload.results.archive import make_tarball
 
     with contextlib.suppress(Exception):
         make_tarball(output, tarball, only=("error.json", "job.log"))
@@ -454,8 +454,8 @@ def _assess(
 
 
 def _assess_autoencoder(config: JobConfig, model, sources, output: Path, metrics: dict[str, Any], timer: Timer) -> None:
-    from payload import plots
-    from payload.reconstruct import evaluate_autoencoder
+    from payload.results import plots
+    from payload.results.reconstruct import evaluate_autoencoder
 
     with timer.stage("evaluate"):
         metrics["autoencoder"], hists, matrix, names = evaluate_autoencoder(config, model, sources, output)
@@ -470,9 +470,9 @@ def _fit_baseline(config: JobConfig, sources, tallies, metrics: dict[str, Any], 
     None where the job has none to compare with."""
     if not (config.task == "reweight" and len(sources) == 2 and config.evaluation.baseline == "gbreweighter"):
         return None
-    from payload.baseline import Baseline
-    from payload.highlevel import HighLevel
-    from payload.splits import TRAIN
+    from payload.learn.highlevel import HighLevel
+    from payload.learn.splits import TRAIN
+    from payload.results.baseline import Baseline
 
     expected = [t.counts.get(TRAIN, 0) for t in tallies or []]
     if not all(expected):  # applying a model to files it never saw: they hold no training events
@@ -491,8 +491,8 @@ def _fit_baseline(config: JobConfig, sources, tallies, metrics: dict[str, Any], 
 def _assess_classifier(
     config: JobConfig, model, sources, tallies, members, output: Path, metrics: dict[str, Any], timer: Timer, progress
 ) -> None:
-    from payload import plots
-    from payload.evaluate import closure_classifier, evaluate
+    from payload.results import plots
+    from payload.results.evaluate import closure_classifier, evaluate
 
     baseline = _fit_baseline(config, sources, tallies, metrics, timer)
     with timer.stage("evaluate"):
@@ -517,11 +517,11 @@ def _assess_classifier(
 
 
 def _export_onnx(config: JobConfig, model, sources, output: Path, metrics: dict[str, Any], timer: Timer) -> None:
-    """model.onnx, checked against Keras on up to 256 test events (``payload.onnx``)."""
-    from payload import onnx
-    from payload.dataset import flat_inputs
-    from payload.models import input_names
-    from payload.splits import TEST
+    """model.onnx, checked against Keras on up to 256 test events (``payload.results.onnx``)."""
+    from payload.learn.dataset import flat_inputs
+    from payload.learn.models import input_names
+    from payload.learn.splits import TEST
+    from payload.results import onnx
 
     why = onnx.available()
     if why:
@@ -550,9 +550,9 @@ def _train_members(
     OUTPUT/members/NN (resumable one by one) averaged into one model.  With ``ensemble_split: folds``
     member k also leaves part k of the training split out.  Returns (model, metrics, the members
     when cross-fitted, for out-of-fold scoring)."""
-    from payload.models import inference_model
-    from payload.models.ensemble import average
-    from payload.train import train
+    from payload.learn.models import inference_model
+    from payload.learn.models.ensemble import average
+    from payload.learn.train import train
 
     def summary(result) -> dict[str, Any]:
         return {

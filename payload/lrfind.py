@@ -33,10 +33,10 @@ def lr_range_test(
 ) -> dict[str, Any]:
     import keras
 
-    from payload.feed import epoch_batches
     from payload.job import convert_samples, labelled_sources
-    from payload.models import build_model_for
-    from payload.train import compile_model, make_stream_factory, prepare
+    from payload.learn.feed import epoch_batches
+    from payload.learn.models import build_model_for
+    from payload.learn.train import compile_model, make_stream_factory, prepare
 
     if not 0 < start < stop:
         raise ConfigError(f"lr-find: need 0 < --start < --stop, got {start} and {stop}")
@@ -109,7 +109,7 @@ def _steepest_fall(x: np.ndarray, y: np.ndarray) -> int:
 
 
 def _plot(lr: np.ndarray, smooth: np.ndarray, suggested: float, path: Path) -> None:
-    from payload.plots import _save, plt
+    from payload.results.plots import _save, plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lr, smooth)

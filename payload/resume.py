@@ -25,14 +25,14 @@ from typing import Any
 
 from payload.atomic import write_json
 from payload.config import JobConfig, config_to_dict
-from payload.convert import convert_files
-from payload.manifest import adler32
+from payload.ingest.convert import convert_files
+from payload.learn.splits import base_name
 from payload.progress import log
-from payload.splits import base_name
+from payload.results.manifest import adler32
 
 
 def identity(described: dict[str, Any]) -> dict[str, Any]:
-    """What identifies one input (from ``payload.manifest.describe_input``)."""
+    """What identifies one input (from ``payload.results.manifest.describe_input``)."""
     keys = ("bytes", "mtime_ns", "adler32")
     return {"name": base_name(described["location"]), **{k: described[k] for k in keys if k in described}}
 

@@ -134,7 +134,7 @@ def render() -> str:
 def schemas() -> dict[Path, str]:
     """docs/schemas/*.schema.json: the job config (``config.yaml`` in every output) and ``metrics.json``."""
     from payload.config import JobConfig
-    from payload.results import Metrics
+    from payload.results.schema import Metrics
 
     out = {}
     for name, model in (("config", JobConfig), ("metrics", Metrics)):

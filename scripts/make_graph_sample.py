@@ -1,4 +1,4 @@
-"""Write the decay-tree samples of the graph (GCN) example (see payload/samples.py for what they are).
+"""Write the decay-tree samples of the graph (GCN) example (see payload/ingest/samples.py for what they are).
 
 python scripts/make_graph_sample.py [--events 20000] [--outdir graph-data]
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from payload.samples import write_graph_samples
+from payload.ingest.samples import write_graph_samples
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""Write the small demo sample bundled with the package (see payload/samples.py for what it is).
+"""Write the small demo sample bundled with the package (see payload/ingest/samples.py for what it is).
 
-python scripts/make_sample.py [--events 10000] [--outdir payload/data]
+python scripts/make_sample.py [--events 10000] [--outdir payload/resources]
 """
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from payload.samples import CONFIGS, write_sample
+from payload.ingest.samples import CONFIGS, write_sample
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--outdir", type=Path, default=Path(__file__).resolve().parents[1] / "payload" / "data")
+    parser.add_argument("--outdir", type=Path, default=Path(__file__).resolve().parents[1] / "payload" / "resources")
     args = parser.parse_args()
     args.outdir.mkdir(parents=True, exist_ok=True)
     for name in CONFIGS:

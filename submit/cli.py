@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from payload.errors import ConfigError, PayloadError
-from payload.inputs import expand_inputs
+from payload.ingest.inputs import expand_inputs
 from submit import scan
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from payload.errors import ConfigError
-from payload.inputs import is_url
+from payload.ingest.inputs import is_url
 from submit.images import docker_url
 
 #: Where the image installs the ``payload`` command (Dockerfile).

@@ -18,7 +18,7 @@ from typing import Any
 
 from payload.atomic import write_json
 from payload.errors import ConfigError
-from payload.results import read_metrics
+from payload.results.schema import read_metrics
 from payload.signals import Terminated
 
 INSTALL = "pip install 'grid-payload[ray]'"
@@ -53,7 +53,7 @@ def _trial(config: dict[str, Any]) -> None:
 
     from payload.config import load_config
     from payload.job import train_job
-    from payload.train import epoch_hooks
+    from payload.learn.train import epoch_hooks
 
     point = config["point"]
     directory = Path(point["workdir"]) / point["name"]

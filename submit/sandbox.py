@@ -51,8 +51,8 @@ def stage(directory: Path) -> Path:
 def slim_bundle(source: str, target: Path) -> Path:
     """The model bundle of a job output (directory or tarball) as a small tarball: only the files
     that apply the model (model.keras, scaler.json, config.yaml, metrics.json), checked by loading."""
-    from payload import bundle
-    from payload.archive import make_tarball
+    from payload.results import bundle
+    from payload.results.archive import make_tarball
 
     with tempfile.TemporaryDirectory() as scratch:
         directory = bundle.locate(source, Path(scratch) / "bundle")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
+DATA = Path(__file__).resolve().parents[1] / "payload" / "resources"
 
 
 def free_port() -> int:

@@ -8,12 +8,12 @@ import pytest
 import yaml
 from conftest import REPO
 
-from payload.closure import ClosureSample, edges_for, event_level, independent_test, null_sigma, verdict
 from payload.config import parse_config
-from payload.convert import convert
-from payload.dataset import EventSource
-from payload.highlevel import HighLevel
-from payload.splits import uniform
+from payload.ingest.convert import convert
+from payload.learn.dataset import EventSource
+from payload.learn.highlevel import HighLevel
+from payload.learn.splits import uniform
+from payload.results.closure import ClosureSample, edges_for, event_level, independent_test, null_sigma, verdict
 
 pytestmark = pytest.mark.slow
 

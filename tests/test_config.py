@@ -88,7 +88,7 @@ def test_mev_scale_only_on_energy_features():
 def test_kfold_test_splits_are_disjoint_and_cover_every_event():
     import numpy as np
 
-    from payload.splits import TEST, TRAIN, VALIDATION, assign
+    from payload.learn.splits import TEST, TRAIN, VALIDATION, assign
 
     entry = np.arange(200_000)
     keys = np.full(len(entry), 12345)

@@ -1,4 +1,4 @@
-"""Conversion on real ROOT files, checked against computations independent of payload.convert."""
+"""Conversion on real ROOT files, checked against computations independent of payload.ingest.convert."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import uproot
 from conftest import JAGGED_CONFIG, expected_objects, make_events, write_jagged_root
 
 from payload.config import parse_config
-from payload.convert import convert
-from payload.h5layout import json_attr, names, open_event_file
+from payload.ingest.convert import convert
+from payload.ingest.h5layout import json_attr, names, open_event_file
 
 
 def test_padded_objects_match_independent_loop(tmp_path, jagged_file, jagged_events, jagged_config):
@@ -259,7 +259,7 @@ def test_reference_rntuple_samples(tmp_path, shared_samples):
 
 def test_worker_processes_give_the_same_file(tmp_path):
     """Several tasks (files and basket ranges) through the process pool == in-process, byte for byte."""
-    from payload.samples import write_sample
+    from payload.ingest.samples import write_sample
 
     a = write_sample(tmp_path / "a.root", 3000, "A", batch=700)
     b = write_sample(tmp_path / "b.root", 2000, "B", batch=900)
@@ -284,7 +284,7 @@ def test_worker_processes_give_the_same_file(tmp_path):
 def test_each_input_is_opened_once_and_closed_when_the_next_begins(tmp_path, monkeypatch):
     """In-process conversion reads the files its check pass opened (a second open is a round trip
     for root://) and holds one file open at a time while reading."""
-    import payload.convert as conv
+    import payload.ingest.convert as conv
 
     files = [write_jagged_root(tmp_path / f"f{i}.root", make_events(40 + i, seed=i)) for i in range(3)]
     opened = []

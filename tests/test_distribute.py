@@ -1,4 +1,4 @@
-"""Data-parallel training (payload/distribute.py) on two devices.  No machine here has two GPUs, so
+"""Data-parallel training (payload/learn/distribute.py) on two devices.  No machine here has two GPUs, so
 the tests replicate over two CPU devices, the same code path a multi-GPU node takes with ``auto``."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import yaml
 from conftest import REPO, run_payload
 from helpers import quick_job_config
 
-DATA = REPO / "payload" / "data"
+DATA = REPO / "payload" / "resources"
 SAMPLE_A, SAMPLE_B = DATA / "sample_A.root", DATA / "sample_B.root"
 
 
@@ -392,7 +392,7 @@ def test_an_input_without_a_checksum_is_never_reused(tmp_path):
     adler32: its work file is converted again and checkpoints made from it are discarded, since a
     replacement under the same name could not be seen."""
     from payload.config import load_config
-    from payload.manifest import describe_input
+    from payload.results.manifest import describe_input
     from payload.resume import bind_checkpoints, identity, work_file
 
     config = load_config(_config(tmp_path))
@@ -525,7 +525,7 @@ def test_a_gzip_bomb_as_model_is_refused_before_it_is_written(tmp_path):
     import io
     import tarfile
 
-    from payload.bundle import MAX_BYTES
+    from payload.results.bundle import MAX_BYTES
 
     class Zeros(io.RawIOBase):
         def __init__(self, n):

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from payload.feed import epoch_batches, fit_input
+from payload.learn.feed import epoch_batches, fit_input
 
 
 class CountingStream:
@@ -67,10 +67,10 @@ def test_training_stream_groups_are_its_batches_stacked(tmp_path):
     from conftest import JAGGED_CONFIG, make_events, write_jagged_root
 
     from payload.config import parse_config
-    from payload.convert import convert
-    from payload.dataset import EventSource
-    from payload.splits import TRAIN
-    from payload.train import make_stream_factory, prepare
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import EventSource
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory, prepare
 
     raw = {**JAGGED_CONFIG, "training": {"batch_size": 50, "block_size": 128, "shuffle_blocks": 2}}
     config = parse_config(raw)
@@ -103,10 +103,10 @@ def test_an_epoch_reads_each_block_once_and_one_more_at_most(tmp_path, monkeypat
     from conftest import JAGGED_CONFIG, make_events, write_jagged_root
 
     from payload.config import parse_config
-    from payload.convert import convert
-    from payload.dataset import EventSource
-    from payload.splits import TRAIN
-    from payload.train import make_stream_factory, prepare
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import EventSource
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory, prepare
 
     config = parse_config({**JAGGED_CONFIG, "training": {"batch_size": 64, "block_size": 100, "shuffle_blocks": 4}})
     root = write_jagged_root(tmp_path / "s.root", make_events(1000, seed=3))
@@ -130,10 +130,10 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
     from conftest import JAGGED_CONFIG, make_events, write_jagged_root
 
     from payload.config import parse_config
-    from payload.convert import convert
-    from payload.dataset import EventSource
-    from payload.splits import TRAIN
-    from payload.train import make_stream_factory, prepare
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import EventSource
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory, prepare
 
     def stream(trim):
         raw = {

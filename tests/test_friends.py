@@ -17,11 +17,11 @@ import pytest
 import uproot
 import yaml
 
-from payload import friends
 from payload.config import load_config
+from payload.ingest.samples import write_sample
 from payload.job import evaluate_job, train_job
-from payload.merge import merge
-from payload.samples import write_sample
+from payload.results import friends
+from payload.results.merge import merge
 from tests.helpers import DATA, quick_job_config
 
 SELECTION = "njets >= 4"
@@ -91,7 +91,7 @@ def test_friends_of_a_training_job_line_up_with_their_inputs(trained):
     # The job's metrics.json is what its published schema and typed model say.
     import jsonschema
 
-    from payload.results import read_metrics
+    from payload.results.schema import read_metrics
 
     raw = json.loads((tmp / "train" / "metrics.json").read_text())
     jsonschema.validate(raw, json.loads((DATA.parents[1] / "docs" / "schemas" / "metrics.schema.json").read_text()))

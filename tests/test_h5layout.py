@@ -9,8 +9,8 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from payload.h5layout import Chunk, EventFileWriter
-from payload.prefetch import prefetch
+from payload.ingest.h5layout import Chunk, EventFileWriter
+from payload.ingest.prefetch import prefetch
 
 
 def _chunk(rng: np.random.Generator, n: int, start: int) -> Chunk:
@@ -33,7 +33,7 @@ def _chunk(rng: np.random.Generator, n: int, start: int) -> Chunk:
 def test_appends_of_any_size_read_back_exactly(tmp_path, compression, monkeypatch):
     """Appends smaller than, equal to and larger than a chunk, in any mix, read back as written,
     through h5py's own filter pipeline (the Blosc path writes pre-compressed chunks directly)."""
-    import payload.h5layout as layout
+    import payload.ingest.h5layout as layout
 
     monkeypatch.setattr(layout, "CHUNK_BYTES", 4 * 3 * 4 * 10)  # 10 rows per chunk
     rng = np.random.default_rng(1)
@@ -92,8 +92,8 @@ def test_integer_datasets_are_byte_shuffled(tmp_path):
 def test_sparse_objects_are_padded_as_written(tmp_path, compression, monkeypatch):
     """Objects handed over as (slots, rows) come back as the padded array, across chunk borders
     and appends that leave partial chunks, the same as a dense append."""
-    import payload.h5layout as layout
-    from payload.h5layout import SparseObjects
+    import payload.ingest.h5layout as layout
+    from payload.ingest.h5layout import SparseObjects
 
     monkeypatch.setattr(layout, "CHUNK_BYTES", 4 * 3 * 4 * 10)  # 10 rows per chunk
     rng = np.random.default_rng(4)
@@ -152,8 +152,8 @@ def test_prefetch_stopped_early_closes_its_source():
 def test_read_rows_matches_h5py_slicing(tmp_path, compression, monkeypatch):
     """Direct Blosc chunk reads (and the h5py path for other filters) give exactly h5py's rows for
     ranges aligned and not aligned to chunks, inside one chunk, through the partial last chunk."""
-    import payload.h5layout as layout
-    from payload.h5layout import read_rows
+    import payload.ingest.h5layout as layout
+    from payload.ingest.h5layout import read_rows
 
     monkeypatch.setattr(layout, "CHUNK_BYTES", 4 * 3 * 4 * 10)  # 10 rows per chunk
     rng = np.random.default_rng(2)
@@ -172,8 +172,8 @@ def test_read_rows_matches_h5py_slicing(tmp_path, compression, monkeypatch):
 def test_read_rows_from_several_threads_at_once(tmp_path, monkeypatch):
     """Training reads one event file from its training and validation threads: the direct chunk
     reads must hold h5py's lock (without it HDF5 fails with 'no VOL object wrap context')."""
-    import payload.h5layout as layout
-    from payload.h5layout import read_rows
+    import payload.ingest.h5layout as layout
+    from payload.ingest.h5layout import read_rows
 
     monkeypatch.setattr(layout, "CHUNK_BYTES", 4 * 3 * 4 * 10)
     rng = np.random.default_rng(3)

@@ -23,7 +23,7 @@ from payload import __version__
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "payload" / "data"
+DATA = REPO / "payload" / "resources"
 BASE = os.environ.get("PAYLOAD_TEST_BASE_IMAGE", "grid-payload-base:bookworm")
 IMAGE = "grid-payload:test"
 GRID_USER = "23456:23456"  # neither root nor the image's own user, as on a grid site

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from payload.download import is_did
 from payload.errors import InputMissingError
-from payload.inputs import expand_inputs
+from payload.ingest.download import is_did
+from payload.ingest.inputs import expand_inputs
 
 
 def test_panda_comma_list_keeps_order_and_drops_duplicates(tmp_path):
@@ -58,7 +58,7 @@ def test_odd_file_names_are_files_not_patterns_or_lists(tmp_path):
     from conftest import REPO, run_payload
     from helpers import quick_job_config
 
-    data = REPO / "payload" / "data"
+    data = REPO / "payload" / "resources"
     names = ["a*b.root", "run[1].root", "x,y.root"]
     directory = tmp_path / "in"
     directory.mkdir()

@@ -22,7 +22,7 @@ from payload.job import evaluate_job, train_job
 
 pytestmark = pytest.mark.slow
 
-DATA = REPO / "payload" / "data"
+DATA = REPO / "payload" / "resources"
 SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")
 
 
@@ -262,12 +262,12 @@ def test_a_job_failing_after_conversion_closes_its_event_files(tmp_path, monkeyp
     """The event files a job opens are closed however it ends, so a rerun (or an in-process caller
     such as the Ray trials) can rewrite them.  The failure is injected into the evaluation stage,
     because no real input makes a job fail after its files are open and before it finishes."""
-    import payload.evaluate
+    import payload.results.evaluate
 
     def fail(*args, **kwargs):
         raise RuntimeError("injected failure in the evaluation stage")
 
-    monkeypatch.setattr(payload.evaluate, "evaluate", fail)
+    monkeypatch.setattr(payload.results.evaluate, "evaluate", fail)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="injected failure"):
         train_job(tiny_config(epochs=1), SAMPLE_A, SAMPLE_B, out, progress=False)
@@ -304,10 +304,10 @@ def test_evaluate_refuses_a_tarball_that_escapes(tmp_path):
 
 
 def test_batches_mix_both_classes_in_proportion(trained):
-    from payload.dataset import EventSource
-    from payload.scaling import Scaler
-    from payload.splits import TRAIN
-    from payload.train import make_stream_factory, prepare
+    from payload.learn.dataset import EventSource
+    from payload.learn.scaling import Scaler
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory, prepare
 
     config = tiny_config()
     work = trained.output / "work"
@@ -362,10 +362,10 @@ def test_cross_fitted_members_weight_only_events_they_did_not_train_on(tmp_path)
     """model.ensemble 2 with ensemble_split folds: each member leaves one part of the training split out;
     a training event's NN weight comes from the member that left it out, every other event's from the
     average of both (recomputed here from the members' own saved models)."""
-    from payload.dataset import EventSource
-    from payload.models import load_model
-    from payload.scaling import Scaler
-    from payload.splits import TRAIN, part
+    from payload.learn.dataset import EventSource
+    from payload.learn.models import load_model
+    from payload.learn.scaling import Scaler
+    from payload.learn.splits import TRAIN, part
 
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"].update(epochs=1)

@@ -17,11 +17,11 @@ import yaml
 
 from payload.config import parse_config
 from payload.job import evaluate_job, train_job
-from payload.merge import merge
+from payload.results.merge import merge
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
+DATA = Path(__file__).resolve().parents[1] / "payload" / "resources"
 SAMPLE_A, SAMPLE_B = str(DATA / "sample_A.root"), str(DATA / "sample_B.root")
 FOLDS = 3
 

@@ -1,4 +1,4 @@
-"""payload.metrics against independent reference implementations (scikit-learn, SciPy) and closed forms."""
+"""payload.results.metrics against independent reference implementations (scikit-learn, SciPy) and closed forms."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from scipy.stats import chi2 as chi2_dist
 from scipy.stats import ks_2samp
 from sklearn.metrics import roc_auc_score
 
-from payload.metrics import SCORE_BINS, BinaryScores, WeightedHist, compare, distance_correlation
+from payload.results.metrics import SCORE_BINS, BinaryScores, WeightedHist, compare, distance_correlation
 
 
 def _on_bin_centres(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from payload.config import parse_config
 
 
 def _model(pooling="sum", events=0):
-    from payload.models import build_model
+    from payload.learn.models import build_model
 
     raw = {**JAGGED_CONFIG, "model": {"phi_widths": [16, 16], "f_widths": [16], "pooling": pooling}}
     return build_model(parse_config(raw), 8, ["pt", "eta", "phi", "m", "type"], [f"e{i}" for i in range(events)])
@@ -42,8 +42,8 @@ def test_padded_objects_change_nothing(pooling):
 def test_trimmed_padding_gives_the_same_predictions():
     """Cutting the padded slots beyond the last real object (what training batches and evaluation
     blocks do) changes no prediction: 45 slots with at most 13 real objects run as 16."""
-    from payload.dataset import cut_padding
-    from payload.evaluate import predict, variable_objects
+    from payload.learn.dataset import cut_padding
+    from payload.results.evaluate import predict, variable_objects
 
     rng = np.random.default_rng(1)
     model = _model("sum", events=2)
@@ -98,8 +98,8 @@ def test_mixed_precision_computes_in_float16_with_a_float32_output(tmp_path):
     import keras
 
     from payload.config import parse_config
-    from payload.models import load_model
-    from payload.train import configure_precision
+    from payload.learn.models import load_model
+    from payload.learn.train import configure_precision
 
     assert not configure_precision(parse_config(JAGGED_CONFIG))  # auto without a GPU: float32
     config = parse_config({**JAGGED_CONFIG, "training": {"mixed_precision": "on"}})
@@ -131,9 +131,9 @@ def test_zoo_model_trains_saves_and_loads(example, tmp_path):
     with the same predictions."""
     import yaml
 
-    from payload.dataset import flat_inputs
-    from payload.models import build_model, inference_model, load_model
-    from payload.train import compile_model
+    from payload.learn.dataset import flat_inputs
+    from payload.learn.models import build_model, inference_model, load_model
+    from payload.learn.train import compile_model
 
     config = parse_config(yaml.safe_load((REPO / "examples" / example).read_text()))
     names, events = config.data.object_features, list(config.data.event_features)
@@ -171,7 +171,7 @@ def test_backend_is_the_requested_one():
 
 
 def test_seed000_schedule():
-    from payload.schedules import HoldThenExpDecay
+    from payload.learn.schedules import HoldThenExpDecay
 
     s = HoldThenExpDecay(1e-3, steps_per_epoch=10)
     lr = [float(np.asarray(s(step))) for step in (0, 9, 10, 19, 20, 30, 45)]

@@ -31,9 +31,9 @@ def _session(path):
 
 def test_onnx_equals_keras_for_the_seed000_model(tmp_path):
     """The seed-000 example (type embedding, high-level event inputs beside the object set)."""
-    from payload.dataset import EventSource
-    from payload.models import load_model
-    from payload.scaling import Scaler
+    from payload.learn.dataset import EventSource
+    from payload.learn.models import load_model
+    from payload.learn.scaling import Scaler
 
     raw = yaml.safe_load((REPO / "examples" / "seed000_reweight.yaml").read_text())
     raw["training"].update(epochs=1, batch_size=512)
@@ -92,7 +92,7 @@ def test_a_converter_failure_leaves_no_model_onnx(tmp_path, monkeypatch):
     before failing is removed, not put in place as model.onnx (nor a former run's left there)."""
     import keras
 
-    from payload import onnx
+    from payload.results import onnx
 
     inputs = keras.Input((3,), name="x")
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))

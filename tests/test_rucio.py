@@ -26,12 +26,12 @@ from helpers import quick_job_config
 from rucio_loopback import RucioServer
 from xrootd_loopback import xrootd_server
 
-from payload.manifest import adler32
-from payload.samples import write_sample
+from payload.ingest.samples import write_sample
+from payload.results.manifest import adler32
 
 pytestmark = pytest.mark.servers
 
-DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
+DATA = Path(__file__).resolve().parents[1] / "payload" / "resources"
 SCOPE = "user.test"
 
 

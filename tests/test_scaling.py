@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from payload.config import ScalingConfig
-from payload.models.layers import FeatureScaling
-from payload.scaling import ColumnScaling, Scaler, ScalerFitter
+from payload.learn.models.layers import FeatureScaling
+from payload.learn.scaling import ColumnScaling, Scaler, ScalerFitter
 
 
 def _zero_inflated(n=50_000, seed=0):
@@ -49,7 +49,7 @@ def test_the_old_floor_is_what_the_occupancy_warning_catches():
     lo, hi = values.min(), values.max()
     squeezed = (values[x > 0] - lo) / (hi - lo)
     assert squeezed.min() > 0.5  # the failure the issue describes
-    from payload.scaling import MIN_OCCUPANCY, occupancy
+    from payload.learn.scaling import MIN_OCCUPANCY, occupancy
 
     assert occupancy((values - lo) / (hi - lo), 0.0, 1.0) < MIN_OCCUPANCY
     assert occupancy(scaler.apply_events(x[:, None])[:, 0], 0.0, 1.0) > MIN_OCCUPANCY

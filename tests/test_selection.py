@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from payload.errors import ConfigError, InconsistentDataError
-from payload.selection import compile_selection
+from payload.ingest.selection import compile_selection
 
 ARRAYS = {
     "njets": ak.Array([1, 2, 3, 4]),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from payload.stats import QUANTILES, FeatureStats
+from payload.ingest.stats import QUANTILES, FeatureStats
 
 
 def test_streaming_matches_numpy_over_uneven_chunks():

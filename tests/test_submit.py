@@ -19,7 +19,7 @@ import yaml
 from payload.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "payload" / "data"
+DATA = REPO / "payload" / "resources"
 
 # panda-client resolves its server name at import unless told it sits behind a real load balancer.
 os.environ.setdefault("PANDA_BEHIND_REAL_LB", "1")
@@ -707,8 +707,8 @@ def test_a_dag_with_a_failing_node_still_merges(tmp_path):
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """A trained job output and three new files of the primary's configuration to apply it to."""
+    from payload.ingest.samples import write_sample
     from payload.job import train_job
-    from payload.samples import write_sample
     from tests.helpers import quick_job_config
 
     root = tmp_path_factory.mktemp("trained")
@@ -760,7 +760,7 @@ def test_condor_evaluation_fan_out_dag_applies_and_merges(trained_model, tmp_pat
 
 @pytest.mark.slow
 def test_local_evaluation_fan_out(trained_model, tmp_path):
-    from payload.merge import merge
+    from payload.results.merge import merge
 
     model, files = trained_model
     proc = submit(
@@ -791,7 +791,7 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     validation loss lags after their first epoch; the finished points' outputs merge; rerunning the
     command restores the experiment instead of training again."""
     pytest.importorskip("ray", reason="pip install 'grid-payload[ray]' (in the test extra)")
-    from payload.merge import merge
+    from payload.results.merge import merge
 
     raw = yaml.safe_load((DATA / "demo.yaml").read_text())
     raw["training"].update(epochs=4, early_stopping_patience=0)

@@ -22,12 +22,12 @@ from helpers import quick_job_config
 from xrootd_loopback import xrootd_server
 
 from payload.config import default_config_path, load_config
-from payload.convert import convert
-from payload.samples import write_sample
+from payload.ingest.convert import convert
+from payload.ingest.samples import write_sample
 
 pytestmark = pytest.mark.servers
 
-DATA = Path(__file__).resolve().parents[1] / "payload" / "data"
+DATA = Path(__file__).resolve().parents[1] / "payload" / "resources"
 # A lost server is reported within seconds here (the job's defaults allow a minute).
 FAST_FAIL = {
     "XRD_CONNECTIONWINDOW": "2",
@@ -71,7 +71,7 @@ def test_convert_reads_root_urls_like_local_files(server, tmp_path):
 
 
 def test_run_reads_root_urls_and_records_them(server, tmp_path):
-    from payload.manifest import adler32
+    from payload.results.manifest import adler32
 
     cfg = quick_job_config(tmp_path / "job.yaml")
     proc = run(

@@ -18,7 +18,7 @@ from payload.job import evaluate_job, train_job
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "payload" / "data"
+DATA = REPO / "payload" / "resources"
 
 
 def _example(name: str, **sections) -> dict:
@@ -31,9 +31,9 @@ def _example(name: str, **sections) -> dict:
 def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_path):
     """Seed 004: the 4D jet AE reconstructs better than predicting every jet's mean; the saved
     encoder and decoder reproduce the model; latent codes of padded jets are 0."""
-    from payload.dataset import EventSource
-    from payload.models import load_model
-    from payload.scaling import Scaler
+    from payload.learn.dataset import EventSource
+    from payload.learn.models import load_model
+    from payload.learn.scaling import Scaler
 
     raw = _example("seed004_jet_compression.yaml", training={"epochs": 6})
     result = train_job(
@@ -88,7 +88,7 @@ def test_jet_autoencoder_beats_the_mean_and_is_saved_as_encoder_and_decoder(tmp_
 def test_event_vae_on_a_nanoaod_style_file(tmp_path):
     """Seed 001: a whole-event VAE on flat + jagged branches of a real CMS Open Data file."""
     skhep_testdata = pytest.importorskip("skhep_testdata")
-    from payload.models import load_model
+    from payload.learn.models import load_model
 
     raw = _example("seed001_nanoaod_vae.yaml", training={"epochs": 2})
     result = train_job(parse_config(raw), skhep_testdata.data_path("uproot-HZZ.root"), None, tmp_path, progress=False)
@@ -107,7 +107,7 @@ def test_event_vae_on_a_nanoaod_style_file(tmp_path):
 
 
 def _scaler(names=("pt", "eta", "phi", "m")):
-    from payload.scaling import ColumnScaling, Scaler
+    from payload.learn.scaling import ColumnScaling, Scaler
 
     n = len(names)
     offset = np.array([0.0, -2.5, -np.pi, 0.0])[:n]
@@ -120,7 +120,7 @@ def _scaler(names=("pt", "eta", "phi", "m")):
 
 
 def test_augmentation_moves_only_what_the_symmetry_moves():
-    from payload.augment import Augmenter
+    from payload.learn.augment import Augmenter
 
     raw = {
         "task": "classify",
@@ -167,11 +167,11 @@ def test_augmentation_moves_only_what_the_symmetry_moves():
 def test_higgsml_recipe_ensemble_ams_and_invariant_test_time_augmentation(tmp_path):
     """Seed 002: an ensemble trained in one job with augmentation; test-time augmentation over a
     symmetry group makes predictions exactly invariant under its transformations; AMS as the seed."""
-    from payload.augment import Augmenter
-    from payload.dataset import EventSource
-    from payload.evaluate import make_predictor, predict
-    from payload.models import load_model
-    from payload.scaling import Scaler
+    from payload.learn.augment import Augmenter
+    from payload.learn.dataset import EventSource
+    from payload.learn.models import load_model
+    from payload.learn.scaling import Scaler
+    from payload.results.evaluate import make_predictor, predict
 
     raw = _example("seed002_higgsml_dense.yaml", training={"epochs": 1}, evaluation={"test_time_augment": 4})
     raw["model"].update(ensemble=2, f_widths=[16, 16])
@@ -218,8 +218,8 @@ def _graph_config(**training) -> dict:
 def test_gcn_adjacency_and_node_permutation_invariance():
     """Seed 003: the adjacency from mother indices matches D^-1/2 (A + A^T + I) D^-1/2 computed by
     hand, and relabelling the nodes (mother indices remapped) leaves the prediction unchanged."""
-    from payload.models import build_model
-    from payload.models.layers import MotherAdjacency
+    from payload.learn.models import build_model
+    from payload.learn.models.layers import MotherAdjacency
 
     config = parse_config(_graph_config(decorrelation=None))
     names = config.data.object_features
@@ -263,7 +263,7 @@ def test_gcn_adjacency_and_node_permutation_invariance():
 def test_gcn_skim_filter_decorrelation_penalty_lowers_distance_correlation(tmp_path):
     """Seed 003: trained on decay trees with and without the dCorr penalty on the spectator mbc, the
     penalised network's output is less dependent on mbc; the speed-up matches the seed's formula."""
-    from payload.samples import write_graph_samples
+    from payload.ingest.samples import write_graph_samples
 
     passed, failed = write_graph_samples(tmp_path / "data", 4000)
     measured = {}
@@ -333,7 +333,7 @@ def test_lr_suggestion_is_the_steepest_fall_of_a_noisy_curve():
 
 
 def test_rank_auc_matches_pairwise_counting():
-    from payload.reconstruct import rank_auc
+    from payload.results.reconstruct import rank_auc
 
     rng = np.random.default_rng(0)
     background, signal = np.round(rng.normal(size=700), 1), np.round(rng.normal(0.4, 1, size=500), 1)  # with ties

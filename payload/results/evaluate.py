@@ -24,12 +24,12 @@ import numpy as np
 
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, embedded
-from payload.dataset import Block, EventSource, cut_padding
-from payload.h5layout import object_mask
-from payload.metrics import BinaryScores, WeightedHist, compare, distance_correlation
-from payload.models import input_names
+from payload.ingest.h5layout import object_mask
+from payload.learn.dataset import Block, EventSource, cut_padding
+from payload.learn.models import input_names
+from payload.learn.splits import TEST
 from payload.progress import Progress, log
-from payload.splits import TEST
+from payload.results.metrics import BinaryScores, WeightedHist, compare, distance_correlation
 
 PRED_FIELDS = {
     "sample": np.int8,
@@ -62,7 +62,7 @@ def make_predictor(config: JobConfig, model, scaler) -> Callable[[dict[str, np.n
     rotations = config.evaluation.test_time_augment
     if not rotations:
         return lambda inputs: predict(model, inputs)
-    from payload.augment import Augmenter
+    from payload.learn.augment import Augmenter
 
     augmenter = Augmenter(config, scaler)
     group = augmenter.group(rotations)
@@ -106,7 +106,7 @@ class Scorer:
     def __call__(self, block: Block, source: EventSource) -> np.ndarray:
         if not self.members:
             return self.model(block.inputs)
-        from payload.splits import TRAIN, part
+        from payload.learn.splits import TRAIN, part
 
         each = np.stack([m(block.inputs) for m in self.members])
         out = each.mean(axis=0)
@@ -249,8 +249,8 @@ class _TestEvents:
     all of them and the bounded closure sample; for a classification, rows for distance correlations."""
 
     def __init__(self, config: JobConfig, sources: list[tuple[EventSource, int]], weightings: dict[str, _Weighting]):
-        from payload.closure import ClosureSample
-        from payload.highlevel import HighLevel
+        from payload.learn.highlevel import HighLevel
+        from payload.results.closure import ClosureSample
 
         self.config, self.sources, self.weightings = config, sources, weightings
         # Labels are known only when both samples are given; one sample gets predictions and weights alone.
@@ -278,7 +278,7 @@ class _TestEvents:
             self.kept[index].append(np.column_stack([p, block.spectators, block.events])[test])
         if not self.check:
             return
-        from payload.splits import uniform
+        from payload.learn.splits import uniform
 
         rate = min(1.0, self.config.evaluation.closure_events / max(self.expected[index], 1))
         u = uniform(block.entry, source.file_keys[block.file_index], self.config.split.seed + _CLOSURE_DRAW)
@@ -357,7 +357,7 @@ def evaluate(
 
     ``sources`` are (source, label) with the primary first; weights are reported for it.  For a
     labelled reweighting, the closure of the NN weights (and of the ``baseline``'s, a fitted
-    ``payload.baseline.Baseline``) is measured on the test events: object-level histograms streamed
+    ``payload.results.baseline.Baseline``) is measured on the test events: object-level histograms streamed
     over all of them, event-level tables and the independent test on a bounded sample.
     """
     ev = config.evaluation
@@ -419,8 +419,8 @@ def evaluate(
 
 
 def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict[str, _Weighting], baseline) -> None:
-    """Closure metrics of every weighting on the test events (see ``payload.closure``), in metrics."""
-    from payload.closure import event_level, independent_test, verdict, weight_diagnostics
+    """Closure metrics of every weighting on the test events (see ``payload.results.closure``), in metrics."""
+    from payload.results.closure import event_level, independent_test, verdict, weight_diagnostics
 
     ev = config.evaluation
     metrics = evaluation.metrics
@@ -501,9 +501,9 @@ def closure_classifier(
     return its weighted AUC on the other half: 0.5 means the reweighting left nothing to learn."""
     import keras
 
-    from payload.feed import fit_input
-    from payload.models import build_model_for
-    from payload.train import compile_model, make_stream_factory
+    from payload.learn.feed import fit_input
+    from payload.learn.models import build_model_for
+    from payload.learn.train import compile_model, make_stream_factory
 
     max_w = config.evaluation.max_weight
     primary_label = sources[0][1]

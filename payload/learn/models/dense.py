@@ -7,7 +7,7 @@ import keras
 from keras import layers
 
 from payload.config import DenseModel, JobConfig
-from payload.models.blocks import features, mlp, probability
+from payload.learn.models.blocks import features, mlp, probability
 
 
 def build_dense(

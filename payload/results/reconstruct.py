@@ -20,12 +20,12 @@ import numpy as np
 
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig
-from payload.dataset import EventSource, flat_inputs
-from payload.evaluate import PredictionWriter
-from payload.h5layout import object_mask
-from payload.metrics import WeightedHist
+from payload.ingest.h5layout import object_mask
+from payload.learn.dataset import EventSource, flat_inputs
+from payload.learn.splits import TEST, TRAIN
 from payload.progress import log
-from payload.splits import TEST, TRAIN
+from payload.results.evaluate import PredictionWriter
+from payload.results.metrics import WeightedHist
 
 #: Per-event errors kept per sample for the out-of-distribution AUC.
 AUC_EVENTS = 50_000
@@ -157,7 +157,7 @@ def evaluate_autoencoder(
     config: JobConfig, model, sources: list[tuple[EventSource, int]], output: Path
 ) -> tuple[dict[str, Any], dict[str, WeightedHist], np.ndarray, list[str]]:
     """Returns (metrics, residual histograms, residual correlation matrix, its variable names)."""
-    from payload.models.autoencoder import split
+    from payload.learn.models.autoencoder import split
 
     ae = config.autoencoder
     encoder, decoder = split(model, config)

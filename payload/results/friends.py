@@ -26,9 +26,9 @@ import h5py
 import numpy as np
 
 from payload.atomic import atomic_path
-from payload.manifest import adler32
+from payload.learn.splits import base_name
 from payload.progress import log
-from payload.splits import base_name
+from payload.results.manifest import adler32
 
 FRIEND_TREE = "payload"
 SUFFIX = ".friend.root"

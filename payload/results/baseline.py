@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from payload.config import JobConfig
-from payload.dataset import EventSource, training_weights
-from payload.highlevel import HighLevel
+from payload.learn.dataset import EventSource, training_weights
+from payload.learn.highlevel import HighLevel
+from payload.learn.splits import TRAIN, uniform
 from payload.progress import log
-from payload.splits import TRAIN, uniform
 
 #: Hash seed offset that draws the baseline's training events (apart from the split's own hash).
 _DRAW = 7

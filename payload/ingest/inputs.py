@@ -2,7 +2,7 @@
 
 PanDA passes ``%IN`` as one comma-joined list of file names (staged into the working directory) or
 ``root://`` URLs (direct I/O).  Users also give globs, directories and Rucio DIDs (``scope:name``,
-downloaded into a cache by ``payload.download``).  Remote URLs are left to uproot.
+downloaded into a cache by ``payload.ingest.download``).  Remote URLs are left to uproot.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from payload.download import fetch, is_did
 from payload.errors import InputMissingError
+from payload.ingest.download import fetch, is_did
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = set("*?[")

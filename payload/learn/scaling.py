@@ -25,8 +25,8 @@ import numpy as np
 
 from payload.config import ScalingConfig
 from payload.errors import ConfigError, InputCorruptError
-from payload.h5layout import object_mask
-from payload.stats import FeatureStats, _quantiles
+from payload.ingest.h5layout import object_mask
+from payload.ingest.stats import FeatureStats, _quantiles
 
 SCALER_VERSION = 2
 #: The floor of scaler.json files written before floors were fitted (version 1).

@@ -40,7 +40,7 @@ class MaskedPool(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="payload")
 class FeatureScaling(keras.layers.Layer):
     """A ``scaler.json`` column scaling inside the model: x' = (T(x) - offset) / scale per feature,
-    T as in ``payload.scaling`` (log transforms with their fitted floor and value for x <= 0), with
+    T as in ``payload.learn.scaling`` (log transforms with their fitted floor and value for x <= 0), with
     padded objects set back to 0 when a mask is given.  Lets an ensemble of members with different
     scalers take one (raw) input."""
 

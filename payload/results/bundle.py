@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from payload.archive import safe_extract
 from payload.config import JobConfig, load_config
 from payload.errors import InputCorruptError, InputMissingError, PayloadError
-from payload.scaling import Scaler
+from payload.learn.scaling import Scaler
+from payload.results.archive import safe_extract
 
 #: What applies a model; ``metrics.json`` also names the files it was trained on.
 FILES = ("model.keras", "scaler.json", "config.yaml", "metrics.json")
@@ -49,7 +49,7 @@ def locate(source: str | Path, scratch: Path) -> Path:
 
 def load(directory: Path, source: str | Path | None = None) -> Bundle:
     """Every file of a bundle read and checked against the others."""
-    from payload.models import input_names, load_model
+    from payload.learn.models import input_names, load_model
 
     where = f"model {source or directory}"
     try:

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from payload.evaluate import Evaluation
-from payload.metrics import WeightedHist
+from payload.results.evaluate import Evaluation
+from payload.results.metrics import WeightedHist
 
 
 def _save(fig, path: Path) -> Path:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from payload.models import input_names
-from payload.scaling import ColumnScaling, Scaler
+from payload.learn.models import input_names
+from payload.learn.scaling import ColumnScaling, Scaler
 
 
 def identity_scaler(like: Scaler) -> Scaler:
@@ -46,7 +46,7 @@ def average(members: list):
 
 def build_ensemble(members: list[tuple[object, Scaler]]):
     """``members``: (loaded Keras model, its scaler).  All members must take the same inputs."""
-    from payload.models.layers import FeatureScaling
+    from payload.learn.models.layers import FeatureScaling
 
     names = [tuple(sorted(input_names(m))) for m, _ in members]
     if len(set(names)) != 1:

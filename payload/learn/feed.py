@@ -18,8 +18,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from payload.dataset import TrainingStream
-from payload.prefetch import prefetched
+from payload.ingest.prefetch import prefetched
+from payload.learn.dataset import TrainingStream
 
 #: Batches per Python hand-off to tf.data.
 GROUP = 32

@@ -9,8 +9,8 @@ from __future__ import annotations
 import keras
 
 from payload.config import GCNModel, JobConfig
-from payload.models.blocks import features, mlp, probability
-from payload.models.layers import Columns, GraphConv, MaskedPool, MotherAdjacency
+from payload.learn.models.blocks import features, mlp, probability
+from payload.learn.models.layers import Columns, GraphConv, MaskedPool, MotherAdjacency
 
 
 def build_gcn(

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from payload import __version__
-from payload.download import ORIGINS
-from payload.inputs import is_url
+from payload.ingest.download import ORIGINS
+from payload.ingest.inputs import is_url
 
 
 def adler32(path: str | Path, block: int = 1 << 22) -> str:

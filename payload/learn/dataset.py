@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from payload.config import ClassifierModel, DeepSetsModel, JobConfig
-from payload.h5layout import json_attr, names, object_mask, open_event_file, read_rows
-from payload.scaling import Scaler, outlier_mask
-from payload.splits import TEST, TRAIN, assign, base_name, file_key, part
+from payload.ingest.h5layout import json_attr, names, object_mask, open_event_file, read_rows
+from payload.learn.scaling import Scaler, outlier_mask
+from payload.learn.splits import TEST, TRAIN, assign, base_name, file_key, part
 
 
 @dataclass
@@ -92,7 +92,7 @@ class EventSource:
         # high-level features built from the objects of each event.
         self.high_level = None
         if isinstance(config.model, ClassifierModel) and config.model.high_level_inputs:
-            from payload.highlevel import HighLevel
+            from payload.learn.highlevel import HighLevel
 
             self.high_level = HighLevel(config, self.object_names, [], [])
         self.network_event_names = self.event_names + (self.high_level.object_names_ if self.high_level else [])
@@ -358,7 +358,7 @@ class TrainingStream:
         self.rng = np.random.default_rng(rng.integers(1 << 62))
         self.augmenter = None
         if augment and config.training.augment:
-            from payload.augment import Augmenter
+            from payload.learn.augment import Augmenter
 
             self.augmenter = Augmenter(config, sources[0][0].scaler)  # type: ignore[arg-type]
         self.level = config.autoencoder.level if config.task == "autoencode" else None
@@ -373,7 +373,7 @@ class TrainingStream:
     def groups(self, size: int, trim: bool = False) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         """Endless groups of ``size`` consecutive batches stacked on a leading axis: the same batches
         as ``batches()`` (for the same seed and no augmentation), built with one copy per group.
-        With ``trim`` (for a consumer that declares the slot axis variable, as ``payload.feed`` does
+        With ``trim`` (for a consumer that declares the slot axis variable, as ``payload.learn.feed`` does
         for tf.data) the padding beyond the group's largest multiplicity is cut away; plain batches keep
         every slot, since Keras fixes a generator's shapes from its first two batches."""
         while True:

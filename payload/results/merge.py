@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from payload import bundle as bundles
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
-from payload.manifest import adler32
 from payload.progress import log
-from payload.results import HEADLINES, Metrics, parse_metrics
+from payload.results import bundle as bundles
+from payload.results.manifest import adler32
+from payload.results.schema import HEADLINES, Metrics, parse_metrics
 
 CHUNK = 1 << 20
 
@@ -92,7 +92,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 def open_job(source: str, scratch: Path, name: str) -> Job:
     """One job output, checked; raises a ``PayloadError`` whose message is the reason to skip it."""
-    from payload.archive import safe_extract
+    from payload.results.archive import safe_extract
 
     path = Path(source)
     if not path.exists():
@@ -188,7 +188,7 @@ def _write_table(columns: list[str], rows: list[dict[str, Any]], metric: str, ou
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     (out / "jobs.md").write_text("\n".join(lines) + "\n")
 
-    from payload.plots import bar
+    from payload.results.plots import bar
 
     bar(
         [r["job"] for r in rows if r[metric] is not None],
@@ -206,7 +206,7 @@ def _copy_bundle(job: Job, dest: Path) -> None:
 
 def _ensemble(jobs: list[Job], dest: Path) -> dict[str, Any]:
     from payload.config import dump_config
-    from payload.models.ensemble import build_ensemble, identity_scaler
+    from payload.learn.models.ensemble import build_ensemble, identity_scaler
 
     data = [config_to_dict(j.config)["data"] for j in jobs]
     if any(d != data[0] for d in data):
@@ -237,8 +237,8 @@ def _ensemble(jobs: list[Job], dest: Path) -> dict[str, Any]:
 def _check_applies(dest: Path, built) -> None:
     """The saved ensemble loads as a bundle and gives the built model's finite scores on a test batch:
     an ensemble that would fail later is not written."""
-    from payload.evaluate import predict
-    from payload.models import input_names
+    from payload.learn.models import input_names
+    from payload.results.evaluate import predict
 
     loaded = bundles.load(dest)
     rng = np.random.default_rng(0)
@@ -293,9 +293,9 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
     """Concatenate the jobs' predictions (streamed), keyed by a global source-file table."""
     import h5py
 
-    from payload.evaluate import PRED_FIELDS
-    from payload.metrics import BinaryScores, WeightedHist
-    from payload.splits import TEST
+    from payload.learn.splits import TEST
+    from payload.results.evaluate import PRED_FIELDS
+    from payload.results.metrics import BinaryScores, WeightedHist
 
     files: list[str] = []
     index: dict[str, int] = {}
@@ -309,7 +309,7 @@ def merge_predictions(jobs: list[Job], path: Path, test_only: bool) -> dict[str,
     out = h5py.File(path, "w")
     with hdf5_writing(out, path):
         fields = {**PRED_FIELDS, "job": np.int32}
-        # Handles kept for the file's life (see payload.evaluate.PredictionWriter).
+        # Handles kept for the file's life (see payload.results.evaluate.PredictionWriter).
         columns = {
             name: out.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
             for name, dtype in fields.items()
@@ -469,8 +469,8 @@ def merge(
         if mode == "auto":
             mode = "all" if all(j.metrics.mode == "evaluate" for j in jobs) else "test" if kfold else "none"
         if mode != "none":
-            from payload import plots
-            from payload.evaluate import Evaluation
+            from payload.results import plots
+            from payload.results.evaluate import Evaluation
 
             merged = merge_predictions(
                 chosen if mode == "test" else jobs, tmp / "predictions.h5", test_only=mode == "test"

@@ -23,13 +23,13 @@ import numpy as np
 
 from payload.atomic import atomic_path, write_json
 from payload.config import JobConfig
-from payload.dataset import EventSource, TrainingStream, training_weights
-from payload.distribute import replicated
 from payload.errors import EmptyInputError, TrainingError
-from payload.feed import ValidationBatches, fit_input
+from payload.learn.dataset import EventSource, TrainingStream, training_weights
+from payload.learn.distribute import replicated
+from payload.learn.feed import ValidationBatches, fit_input
+from payload.learn.scaling import Scaler, ScalerFitter
+from payload.learn.splits import TRAIN, VALIDATION
 from payload.progress import Progress, duration, log
-from payload.scaling import Scaler, ScalerFitter
-from payload.splits import TRAIN, VALIDATION
 
 
 @dataclass
@@ -68,7 +68,7 @@ def prepare(config: JobConfig, sources: list[EventSource], fit: bool = True) -> 
 def compile_model(
     model, config: JobConfig, steps_per_epoch: int, epochs: int | None = None, learning_rate=None
 ) -> None:
-    from payload.schedules import make_schedule
+    from payload.learn.schedules import make_schedule
 
     if learning_rate is None:
         learning_rate = make_schedule(config.training, steps_per_epoch, epochs)
@@ -221,7 +221,7 @@ def _resume_point(checkpoints: Path) -> tuple[dict[str, Any], Any]:
     """The saved state and the model to resume from, verified by loading it: the last epoch's
     checkpoint, or else the best one (a damaged or truncated file), or else nothing (train from the
     start).  Each fallback is logged with its reason."""
-    from payload.models import load_model
+    from payload.learn.models import load_model
 
     path = checkpoints / "state.json"
     if not path.exists():
@@ -306,7 +306,7 @@ def train(
 ) -> TrainResult:
     """Train the configured model (``leave_out``: (parts, part) of the training split left out, for a
     cross-fitted ensemble member)."""
-    from payload.models import build_model_for, load_model
+    from payload.learn.models import build_model_for, load_model
 
     checkpoints = output / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from payload.config import TYPE_FEATURE, JobConfig, embedded
-from payload.h5layout import object_mask
+from payload.ingest.h5layout import object_mask
 
 LEADING = 2
 
@@ -99,7 +99,7 @@ class HighLevel:
         return out
 
     def compute(self, block) -> np.ndarray:
-        """(events, len(names)) float32 for a ``payload.dataset.Block`` (its raw, unscaled arrays)."""
+        """(events, len(names)) float32 for a ``payload.learn.dataset.Block`` (its raw, unscaled arrays)."""
         return np.concatenate(
             [
                 self.object_columns(block.raw_objects, block.n_objects),

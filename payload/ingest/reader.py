@@ -27,7 +27,7 @@ from payload.errors import (
     closest,
     one_line,
 )
-from payload.inputs import is_url
+from payload.ingest.inputs import is_url
 from payload.progress import log
 from payload.runtime import preload_xrootd
 

@@ -6,8 +6,8 @@ import keras
 from keras import layers
 
 from payload.config import DeepSetsModel, JobConfig
-from payload.models.blocks import features, mlp, probability
-from payload.models.layers import MaskedPool
+from payload.learn.models.blocks import features, mlp, probability
+from payload.learn.models.layers import MaskedPool
 
 
 def build_deepsets(

@@ -2,7 +2,7 @@
 
 ``level: object`` encodes every object's features on its own (the same weights for all objects of
 the padded array; padded objects carry no loss weight and do not enter batch-norm statistics).
-``level: event`` encodes one flat vector per event (``payload.dataset.flat_inputs``): the padded
+``level: event`` encodes one flat vector per event (``payload.learn.dataset.flat_inputs``): the padded
 objects flattened (row-major, padding 0) followed by the event features, all scaled.  The model outputs the reconstruction of its
 input in scaled units; ``split`` gives the trained encoder and decoder as models of their own.
 """
@@ -13,8 +13,8 @@ import keras
 from keras import layers
 
 from payload.config import AutoencoderModel, JobConfig
-from payload.models.blocks import mlp
-from payload.models.layers import MaskedBatchNorm, Sampling
+from payload.learn.models.blocks import mlp
+from payload.learn.models.layers import MaskedBatchNorm, Sampling
 
 
 def build_autoencoder(

@@ -30,13 +30,13 @@ from payload import __version__
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import TYPE_FEATURE, DataConfig, JobConfig, config_to_dict, parse_config
 from payload.errors import EmptyInputError, InconsistentDataError, OutputError
-from payload.h5layout import Chunk, EventFileWriter, SparseObjects
-from payload.inputs import expand_inputs
-from payload.prefetch import prefetch
+from payload.ingest.h5layout import Chunk, EventFileWriter, SparseObjects
+from payload.ingest.inputs import expand_inputs
+from payload.ingest.prefetch import prefetch
+from payload.ingest.reader import InputTree, open_tree
+from payload.ingest.selection import Selection, compile_selection
+from payload.ingest.stats import CAPACITY, GroupStats
 from payload.progress import Progress, log
-from payload.reader import InputTree, open_tree
-from payload.selection import Selection, compile_selection
-from payload.stats import CAPACITY, GroupStats
 
 SAMPLE_OVERSAMPLING = 4
 #: Inputs left open after the check for the in-process reader.
@@ -503,7 +503,7 @@ def convert(
     config: JobConfig, inputs: str | list[str], output: str | Path, progress: bool = True, workers: int | None = None
 ) -> ConvertResult:
     """Convert ROOT inputs (comma-separated lists, globs, directories, URLs, DIDs: see
-    ``payload.inputs.expand_inputs``) into one HDF5 event file (written atomically)."""
+    ``payload.ingest.inputs.expand_inputs``) into one HDF5 event file (written atomically)."""
     return convert_files(config, expand_inputs(inputs), output, progress, workers)
 
 

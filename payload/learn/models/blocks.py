@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from payload.config import ClassifierModel, Layers, TrainingConfig
-from payload.models.layers import MOMENTUM, CategoryEmbedding, Columns, DecorrelationPenalty, MaskedBatchNorm
+from payload.learn.models.layers import MOMENTUM, CategoryEmbedding, Columns, DecorrelationPenalty, MaskedBatchNorm
 
 
 def mlp(x, widths: list[int], cfg: Layers, prefix: str, dropout: float | None = None, mask=None):

@@ -2,7 +2,7 @@
 
 They work on a bounded sample of test events (``evaluation.closure_events`` per sample, drawn by a
 hash of file and entry, so the same events whatever the chunking) described by the high-level
-features of ``payload.highlevel``:
+features of ``payload.learn.highlevel``:
 
 - event-level closure tables: every high-level variable in ``evaluation.closure_bins``
   equal-population bins of the secondary (one bin per value for multiplicities), chi2 with the
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from payload.metrics import BinaryScores, WeightedHist, compare
+from payload.results.metrics import BinaryScores, WeightedHist, compare
 
 #: p-values below this are called significant in the job's output.
 SIGNIFICANCE = 0.01

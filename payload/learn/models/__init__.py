@@ -13,18 +13,18 @@ from payload.config import DeepSetsModel, DenseModel, GCNModel, JobConfig
 def build_model(config: JobConfig, max_objects: int, object_names: list[str], event_names: list[str]):
     cfg = config.model
     if isinstance(cfg, DeepSetsModel):
-        from payload.models.deepsets import build_deepsets
+        from payload.learn.models.deepsets import build_deepsets
 
         return build_deepsets(config, cfg, max_objects, object_names, event_names)
     if isinstance(cfg, DenseModel):
-        from payload.models.dense import build_dense
+        from payload.learn.models.dense import build_dense
 
         return build_dense(config, cfg, max_objects, object_names, event_names)
     if isinstance(cfg, GCNModel):
-        from payload.models.gcn import build_gcn
+        from payload.learn.models.gcn import build_gcn
 
         return build_gcn(config, cfg, max_objects, object_names, event_names)
-    from payload.models.autoencoder import build_autoencoder
+    from payload.learn.models.autoencoder import build_autoencoder
 
     return build_autoencoder(config, cfg, max_objects, object_names, event_names)
 
@@ -38,8 +38,8 @@ def load_model(path):
     """Load a saved model in Keras safe mode, with this package's custom layers and schedules registered."""
     import keras
 
-    import payload.models.layers  # registers the custom layers, which loading resolves by name
-    import payload.schedules  # noqa: F401 - registers the LR schedules
+    import payload.learn.models.layers  # registers the custom layers, which loading resolves by name
+    import payload.learn.schedules  # noqa: F401 - registers the LR schedules
 
     return keras.saving.load_model(path, safe_mode=True)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from payload.config import JobConfig
-from payload.scaling import Scaler
+from payload.learn.scaling import Scaler
 
 
 class Augmenter:

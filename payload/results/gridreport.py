@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from payload.atomic import write_json
-from payload.results import parse_metrics
+from payload.results.schema import parse_metrics
 
 FILENAME = "userJobMetadata.json"
 
