@@ -272,6 +272,23 @@ class ChunkBuilder:
             out[:, j] = ak.to_numpy(arr) * self.data.energy_scale(name)
         return out
 
+    def _per_event(
+        self, arrays: dict[str, ak.Array], n: int, location: str, stats: dict[str, GroupStats], sample: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weights, event features, spectators) of the chunk's events, added to ``stats``."""
+        data = self.data
+        weights = (
+            self._flat(arrays, {"weight": data.weight}, n, location)[:, 0]
+            if data.weight
+            else np.ones(n, dtype=np.float32)
+        )
+        events = self._flat(arrays, data.event_features, n, location)
+        spectators = self._flat(arrays, data.spectators, n, location)
+        stats["events"].update(events, sample)
+        stats["spectators"].update(spectators, sample)
+        stats["weights"].update(weights[:, None], sample)
+        return weights, events, spectators
+
     def __call__(self, arrays: dict[str, ak.Array], file_index: int, start: int, stop: int, location: str) -> Block:
         n_read = len(next(iter(arrays.values())))
         arrays, entry, nonfinite = self._selected(arrays, start, stop, location)
@@ -318,16 +335,7 @@ class ChunkBuilder:
                     negative[name] = below
         n_objects = np.minimum(counts, m).astype(np.int16)
 
-        weights = (
-            self._flat(arrays, {"weight": self.data.weight}, n, location)[:, 0]
-            if self.data.weight
-            else np.ones(n, dtype=np.float32)
-        )
-        events = self._flat(arrays, self.data.event_features, n, location)
-        spectators = self._flat(arrays, self.data.spectators, n, location)
-        stats["events"].update(events, sample)
-        stats["spectators"].update(spectators, sample)
-        stats["weights"].update(weights[:, None], sample)
+        weights, events, spectators = self._per_event(arrays, n, location, stats, sample)
         slots = event_of * index(m) + position
         return Block(
             file_index,
@@ -570,6 +578,27 @@ class _Findings:
                 total[key] = total.get(key, 0) + count
         self.selected[block.file_index] += len(block)
 
+    def provenance(
+        self, trees: list[InputTree], entries: int, events: int, workers: int, seconds: float
+    ) -> dict[str, Any]:
+        """The event file's ``provenance`` attribute: where its events came from and how."""
+        return {
+            "sources": [
+                {"location": t.location, "entries": t.num_entries, "selected": self.selected[i], "bytes": t.num_bytes}
+                for i, t in enumerate(trees)
+            ],
+            "entries": entries,
+            "events": events,
+            "tree": self.data.tree,
+            "workers": workers,
+            "payload_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": platform.node(),
+            "seconds": round(seconds, 3),
+            "nonfinite": {"mode": self.data.nonfinite, "values": self.nonfinite},
+            "negative_energies": self.negative,
+        }
+
     def log(self, name: str) -> None:
         if self.clipped:
             log.info("clipped %d objects beyond max_objects=%d", self.clipped, self.data.max_objects)
@@ -635,23 +664,7 @@ def _write(
             stats_dict = {k: v.to_dict() for k, v in found.stats.items()}
             stats_dict["clipped_objects"] = found.clipped  # type: ignore[assignment]
             seconds = time.perf_counter() - started
-            sources = [
-                {"location": t.location, "entries": t.num_entries, "selected": found.selected[i], "bytes": t.num_bytes}
-                for i, t in enumerate(trees)
-            ]
-            provenance = {
-                "sources": sources,
-                "entries": total_entries,
-                "events": writer.size,
-                "tree": data.tree,
-                "workers": workers,
-                "payload_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "host": platform.node(),
-                "seconds": round(seconds, 3),
-                "nonfinite": {"mode": data.nonfinite, "values": found.nonfinite},
-                "negative_energies": found.negative,
-            }
+            provenance = found.provenance(trees, total_entries, writer.size, workers, seconds)
             writer.set_attrs(
                 config=config_to_dict(config), provenance=provenance, stats=stats_dict, source_files=list(files)
             )

@@ -344,28 +344,17 @@ def _scored_on(sources: list[tuple[EventSource, int]]) -> str:
     return f"every event of unseen files {unseen}, the test split of training files"
 
 
-def evaluate(
+def _write_predictions(
     config: JobConfig,
-    model,
     sources: list[tuple[EventSource, int]],
+    scorer: Scorer,
+    weightings: dict[str, _Weighting],
+    baseline,
+    test: _TestEvents,
     predictions: Path,
-    baseline=None,
-    members: list | None = None,
-    progress: bool = True,
-) -> Evaluation:
-    """Predict every event of every source, write ``predictions`` (atomically) and compute metrics.
-
-    ``sources`` are (source, label) with the primary first; weights are reported for it.  For a
-    labelled reweighting, the closure of the NN weights (and of the ``baseline``'s, a fitted
-    ``payload.results.baseline.Baseline``) is measured on the test events: object-level histograms streamed
-    over all of them, event-level tables and the independent test on a bounded sample.
-    """
-    ev = config.evaluation
-    weightings = {"nn": _Weighting(ev.max_weight)} if config.task == "reweight" else {}
-    if weightings and baseline is not None:
-        weightings["baseline"] = _Weighting(None)
-    test = _TestEvents(config, sources, weightings)
-    scorer = Scorer(config, model, sources[0][0].scaler, members)
+    progress: bool,
+) -> int:
+    """Score every event, block by block, into ``predictions`` (atomically) and ``test``; the events written."""
     extra: dict[str, tuple[tuple[int, ...], Any]] | None = (
         {"baseline_weight": ((), np.float32)} if "baseline" in weightings else None
     )
@@ -397,7 +386,32 @@ def evaluate(
             size = writer.size
     if bar:
         bar.finish()
+    return size
 
+
+def evaluate(
+    config: JobConfig,
+    model,
+    sources: list[tuple[EventSource, int]],
+    predictions: Path,
+    baseline=None,
+    members: list | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Predict every event of every source, write ``predictions`` (atomically) and compute metrics.
+
+    ``sources`` are (source, label) with the primary first; weights are reported for it.  For a
+    labelled reweighting, the closure of the NN weights (and of the ``baseline``'s, a fitted
+    ``payload.results.baseline.Baseline``) is measured on the test events: object-level histograms streamed
+    over all of them, event-level tables and the independent test on a bounded sample.
+    """
+    ev = config.evaluation
+    weightings = {"nn": _Weighting(ev.max_weight)} if config.task == "reweight" else {}
+    if weightings and baseline is not None:
+        weightings["baseline"] = _Weighting(None)
+    test = _TestEvents(config, sources, weightings)
+    scorer = Scorer(config, model, sources[0][0].scaler, members)
+    size = _write_predictions(config, sources, scorer, weightings, baseline, test, predictions, progress)
     metrics: dict[str, Any] = {"events": size, "scored_on": _scored_on(sources), **test.metrics()}
     if "test" in metrics:
         log.info(

@@ -176,9 +176,7 @@ def evaluate_autoencoder(
         len(object_names) if ae.level == "object" else first.max_objects * len(object_names) + len(first.event_names)
     )
     errors = [_Errors(width) for _ in sources]
-    train_sum, train_rows = np.zeros(width), 0
-    seconds = {"encode": 0.0, "decode": 0.0}
-    timed = 0
+    primary = _Primary(width)
     latent_shape = (first.max_objects, ae.latent) if ae.level == "object" else (ae.latent,)
 
     with atomic_path(output / "predictions.h5") as tmp:
@@ -192,7 +190,7 @@ def evaluate_autoencoder(
                     t1 = time.perf_counter()
                     z = np.asarray(z[0] if isinstance(z, (list, tuple)) else z)  # a VAE's mean
                     out = np.asarray(decoder.predict_on_batch(z))
-                    t2 = time.perf_counter()
+                    seconds = (t1 - t0, time.perf_counter() - t1)
                     mask = block.inputs["mask"]
                     test = (block.split == TEST) & ~block.outlier
                     per_event, sums, counts = _squared_errors(x, out, mask, ae.level)
@@ -203,12 +201,7 @@ def evaluate_autoencoder(
                         per_event[test],
                     )
                     if sample == 0:
-                        seconds["encode"] += t1 - t0
-                        seconds["decode"] += t2 - t1
-                        timed += len(x)
-                        train = _inputs_of(x, mask, block.split == TRAIN, ae.level)
-                        train_sum += train.sum(axis=0)
-                        train_rows += len(train)
+                        primary.add(_inputs_of(x, mask, block.split == TRAIN, ae.level), len(x), seconds)
                         if test.any():
                             residuals.add_block(block, out, test, ae.level, scaler)
                     writer.append(_rows(block, sample, per_event, z * mask[..., None] if ae.level == "object" else z))
@@ -219,7 +212,7 @@ def evaluate_autoencoder(
                 "error (scaled units), label = sample, latent = the encoder's codes"
             )
 
-    metrics = _metrics(ae, errors, train_sum / max(train_rows, 1), width, seconds, timed, (encoder, decoder))
+    metrics = _metrics(ae, errors, primary, width, (encoder, decoder))
     matrix = residuals.correlation.correlation()
     metrics["residuals"] = residuals.summary()
     metrics["residual_correlation"] = {"names": object_names, "matrix": matrix.tolist()}
@@ -249,15 +242,30 @@ def _rows(block, sample: int, per_event: np.ndarray, latent: np.ndarray) -> dict
     }
 
 
-def _metrics(
-    ae, errors: list[_Errors], train_mean: np.ndarray, width: int, seconds, timed: int, parts
-) -> dict[str, Any]:
+class _Primary:
+    """The primary sample's training-split mean input (the mean-prediction baseline) and the time spent
+    encoding and decoding its events."""
+
+    def __init__(self, width: int):
+        self.train_sum, self.train_rows = np.zeros(width), 0
+        self.encode_s = self.decode_s = 0.0
+        self.timed = 0
+
+    def add(self, train: np.ndarray, events: int, seconds: tuple[float, float]) -> None:
+        self.train_sum += train.sum(axis=0)
+        self.train_rows += len(train)
+        self.encode_s += seconds[0]
+        self.decode_s += seconds[1]
+        self.timed += events
+
+
+def _metrics(ae, errors: list[_Errors], tally: _Primary, width: int, parts) -> dict[str, Any]:
     """Reconstruction error against the mean-prediction baseline, compression, speed and size."""
     primary = errors[0]
     input_bytes = 4 * width
     metrics: dict[str, Any] = {
         "test_mse": primary.mse(),
-        "baseline_mse": primary.baseline(train_mean),
+        "baseline_mse": primary.baseline(tally.train_sum / max(tally.train_rows, 1)),
         "compression": {
             "latent_bytes": 4 * ae.latent,
             "input_bytes": input_bytes,
@@ -265,11 +273,11 @@ def _metrics(
             "per": ae.level,
         },
         "timing": {
-            "encode_seconds": seconds["encode"],
-            "decode_seconds": seconds["decode"],
-            "events": timed,
-            "encode_events_per_second": timed / max(seconds["encode"], 1e-9),
-            "decode_events_per_second": timed / max(seconds["decode"], 1e-9),
+            "encode_seconds": tally.encode_s,
+            "decode_seconds": tally.decode_s,
+            "events": tally.timed,
+            "encode_events_per_second": tally.timed / max(tally.encode_s, 1e-9),
+            "decode_events_per_second": tally.timed / max(tally.decode_s, 1e-9),
         },
         "memory": {
             f"{name}_weight_bytes": int(sum(np.asarray(w).nbytes for w in part.weights))
