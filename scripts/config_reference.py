@@ -131,6 +131,16 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def _without_const_types(node):
+    """The schema without the ``"type"`` newer pydantic releases add beside a ``"const"`` (a
+    literal): redundant, and dropped so that every allowed pydantic writes the same file."""
+    if isinstance(node, dict):
+        return {k: _without_const_types(v) for k, v in node.items() if not (k == "type" and "const" in node)}
+    if isinstance(node, list):
+        return [_without_const_types(v) for v in node]
+    return node
+
+
 def schemas() -> dict[Path, str]:
     """docs/schemas/*.schema.json: the job config (``config.yaml`` in every output) and ``metrics.json``."""
     from payload.config import JobConfig
@@ -139,6 +149,7 @@ def schemas() -> dict[Path, str]:
     out = {}
     for name, model in (("config", JobConfig), ("metrics", Metrics)):
         schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **model.model_json_schema()}
+        schema = _without_const_types(schema)
         out[REPO / "docs" / "schemas" / f"{name}.schema.json"] = json.dumps(schema, indent=1, sort_keys=True) + "\n"
     return out
 
