@@ -104,10 +104,15 @@ def _split(branches: dict) -> dict:
     return {"jet": jets, "lep": leps, **flat}
 
 
-def write_sample(path: str | Path, events: int, name: str = "A", batch: int = 50_000) -> Path:
-    """Write ``events`` toy events of configuration ``name`` ("A" or "B"), in bounded batches."""
+def write_sample(
+    path: str | Path, events: int, name: str = "A", batch: int = 50_000, extra_jets: float | None = None
+) -> Path:
+    """Write ``events`` toy events of configuration ``name`` ("A" or "B"), in bounded batches;
+    ``extra_jets``: the mean number of jets beyond two, instead of the configuration's."""
     cfg = dict(CONFIGS[name])
     seed = cfg.pop("seed")
+    if extra_jets is not None:
+        cfg["extra_jets"] = extra_jets
     with uproot.recreate(path) as f:
         for i, start in enumerate(range(0, events, batch)):
             parts = _split(generate(min(batch, events - start), **cfg, seed=int(seed) * 100_003 + i))

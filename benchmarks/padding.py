@@ -1,0 +1,147 @@
+"""Training with the padding cut from every batch against training on every padded slot, same run.
+
+    python benchmarks/padding.py [--steps 300] [--repeat 3] [--json OUT]
+
+Two samples: the reference Pythia events (``../shared/data/ttbar_{A,B}.root``, the seed-000 config:
+about 6 real objects in 45 slots) and a wide-multiplicity toy (2 + Poisson(14) jets, leptons and MET in
+45 slots).  Each is converted once; then the seed-000 Deep Sets is trained from the streaming pipeline
+``payload run`` uses, in fresh processes taking turns (best of ``--repeat``), with
+``training.trim_padding`` on and off: steady samples/s after a compiling warm-up.  The trimmed run then
+predicts its test events from the cut and from the fully padded inputs: the largest difference is
+printed beside the speeds (masked pooling makes the two equal to float rounding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import allocator_env  # benchmarks/ is on sys.path when a script runs
+from train import steady_rate
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+WARM = 30
+
+
+def child(trim: bool, config_path: str, a: str, b: str, steps: int) -> None:
+    import numpy as np
+
+    from payload.config import load_config
+    from payload.learn.dataset import EventSource
+    from payload.learn.feed import fit_input
+    from payload.learn.models import build_model_for, input_names
+    from payload.learn.splits import TEST, TRAIN
+    from payload.learn.train import compile_model, make_stream_factory, prepare
+    from payload.results.evaluate import predict
+
+    config = load_config(config_path)
+    config.training.trim_padding = trim
+    raw = [EventSource(a, config, None), EventSource(b, config, None)]
+    scaler, tallies = prepare(config, raw)
+    sources = [(EventSource(a, config, scaler), 0), (EventSource(b, config, scaler), 1)]
+    model = build_model_for(config, raw[0])
+    compile_model(model, config, steps)
+    rate = steady_rate(WARM)
+    streams = make_stream_factory(config, sources, tallies, (TRAIN,), 1, True)
+    with fit_input(streams) as batches:
+        model.fit(batches, steps_per_epoch=WARM + steps, epochs=1, verbose=0, shuffle=False, callbacks=[rate])
+    difference, real = 0.0, []
+    for block in sources[0][0].iterate((TEST,)):
+        padded = np.asarray(model.predict_on_batch({k: block.inputs[k] for k in input_names(model)})).ravel()
+        difference = max(difference, float(np.abs(predict(model, block.inputs) - padded).max()))  # predict cuts
+        real.append(block.inputs["mask"].sum(axis=1))
+    counts = np.concatenate(real)
+    print(
+        json.dumps(
+            {
+                "samples_per_s": steps * config.training.batch_size / rate.seconds,
+                "max_prediction_difference": difference,
+                "mean_real_objects": float(counts.mean()),
+                "max_real_objects": int(counts.max()),
+                "slots": int(block.inputs["mask"].shape[1]),
+            }
+        )
+    )
+
+
+def _once(trim: bool, config: Path, a: Path, b: Path, steps: int, env: dict[str, str]) -> dict:
+    args = [sys.executable, __file__, "--child", str(int(trim)), str(config), str(a), str(b), str(steps)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def samples(workdir: Path) -> dict[str, tuple[Path, Path, Path]]:
+    """name -> (job config, converted primary, converted secondary)."""
+    import yaml
+
+    from payload.config import load_config
+    from payload.ingest.convert import convert
+    from payload.ingest.samples import write_sample
+
+    seed000 = yaml.safe_load((REPO / "examples" / "seed000_reweight.yaml").read_text())
+    wide = yaml.safe_load((REPO / "payload" / "resources" / "demo.yaml").read_text())
+    wide["data"]["max_objects"] = 45
+    wide.update(model=seed000["model"], scaling=seed000["scaling"], training=seed000["training"])
+    wide["scaling"]["outliers"] = {}
+    out = {}
+    for name, raw, inputs in (
+        ("reference", seed000, [DATA / "ttbar_A.root", DATA / "ttbar_B.root"]),
+        ("wide", wide, [workdir / f"wide_{s}.root" for s in "AB"]),
+    ):
+        config = workdir / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        converted = []
+        for path, sample in zip(inputs, "AB"):
+            if not path.exists():
+                write_sample(path, 40_000, sample, extra_jets=14.0)
+            h5 = workdir / f"{name}_{sample}.h5"
+            if not h5.exists():
+                convert(load_config(config), str(path), h5, progress=False)
+            converted.append(h5)
+        out[name] = (config, *converted)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-padding"))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        trim, config, a, b, steps = args.child
+        child(trim == "1", config, a, b, int(steps))
+        return
+    env, allocator = allocator_env("auto")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (config, a, b) in samples(args.workdir).items():
+        runs: dict[bool, list[dict]] = {True: [], False: []}
+        for _ in range(args.repeat):
+            for trim in (False, True):
+                runs[trim].append(_once(trim, config, a, b, args.steps, env))
+        best = {trim: max(r, key=lambda x: x["samples_per_s"]) for trim, r in runs.items()}
+        rows.append({"sample": name, "padded": best[False], "trimmed": best[True]})
+    print(f"allocator: {allocator}; seed-000 Deep Sets, batch 2048, best of {args.repeat}")
+    print(f"{'sample':>10} {'real objects':>13} {'padded /s':>10} {'trimmed /s':>11} {'ratio':>6} {'max |dp|':>9}")
+    for r in rows:
+        t, p = r["trimmed"], r["padded"]
+        print(
+            f"{r['sample']:>10} {t['mean_real_objects']:>6.1f} of {t['slots']:<3} {p['samples_per_s']:>10,.0f} "
+            f"{t['samples_per_s']:>11,.0f} {t['samples_per_s'] / p['samples_per_s']:>6.2f} "
+            f"{t['max_prediction_difference']:>9.1e}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"allocator": allocator, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
