@@ -851,43 +851,13 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
 def test_prun_never_empties_a_directory_it_did_not_stage(submit_dir):
     """The sandbox is emptied on every submission: a directory holding the user's own files is refused."""
     (submit_dir / "analysis.C").write_text("// the user's work\n")
-    proc = submit(
-        "prun",
-        "--config",
-        'jdoe\'s "job" config.yaml',
-        "--image",
-        "img:1",
-        "--in-ds",
-        "data.A",
-        "--secondary-ds",
-        "data.B",
-        "--out-ds",
-        "user.jdoe.x",
-        "--gpu",
-        "none",
-        "--sandbox",
-        ".",
-        cwd=submit_dir,
-    )
+    args = ["prun", "--config", 'jdoe\'s "job" config.yaml', "--image", "img:1", "--in-ds", "data.A"]
+    args += ["--secondary-ds", "data.B", "--out-ds", "user.jdoe.x", "--gpu", "none"]
+    proc = submit(*args, "--sandbox", ".", cwd=submit_dir)
     assert proc.returncode == 2 and "did not stage" in proc.stderr
     assert (submit_dir / "analysis.C").read_text() == "// the user's work\n"
     # A staged sandbox is reused: the second submission replaces the first one's files.
     for _ in range(2):
-        proc = submit(
-            "prun",
-            "--config",
-            'jdoe\'s "job" config.yaml',
-            "--image",
-            "img:1",
-            "--in-ds",
-            "data.A",
-            "--secondary-ds",
-            "data.B",
-            "--out-ds",
-            "user.jdoe.x",
-            "--gpu",
-            "none",
-            cwd=submit_dir,
-        )
+        proc = submit(*args, cwd=submit_dir)
         assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (submit_dir / "prun-sandbox").iterdir()) == [".payload-sandbox", "job.yaml"]
