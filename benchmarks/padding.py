@@ -5,9 +5,11 @@
 Two samples: the reference Pythia events (``../shared/data/ttbar_{A,B}.root``, the seed-000 config:
 about 6 real objects in 45 slots) and a wide-multiplicity toy (2 + Poisson(14) jets, leptons and MET in
 45 slots).  Each is converted once; then the seed-000 Deep Sets is trained from the streaming pipeline
-``payload run`` uses, in fresh processes taking turns (best of ``--repeat``), with
-``training.trim_padding`` on and off: steady samples/s after a compiling warm-up.  The trimmed run then
-predicts its test events from the cut and from the fully padded inputs: the largest difference is
+``payload run`` uses, in fresh processes taking turns (best of ``--repeat``), three ways: every slot
+(``training.trim_padding`` off), each group of 32 batches cut to its largest multiplicity (trimmed,
+``bucket_by_multiplicity`` off) and each batch cut to its own after the group's rows were sorted by
+multiplicity (bucketed, the default): steady samples/s after a compiling warm-up.  The bucketed run
+then predicts its test events from the cut and from the fully padded inputs: the largest difference is
 printed beside the speeds (masked pooling makes the two equal to float rounding).
 """
 
@@ -27,7 +29,10 @@ DATA = REPO.parent / "shared" / "data"
 WARM = 30
 
 
-def child(trim: bool, config_path: str, a: str, b: str, steps: int) -> None:
+MODES = {"padded": (False, False), "trimmed": (True, False), "bucketed": (True, True)}
+
+
+def child(mode: str, config_path: str, a: str, b: str, steps: int) -> None:
     import numpy as np
 
     from payload.config import load_config
@@ -39,7 +44,7 @@ def child(trim: bool, config_path: str, a: str, b: str, steps: int) -> None:
     from payload.results.evaluate import predict
 
     config = load_config(config_path)
-    config.training.trim_padding = trim
+    config.training.trim_padding, config.training.bucket_by_multiplicity = MODES[mode]
     raw = [EventSource(a, config, None), EventSource(b, config, None)]
     scaler, tallies = prepare(config, raw)
     sources = [(EventSource(a, config, scaler), 0), (EventSource(b, config, scaler), 1)]
@@ -68,8 +73,8 @@ def child(trim: bool, config_path: str, a: str, b: str, steps: int) -> None:
     )
 
 
-def _once(trim: bool, config: Path, a: Path, b: Path, steps: int, env: dict[str, str]) -> dict:
-    args = [sys.executable, __file__, "--child", str(int(trim)), str(config), str(a), str(b), str(steps)]
+def _once(mode: str, config: Path, a: Path, b: Path, steps: int, env: dict[str, str]) -> dict:
+    args = [sys.executable, __file__, "--child", mode, str(config), str(a), str(b), str(steps)]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
@@ -117,27 +122,26 @@ def main() -> None:
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        trim, config, a, b, steps = args.child
-        child(trim == "1", config, a, b, int(steps))
+        mode, config, a, b, steps = args.child
+        child(mode, config, a, b, int(steps))
         return
     env, allocator = allocator_env("auto")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (config, a, b) in samples(args.workdir).items():
-        runs: dict[bool, list[dict]] = {True: [], False: []}
+        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
         for _ in range(args.repeat):
-            for trim in (False, True):
-                runs[trim].append(_once(trim, config, a, b, args.steps, env))
-        best = {trim: max(r, key=lambda x: x["samples_per_s"]) for trim, r in runs.items()}
-        rows.append({"sample": name, "padded": best[False], "trimmed": best[True]})
-    print(f"allocator: {allocator}; seed-000 Deep Sets, batch 2048, best of {args.repeat}")
-    print(f"{'sample':>10} {'real objects':>13} {'padded /s':>10} {'trimmed /s':>11} {'ratio':>6} {'max |dp|':>9}")
+            for mode in MODES:
+                runs[mode].append(_once(mode, config, a, b, args.steps, env))
+        best = {mode: max(r, key=lambda x: x["samples_per_s"]) for mode, r in runs.items()}
+        rows.append({"sample": name, **best})
+    print(f"allocator: {allocator}; seed-000 Deep Sets, batch 2048, best of {args.repeat}; samples/s, ratio to padded")
+    print(f"{'sample':>10} {'real objects':>13}" + "".join(f" {m + ' /s':>12}" for m in MODES) + f" {'max |dp|':>9}")
     for r in rows:
-        t, p = r["trimmed"], r["padded"]
+        b, p = r["bucketed"], r["padded"]["samples_per_s"]
+        rates = "".join(f" {r[m]['samples_per_s']:>7,.0f} {r[m]['samples_per_s'] / p:>4.2f}" for m in MODES)
         print(
-            f"{r['sample']:>10} {t['mean_real_objects']:>6.1f} of {t['slots']:<3} {p['samples_per_s']:>10,.0f} "
-            f"{t['samples_per_s']:>11,.0f} {t['samples_per_s'] / p['samples_per_s']:>6.2f} "
-            f"{t['max_prediction_difference']:>9.1e}"
+            f"{r['sample']:>10} {b['mean_real_objects']:>6.1f} of {b['slots']:<3}{rates} {b['max_prediction_difference']:>9.1e}"
         )
     if args.json:
         args.json.write_text(json.dumps({"allocator": allocator, "rows": rows}, indent=1))

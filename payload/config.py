@@ -374,11 +374,15 @@ class TrainingConfig(_Strict):
     seed: int = 1
     #: float16 compute: `auto` on a GPU, `on`, `off`.
     mixed_precision: Literal["auto", "on", "off"] = "auto"
-    #: Deep Sets: each training batch is cut to the largest real multiplicity it holds (rounded up to
+    #: Deep Sets: training batches are cut to the largest real multiplicity they hold (rounded up to
     #: a multiple of 8), so padding is neither copied nor computed; masked pooling makes the result
     #: independent of it.  Evaluation cuts every block the same way for any model that takes a
     #: variable number of objects.
     trim_padding: bool = True
+    #: With `trim_padding`: the rows of every 32 batches are sorted by multiplicity before they are
+    #: dealt into batches (each class in its proportion, as without), so most batches need 8 slots
+    #: where a random batch needs its rarest event's 16; the batches are then shuffled.
+    bucket_by_multiplicity: bool = True
     #: Replicate the model over several devices (payload/learn/distribute.py): auto = all GPUs when more than one.
     data_parallel: Literal["auto", "all", "off"] = "auto"
     #: Random symmetry transformations of the objects of every training batch (seed 002).

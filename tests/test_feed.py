@@ -30,6 +30,9 @@ class CountingStream:
                 values,
             )
 
+    def pieces(self, group):
+        return [group]
+
     def groups(self, size, trim=False):
         batches = self.batches()
         while True:
@@ -139,7 +142,7 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
         raw = {
             **JAGGED_CONFIG,
             "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
-            "training": {"batch_size": 64, "trim_padding": trim},
+            "training": {"batch_size": 64, "trim_padding": trim, "bucket_by_multiplicity": False},
         }
         config = parse_config(raw)
         files = []
@@ -156,3 +159,55 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
     np.testing.assert_array_equal(trimmed[0]["mask"].sum(axis=2), full[0]["mask"].sum(axis=2))
     np.testing.assert_array_equal(trimmed[0]["objects"], full[0]["objects"][:, :, :16])
     assert not full[0]["objects"][:, :, 16:].any()
+
+
+def test_bucketed_batches_are_cut_to_their_own_multiplicity_and_hold_the_same_rows(tmp_path):
+    """Bucketing deals a group's rows into batches by multiplicity: the pieces hold exactly the rows of
+    the unbucketed group (the same events, weights and class counts in every batch), each piece is cut
+    to the largest multiplicity it holds, and most batches need fewer slots than the group's largest
+    event."""
+    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
+
+    from payload.config import parse_config
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import TRIM_STEP, EventSource
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory, prepare
+
+    def stream(bucket):
+        raw = {
+            **JAGGED_CONFIG,
+            "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
+            "training": {"batch_size": 32, "bucket_by_multiplicity": bucket},
+        }
+        config = parse_config(raw)
+        files = []
+        for i in range(2):
+            root = write_jagged_root(tmp_path / f"b{i}.root", make_events(1500, seed=20 + i))
+            files.append(convert(config, [str(root)], tmp_path / f"b{i}-{bucket}.h5", progress=False).output)
+        scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
+        sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0)
+
+    plain, bucketed = stream(False), stream(True)
+    group = next(plain.groups(16, trim=True))
+    pieces = bucketed.pieces(next(bucketed.groups(16, trim=True)))
+    assert len(pieces) > 1
+
+    def rows(x, y, w):  # every row as (label, weight, real objects), sorted: the group's content
+        real = (x["objects"] * x["mask"][..., None]).reshape(-1, x["mask"].shape[-1] * x["objects"].shape[-1])
+        padded = np.zeros((len(real), 45 * x["objects"].shape[-1]), np.float32)
+        padded[:, : real.shape[1]] = real
+        table = np.column_stack([y.reshape(-1), w.reshape(-1), padded])
+        return table[np.lexsort(table.T[::-1])]
+
+    x, y, w = group
+    got = [rows(*p) for p in pieces]
+    np.testing.assert_array_equal(np.concatenate(got)[np.lexsort(np.concatenate(got).T[::-1])], rows(x, y, w))
+    for px, py, pw in pieces:
+        assert (py == y[: len(py)]).all()  # every batch holds each class in the same proportion
+        largest = int(px["mask"].sum(axis=-1).max())
+        assert px["objects"].shape[2] == px["mask"].shape[2] == max(TRIM_STEP, -(-largest // TRIM_STEP) * TRIM_STEP)
+    batches = sum(len(p[1]) for p in pieces)
+    narrow = sum(len(p[1]) for p in pieces if p[0]["mask"].shape[2] < x["mask"].shape[2])
+    assert batches == 16 and narrow >= batches // 2

@@ -204,6 +204,11 @@ def training_weights(block: Block, config: JobConfig, class_factor: float) -> np
     return w * np.float32(class_factor)
 
 
+Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]  # (x, y, sample weight); maybe stacked
+
+#: Batches of one multiplicity handed on together when bucketing: few hand-offs, steps well mixed.
+BUCKET_PIECE = 8
+
 #: Trimmed object arrays keep a multiple of this many slots: few distinct shapes, so few retracings.
 TRIM_STEP = 8
 
@@ -227,6 +232,24 @@ def cut_padding(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["mask"] = mask[..., :keep]
     out["objects"] = inputs["objects"][..., :keep, :]
     return out
+
+
+def bucket_pieces(group: Batch, rng: np.random.Generator, piece: int) -> list[Batch]:
+    """A stacked group of batches ordered by multiplicity as pieces of at most ``piece`` consecutive
+    batches that need the same number of slots, each cut to it; pieces (and the batches in each) in
+    random order, so that steps do not run from the emptiest batches to the fullest."""
+    x, y, w = group
+    real = x["mask"].sum(axis=-1).max(axis=-1)  # per batch: its largest multiplicity
+    slots = np.minimum(x["mask"].shape[-1], np.maximum(TRIM_STEP, -(-real.astype(np.int64) // TRIM_STEP) * TRIM_STEP))
+    pieces = []
+    for s in np.unique(slots):
+        batches = np.flatnonzero(slots == s)
+        batches = batches[rng.permutation(len(batches))]
+        for start in range(0, len(batches), piece):
+            index = np.sort(batches[start : start + piece])
+            cut = {k: v[index, :, : int(s)] if k in ("objects", "mask") else v[index] for k, v in x.items()}
+            pieces.append((cut, y[index], w[index]))
+    return [pieces[i] for i in rng.permutation(len(pieces))]
 
 
 def flat_inputs(inputs: dict[str, np.ndarray], level: str) -> np.ndarray:
@@ -364,6 +387,14 @@ class TrainingStream:
         self.level = config.autoencoder.level if config.task == "autoencode" else None
         #: Whether ``groups(..., trim=True)`` may cut padding (the model takes any number of slots).
         self.trimmable = config.training.trim_padding and isinstance(config.model, DeepSetsModel)
+        #: Whether such groups are ordered by multiplicity, to be cut batch by batch (``pieces``).
+        self.bucketed = self.trimmable and config.training.bucket_by_multiplicity
+        self.bucket_rng = np.random.default_rng(rng.integers(1 << 62))
+
+    def pieces(self, group: Batch) -> list[Batch]:
+        """What ``groups(..., trim=True)`` gave, as it is handed on: the group itself, or when
+        ``bucketed`` its pieces of ``BUCKET_PIECE`` batches, each cut to its own multiplicity."""
+        return bucket_pieces(group, self.bucket_rng, BUCKET_PIECE) if self.bucketed else [group]
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         """Endless batches (x, y, sample weight)."""
@@ -374,8 +405,10 @@ class TrainingStream:
         """Endless groups of ``size`` consecutive batches stacked on a leading axis: the same batches
         as ``batches()`` (for the same seed and no augmentation), built with one copy per group.
         With ``trim`` (for a consumer that declares the slot axis variable, as ``payload.learn.feed`` does
-        for tf.data) the padding beyond the group's largest multiplicity is cut away; plain batches keep
-        every slot, since Keras fixes a generator's shapes from its first two batches."""
+        for tf.data) the padding beyond the group's largest multiplicity is cut away, or, when
+        ``bucketed``, each class's rows of the group are ordered by multiplicity (batch i holds the
+        i-th slice of every class, in proportion as before) for ``pieces`` to cut batch by batch; plain
+        batches keep every slot, since Keras fixes a generator's shapes from its first two batches."""
         while True:
             parts, labels = [], []
             for c, (rows, n, label, factor) in enumerate(zip(self.rows, self.per_batch, self.labels, self.factors)):
@@ -385,11 +418,14 @@ class TrainingStream:
                 if self.extra_weight is not None:
                     weight = weight * self.extra_weight({k: v for k, v in part.items() if k != "weight"}, label)
                 part["weight"] = weight
+                if trim and self.bucketed:
+                    order = np.argsort(part["mask"].sum(axis=1), kind="stable")
+                    part = {k: v[order] for k, v in part.items()}
                 parts.append({k: v.reshape(size, n, *v.shape[1:]) for k, v in part.items()})
                 labels.append(np.full((size, n), label, dtype=np.float32))
             # Batch i takes the next per_batch[k] rows of every class k, as consecutive batches would.
             group = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
-            if trim and self.trimmable:
+            if trim and self.trimmable and not self.bucketed:
                 group = cut_padding(group)
             weight = group.pop("weight")
             rows_shape = (size * weight.shape[1],)

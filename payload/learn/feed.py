@@ -4,7 +4,8 @@ Batches are produced one epoch stream after another in a background thread.  Wit
 backend, Keras pulls a Python generator once per batch through ``tf.data.Dataset.from_generator``;
 on a small model that hand-off, not the reading, bounds throughput (benchmarks/train.py), so batches
 are passed ``GROUP`` at a time, built stacked by the stream (``TrainingStream.groups``: one copy per
-group), and split again inside tf.data.  Other backends iterate the
+group), and split again inside tf.data; a group bucketed by multiplicity goes as pieces of batches
+that need the same number of object slots (``TrainingStream.pieces``).  Other backends iterate the
 stream directly.
 """
 
@@ -16,15 +17,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
-import numpy as np
 
 from payload.ingest.prefetch import prefetched
-from payload.learn.dataset import TrainingStream
+from payload.learn.dataset import Batch, TrainingStream
 
 #: Batches per Python hand-off to tf.data.
 GROUP = 32
-
-Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]
 
 
 def epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0) -> Iterator[Batch]:
@@ -46,9 +44,10 @@ def epoch_groups(
         full, rest = divmod(stream.steps, group)
         groups = stream.groups(group, trim=trim)
         for _ in range(full):
-            yield next(groups)
+            yield from stream.pieces(next(groups)) if trim else [next(groups)]
         if rest:  # a new generator on the same stream continues where the last one stopped
-            yield next(stream.groups(rest, trim=trim))
+            last = next(stream.groups(rest, trim=trim))
+            yield from stream.pieces(last) if trim else [last]
 
 
 class ValidationBatches(keras.utils.PyDataset):
