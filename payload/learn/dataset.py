@@ -252,6 +252,16 @@ def bucket_pieces(group: Batch, rng: np.random.Generator, piece: int) -> list[Ba
     return [pieces[i] for i in rng.permutation(len(pieces))]
 
 
+def _by_multiplicity(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A stacked group (batches, rows, ...) with its rows dealt into the batches in order of
+    multiplicity.  Classes are sorted together: sorted apart, batch i would pair one class's
+    i-th slice with the other's, events the multiplicity alone separates, and every step would pull
+    the network towards a different wrong answer."""
+    shape = group["mask"].shape[:2]
+    order = np.argsort(group["mask"].sum(axis=-1).ravel(), kind="stable")
+    return {k: v.reshape(-1, *v.shape[2:])[order].reshape(*shape, *v.shape[2:]) for k, v in group.items()}
+
+
 def flat_inputs(inputs: dict[str, np.ndarray], level: str) -> np.ndarray:
     """What an autoencoder reconstructs: the objects (object level) or, per event, the padded objects
     flattened row-major followed by the event features (event level)."""
@@ -418,15 +428,16 @@ class TrainingStream:
                 if self.extra_weight is not None:
                     weight = weight * self.extra_weight({k: v for k, v in part.items() if k != "weight"}, label)
                 part["weight"] = weight
-                if trim and self.bucketed:
-                    order = np.argsort(part["mask"].sum(axis=1), kind="stable")
-                    part = {k: v[order] for k, v in part.items()}
                 parts.append({k: v.reshape(size, n, *v.shape[1:]) for k, v in part.items()})
                 labels.append(np.full((size, n), label, dtype=np.float32))
             # Batch i takes the next per_batch[k] rows of every class k, as consecutive batches would.
             group = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
-            if trim and self.trimmable and not self.bucketed:
+            group["label"] = np.concatenate(labels, axis=1)
+            if trim and self.bucketed:
+                group = _by_multiplicity(group)
+            elif trim and self.trimmable:
                 group = cut_padding(group)
+            label = group.pop("label")
             weight = group.pop("weight")
             rows_shape = (size * weight.shape[1],)
             if self.augmenter is not None:
@@ -434,7 +445,7 @@ class TrainingStream:
                 mask = group["mask"].reshape(*rows_shape, *group["mask"].shape[2:])
                 group["objects"] = self.augmenter.random(objects, mask, self.rng).reshape(group["objects"].shape)
             if self.level is None:
-                yield group, np.concatenate(labels, axis=1)[..., None], weight
+                yield group, label[..., None], weight
             elif self.level == "object":
                 yield group, group["objects"], weight[..., None] * group["mask"]
             else:
