@@ -379,9 +379,9 @@ class TrainingConfig(_Strict):
     #: independent of it.  Evaluation cuts every block the same way for any model that takes a
     #: variable number of objects.
     trim_padding: bool = True
-    #: With `trim_padding`: the rows of every 32 batches (both classes together) are sorted by
-    #: multiplicity before they are dealt into batches, so most batches need 8 slots where a random
-    #: batch needs its rarest event's 16; the batches are then shuffled.
+    #: With `trim_padding`: the rows of every 32 batches (both classes together) are grouped by the
+    #: slots their multiplicity needs (8, 16, ...) before they are dealt into batches, so most batches
+    #: need 8 slots where a random batch needs its rarest event's 16; the batches are then shuffled.
     bucket_by_multiplicity: bool = True
     #: Replicate the model over several devices (payload/learn/distribute.py): auto = all GPUs when more than one.
     data_parallel: Literal["auto", "all", "off"] = "auto"

@@ -253,12 +253,15 @@ def bucket_pieces(group: Batch, rng: np.random.Generator, piece: int) -> list[Ba
 
 
 def _by_multiplicity(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A stacked group (batches, rows, ...) with its rows dealt into the batches in order of
-    multiplicity.  Classes are sorted together: sorted apart, batch i would pair one class's
-    i-th slice with the other's, events the multiplicity alone separates, and every step would pull
-    the network towards a different wrong answer."""
+    """A stacked group (batches, rows, ...) with its rows dealt into the batches by the slots their
+    multiplicity needs (multiples of TRIM_STEP), in their shuffled order within each: a batch is a
+    random sample of the events that need its slots, both classes together.  Finer sorting
+    measurably slows learning where the multiplicity is what separates the classes: a batch of one
+    multiplicity holds nothing to learn it from, and a run of such batches pulls the network back and
+    forth (sorted per class, batch i would even pair one class's i-th slice with the other's)."""
     shape = group["mask"].shape[:2]
-    order = np.argsort(group["mask"].sum(axis=-1).ravel(), kind="stable")
+    needs = -(-group["mask"].sum(axis=-1).ravel().astype(np.int64) // TRIM_STEP)
+    order = np.argsort(needs, kind="stable")
     return {k: v.reshape(-1, *v.shape[2:])[order].reshape(*shape, *v.shape[2:]) for k, v in group.items()}
 
 
