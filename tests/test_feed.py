@@ -219,6 +219,16 @@ def test_bucketed_batches_are_cut_to_their_own_multiplicity_and_hold_the_same_ro
         for m, ys in zip(px["mask"].sum(axis=-1), yy)
     ]
     assert sum(mixed) >= len(mixed) - straddling - 1
+    # ... with the classes in exactly the shares they have among those events (to a row or two): shares
+    # swinging from batch to batch would pull the network back and forth.
+    share = {}
+    for n, ys in needs:
+        for k in np.unique(n):
+            share.setdefault(k, []).append(ys[n == k].ravel())
+    share = {k: np.concatenate(v).mean() for k, v in share.items()}
+    for n, ys in needs:
+        if len(np.unique(n)) == 1:
+            assert abs(ys.mean() - share[n[0]]) <= 2 / len(ys)
     batches = sum(len(p[1]) for p in pieces)
     narrow = sum(len(p[1]) for p in pieces if p[0]["mask"].shape[2] < x["mask"].shape[2])
     assert batches == 16 and narrow >= batches // 2
