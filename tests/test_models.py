@@ -41,7 +41,8 @@ def test_padded_objects_change_nothing(pooling):
 
 def test_trimmed_padding_gives_the_same_predictions():
     """Cutting the padded slots beyond the last real object (what training batches and evaluation
-    blocks do) changes no prediction: 45 slots with at most 13 real objects run as 16."""
+    blocks do) changes no prediction: 45 slots with at most 13 real objects run as 16, and
+    ``predict`` (events grouped by the 8 or 16 slots each needs) gives every event its own score."""
     from payload.learn.dataset import cut_padding
     from payload.results.evaluate import predict, variable_objects
 
@@ -55,6 +56,7 @@ def test_trimmed_padding_gives_the_same_predictions():
     assert cut["objects"].shape[1] == cut["mask"].shape[1] == 16
     assert variable_objects(model)
     full = np.asarray(model.predict_on_batch(inputs)).ravel()
+    assert 0 < (mask.sum(axis=1) <= 8).mean() < 1  # both groups occur
     np.testing.assert_allclose(predict(model, inputs), full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(model.predict_on_batch(cut)).ravel(), full, rtol=1e-5, atol=1e-6)
 

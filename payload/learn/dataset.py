@@ -213,10 +213,10 @@ BUCKET_PIECE = 8
 TRIM_STEP = 8
 
 
-def trimmed_slots(mask: np.ndarray, slots: int) -> int:
-    """Object slots that hold every real object of ``mask`` (..., slots), rounded up to TRIM_STEP."""
-    real = int(mask.sum(axis=-1).max()) if mask.size else 0
-    return min(slots, max(TRIM_STEP, -(-real // TRIM_STEP) * TRIM_STEP))
+def slots_needed(mask: np.ndarray) -> np.ndarray:
+    """Per event of ``mask`` (..., slots): the slots that hold its real objects, rounded up to TRIM_STEP."""
+    real = mask.sum(axis=-1).astype(np.int64)
+    return np.minimum(mask.shape[-1], np.maximum(TRIM_STEP, -(-real // TRIM_STEP) * TRIM_STEP))
 
 
 def cut_padding(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -225,7 +225,7 @@ def cut_padding(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "mask" not in inputs:
         return inputs
     mask = inputs["mask"]
-    keep = trimmed_slots(mask, mask.shape[-1])
+    keep = int(slots_needed(mask).max()) if mask.size else min(mask.shape[-1], TRIM_STEP)
     if keep == mask.shape[-1]:
         return inputs
     out = dict(inputs)
@@ -239,8 +239,7 @@ def bucket_pieces(group: Batch, rng: np.random.Generator, piece: int) -> list[Ba
     batches that need the same number of slots, each cut to it; pieces (and the batches in each) in
     random order, so that steps do not run from the emptiest batches to the fullest."""
     x, y, w = group
-    real = x["mask"].sum(axis=-1).max(axis=-1)  # per batch: its largest multiplicity
-    slots = np.minimum(x["mask"].shape[-1], np.maximum(TRIM_STEP, -(-real.astype(np.int64) // TRIM_STEP) * TRIM_STEP))
+    slots = slots_needed(x["mask"]).max(axis=-1)  # per batch: what its fullest event needs
     pieces = []
     for s in np.unique(slots):
         batches = np.flatnonzero(slots == s)
@@ -261,7 +260,7 @@ def _by_multiplicity(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     finer hold nothing to learn it from, and batches whose class shares swing by a few percent from
     step to step pull the network's output back and forth by more than the signal it learns."""
     shape = group["mask"].shape[:2]
-    needs = -(-group["mask"].sum(axis=-1).ravel().astype(np.int64) // TRIM_STEP)
+    needs = slots_needed(group["mask"]).ravel()
     label = group["label"].ravel()
     place = np.empty(len(label))
     for slots in np.unique(needs):

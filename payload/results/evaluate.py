@@ -25,7 +25,7 @@ import numpy as np
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, embedded
 from payload.ingest.h5layout import object_mask
-from payload.learn.dataset import Block, EventSource, cut_padding
+from payload.learn.dataset import Block, EventSource, slots_needed
 from payload.learn.models import input_names
 from payload.learn.splits import TEST
 from payload.progress import Progress, log
@@ -45,10 +45,19 @@ PRED_FIELDS = {
 
 
 def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Scores of a block of events.  A model that takes any number of object slots gets the events
+    in groups by the slots their multiplicity needs, each group cut to them (most events of a block
+    need half the slots of its fullest)."""
     wanted = {k: inputs[k] for k in input_names(model)}
-    if variable_objects(model):
-        wanted = cut_padding(wanted)
-    return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
+    if not variable_objects(model):
+        return np.asarray(model.predict_on_batch(wanted), dtype=np.float64).ravel()
+    needs = slots_needed(wanted["mask"])
+    out = np.empty(len(needs))
+    for slots in np.unique(needs):
+        rows = np.flatnonzero(needs == slots)
+        part = {k: v[rows, :slots] if k in ("objects", "mask") else v[rows] for k, v in wanted.items()}
+        out[rows] = np.asarray(model.predict_on_batch(part), dtype=np.float64).ravel()
+    return out
 
 
 def variable_objects(model) -> bool:
