@@ -115,3 +115,22 @@ def test_counts_are_not_warned_about():
     counts = np.random.default_rng(3).poisson(6, 50_000).astype(np.float32) + 2
     assert len(np.unique(counts)) > 10
     assert not _fit(counts).warnings
+
+
+def test_objects_are_scaled_slot_by_slot_and_padding_stays_zero():
+    """``apply_objects`` transforms only the slots some event fills; every real object gets the
+    column scaling of its feature, whatever slot it sits in, and every padded slot is 0."""
+    rng = np.random.default_rng(4)
+    n, slots = 500, 45
+    counts = rng.integers(0, 12, n)
+    objects = np.zeros((n, slots, 2), np.float32)
+    real = np.arange(slots) < counts[:, None]
+    objects[real] = np.column_stack([rng.exponential(50, real.sum()) + 25, rng.normal(0, 2, real.sum())])
+    fitter = ScalerFitter(ScalingConfig(transforms={"pt": "log"}), ["pt", "eta"], [])
+    fitter.update(objects, counts.astype(np.int32), np.zeros((n, 0), np.float32))
+    scaler = fitter.result()
+    got = scaler.apply_objects(objects, counts)
+    assert got.shape == objects.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got[real], scaler.objects.apply(objects[real]), rtol=1e-6)
+    assert not got[~real].any()
+    assert not scaler.apply_objects(objects[:0], counts[:0]).size

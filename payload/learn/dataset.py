@@ -425,9 +425,9 @@ class TrainingStream:
         as ``batches()`` (for the same seed and no augmentation), built with one copy per group.
         With ``trim`` (for a consumer that declares the slot axis variable, as ``payload.learn.feed`` does
         for tf.data) the padding beyond the group's largest multiplicity is cut away, or, when
-        ``bucketed``, each class's rows of the group are ordered by multiplicity (batch i holds the
-        i-th slice of every class, in proportion as before) for ``pieces`` to cut batch by batch; plain
-        batches keep every slot, since Keras fixes a generator's shapes from its first two batches."""
+        ``bucketed``, the group's rows are dealt into its batches by the slots they need
+        (``_by_multiplicity``) for ``pieces`` to cut batch by batch; plain batches keep every slot,
+        since Keras fixes a generator's shapes from its first two batches."""
         while True:
             parts, labels = [], []
             for c, (rows, n, label, factor) in enumerate(zip(self.rows, self.per_batch, self.labels, self.factors)):
@@ -446,7 +446,7 @@ class TrainingStream:
                 group = _by_multiplicity(group)
             elif trim and self.trimmable:
                 group = cut_padding(group)
-            label = group.pop("label")
+            y = group.pop("label")
             weight = group.pop("weight")
             rows_shape = (size * weight.shape[1],)
             if self.augmenter is not None:
@@ -454,7 +454,7 @@ class TrainingStream:
                 mask = group["mask"].reshape(*rows_shape, *group["mask"].shape[2:])
                 group["objects"] = self.augmenter.random(objects, mask, self.rng).reshape(group["objects"].shape)
             if self.level is None:
-                yield group, label[..., None], weight
+                yield group, y[..., None], weight
             elif self.level == "object":
                 yield group, group["objects"], weight[..., None] * group["mask"]
             else:

@@ -67,6 +67,8 @@ class HighLevel:
 
     def object_columns(self, objects: np.ndarray, n_objects: np.ndarray) -> np.ndarray:
         """(events, len(object_names_)) float32 from raw (unscaled) padded objects."""
+        # Only the slots some event fills: the rest is padding (6 of 45 real on the reference events).
+        objects = objects[:, : max(1, min(objects.shape[1], int(n_objects.max()) if len(n_objects) else 0))]
         n, m = len(n_objects), objects.shape[1]
         real = object_mask(n_objects, m)
         out = np.empty((n, len(self.object_names_)), dtype=np.float32)

@@ -128,8 +128,14 @@ class Scaler:
     warnings: list[str] = field(default_factory=list)
 
     def apply_objects(self, objects: np.ndarray, n_objects: np.ndarray) -> np.ndarray:
-        out = self.objects.apply(objects)
-        out[~object_mask(n_objects, out.shape[1])] = 0.0
+        """Scaled objects, padding 0.  Only the slots some event fills are transformed: most slots of
+        a padded layout are padding (6 of 45 real on the reference events)."""
+        out = np.zeros(objects.shape, dtype=np.float32)
+        used = min(objects.shape[1], int(n_objects.max())) if len(n_objects) else 0
+        if used:
+            part = self.objects.apply(objects[:, :used])
+            part[~object_mask(n_objects, used)] = 0.0
+            out[:, :used] = part
         return out
 
     def apply_events(self, events: np.ndarray) -> np.ndarray:
