@@ -127,9 +127,9 @@ def test_an_epoch_reads_each_block_once_and_one_more_at_most(tmp_path, monkeypat
     assert len(reads) == len(source.block_ranges()) + 1  # every block once, then one block of the next pass
 
 
-def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path):
-    """With 45 slots and at most 13 real objects per event, every batch is cut to 16 slots; without
-    trimming it keeps 45; the real objects are the same either way."""
+def _wide_stream(tmp_path, training: dict, events: int, seed: int, name: str, variant: str):
+    """Epoch 0 of a training stream over two toy samples in 45 object slots (ROOT files ``name``:
+    the same events, hence the same splits, for every ``variant``)."""
     from conftest import JAGGED_CONFIG, make_events, write_jagged_root
 
     from payload.config import parse_config
@@ -138,20 +138,23 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
     from payload.learn.splits import TRAIN
     from payload.learn.train import make_stream_factory, prepare
 
+    config = parse_config({**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45}, "training": training})
+    files = []
+    for i in range(2):
+        root = write_jagged_root(tmp_path / f"{name}{i}.root", make_events(events, seed=seed + i))
+        files.append(convert(config, [str(root)], tmp_path / f"{name}{i}-{variant}.h5", progress=False).output)
+    scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
+    sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+    return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0)
+
+
+def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path):
+    """With 45 slots and at most 13 real objects per event, every batch is cut to 16 slots; without
+    trimming it keeps 45; the real objects are the same either way."""
+
     def stream(trim):
-        raw = {
-            **JAGGED_CONFIG,
-            "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
-            "training": {"batch_size": 64, "trim_padding": trim, "bucket_by_multiplicity": False},
-        }
-        config = parse_config(raw)
-        files = []
-        for i in range(2):
-            root = write_jagged_root(tmp_path / f"t{i}.root", make_events(600, seed=10 + i))
-            files.append(convert(config, [str(root)], tmp_path / f"t{i}-{trim}.h5", progress=False).output)
-        scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
-        sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
-        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0).groups(4, trim=True)
+        training = {"batch_size": 64, "trim_padding": trim, "bucket_by_multiplicity": False}
+        return _wide_stream(tmp_path, training, 600, 10, "t", str(trim)).groups(4, trim=True)
 
     trimmed, full = next(stream(True)), next(stream(False))
     assert full[0]["objects"].shape[2] == 45
@@ -165,28 +168,10 @@ def test_bucketed_batches_are_cut_to_their_own_multiplicity_and_hold_the_same_ro
     """Bucketing deals a group's rows into batches by multiplicity: the pieces hold exactly the rows of
     the unbucketed group (the same events with their labels and weights), each piece is cut to the
     largest multiplicity it holds, and most batches need fewer slots than the group's largest event."""
-    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
-
-    from payload.config import parse_config
-    from payload.ingest.convert import convert
-    from payload.learn.dataset import TRIM_STEP, EventSource
-    from payload.learn.splits import TRAIN
-    from payload.learn.train import make_stream_factory, prepare
+    from payload.learn.dataset import TRIM_STEP
 
     def stream(bucket):
-        raw = {
-            **JAGGED_CONFIG,
-            "data": {**JAGGED_CONFIG["data"], "max_objects": 45},
-            "training": {"batch_size": 32, "bucket_by_multiplicity": bucket},
-        }
-        config = parse_config(raw)
-        files = []
-        for i in range(2):
-            root = write_jagged_root(tmp_path / f"b{i}.root", make_events(1500, seed=20 + i))
-            files.append(convert(config, [str(root)], tmp_path / f"b{i}-{bucket}.h5", progress=False).output)
-        scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
-        sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
-        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0)
+        return _wide_stream(tmp_path, {"batch_size": 32, "bucket_by_multiplicity": bucket}, 1500, 20, "b", str(bucket))
 
     plain, bucketed = stream(False), stream(True)
     group = next(plain.groups(16, trim=True))
