@@ -376,8 +376,8 @@ class TrainingConfig(_Strict):
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     #: Deep Sets: training batches are cut to the largest real multiplicity they hold (rounded up to
     #: a multiple of 8), so padding is neither copied nor computed; masked pooling makes the result
-    #: independent of it.  Evaluation cuts every block the same way for any model that takes a
-    #: variable number of objects.
+    #: independent of it.  Evaluation scores every block's events in groups by the slots they need,
+    #: for any model that takes a variable number of objects.
     trim_padding: bool = True
     #: With `trim_padding`: the rows of every 32 batches (both classes together) are grouped by the
     #: slots their multiplicity needs (8, 16, ...) before they are dealt into batches, so most batches

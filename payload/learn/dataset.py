@@ -235,9 +235,9 @@ def cut_padding(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def bucket_pieces(group: Batch, rng: np.random.Generator, piece: int) -> list[Batch]:
-    """A stacked group of batches ordered by multiplicity as pieces of at most ``piece`` consecutive
-    batches that need the same number of slots, each cut to it; pieces (and the batches in each) in
-    random order, so that steps do not run from the emptiest batches to the fullest."""
+    """A stacked group of batches as pieces of at most ``piece`` batches that need the same number of
+    slots, each cut to it; the pieces in random order, so that steps do not run from the emptiest
+    batches to the fullest."""
     x, y, w = group
     slots = slots_needed(x["mask"]).max(axis=-1)  # per batch: what its fullest event needs
     pieces = []
