@@ -228,9 +228,17 @@ def cut_padding(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keep = int(slots_needed(mask).max()) if mask.size else min(mask.shape[-1], TRIM_STEP)
     if keep == mask.shape[-1]:
         return inputs
-    out = dict(inputs)
-    out["mask"] = mask[..., :keep]
-    out["objects"] = inputs["objects"][..., :keep, :]
+    return cut_slots(inputs, keep)
+
+
+def cut_slots(inputs: dict[str, np.ndarray], slots: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``inputs`` with the objects and mask cut to their first ``slots`` slots and, given ``rows``,
+    only those rows of the leading axis (one copy of what is kept; views without ``rows``)."""
+    first = slice(None) if rows is None else rows
+    out = {k: v[first] for k, v in inputs.items() if k not in ("objects", "mask")}
+    if "mask" in inputs:
+        out["mask"] = inputs["mask"][first, ..., :slots]
+        out["objects"] = inputs["objects"][first, ..., :slots, :]
     return out
 
 
@@ -246,8 +254,7 @@ def bucket_pieces(group: Batch, rng: np.random.Generator, piece: int) -> list[Ba
         batches = batches[rng.permutation(len(batches))]
         for start in range(0, len(batches), piece):
             index = np.sort(batches[start : start + piece])
-            cut = {k: v[index, :, : int(s)] if k in ("objects", "mask") else v[index] for k, v in x.items()}
-            pieces.append((cut, y[index], w[index]))
+            pieces.append((cut_slots(x, int(s), index), y[index], w[index]))
     return [pieces[i] for i in rng.permutation(len(pieces))]
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from payload.atomic import atomic_path, hdf5_writing
 from payload.config import JobConfig, embedded
 from payload.ingest.h5layout import object_mask
-from payload.learn.dataset import Block, EventSource, slots_needed
+from payload.learn.dataset import Block, EventSource, cut_slots, slots_needed
 from payload.learn.models import input_names
 from payload.learn.splits import TEST
 from payload.progress import Progress, log
@@ -55,8 +55,7 @@ def predict(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     out = np.empty(len(needs))
     for slots in np.unique(needs):
         rows = np.flatnonzero(needs == slots)
-        part = {k: v[rows, :slots] if k in ("objects", "mask") else v[rows] for k, v in wanted.items()}
-        out[rows] = np.asarray(model.predict_on_batch(part), dtype=np.float64).ravel()
+        out[rows] = np.asarray(model.predict_on_batch(cut_slots(wanted, slots, rows)), dtype=np.float64).ravel()
     return out
 
 
