@@ -11,10 +11,13 @@ SIGINT 130, SIGUSR1 138).  A rerun in the same directory resumes from the checkp
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -33,6 +36,24 @@ def _raise(signum, frame):
     raise Terminated(signum)
 
 
+def _redeliver(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable hook that sends a lost ``Terminated`` again.  A handler that runs while the main
+    thread is in a finalizer (``__del__``, a weakref callback: Keras and TensorFlow objects have them)
+    raises where Python cannot propagate: it prints "Exception ignored" and the job went on to its end.
+    So the signal is sent again, a moment later and from another thread: sent from here, the handler
+    would run at the hook's own next bytecode, where its exception is lost the same way."""
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            again = threading.Timer(0.05, _thread.interrupt_main, (unraisable.exc_value.signum,))
+            again.daemon = True
+            again.start()
+        else:
+            previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def terminate_on_signals(signals: tuple[int, ...] = HANDLED) -> Iterator[None]:
     """Turn ``signals`` into ``Terminated`` for the duration of the block (main thread only)."""
@@ -40,8 +61,10 @@ def terminate_on_signals(signals: tuple[int, ...] = HANDLED) -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _raise) for s in signals}
+    hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler)
