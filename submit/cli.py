@@ -260,6 +260,7 @@ def cmd_ray(args: argparse.Namespace) -> int:
         print(
             f"{r['name']}: {r['status']} after {r['epochs']} epoch(s)"
             + (f", {args.metric} {value:.4g}" if isinstance(value, float) else "")
+            + (f": {r['error']}" if r["status"] == "error" and r.get("error") else "")
         )
     print(
         f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "

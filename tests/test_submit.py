@@ -785,6 +785,14 @@ def test_local_evaluation_fan_out(trained_model, tmp_path):
     assert len(summary["friends"]["files"]) == 3 and summary["predictions"]["rows"] == 2700
 
 
+def _trial_errors(workdir: Path) -> str:
+    """What a failed trial left (its error.json, the end of its job.log), to tell a failure apart."""
+    parts = []
+    for path in sorted(workdir.glob("p*/out/error.json")) + sorted(workdir.glob("p*/out/job.log")):
+        parts.append(f"\n--- {path.relative_to(workdir)}\n{path.read_text()[-2000:]}")
+    return "".join(parts)
+
+
 @pytest.mark.slow
 def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     """A real local Ray runtime runs a 4-point scan as Tune trials; ASHA stops the points whose
@@ -821,7 +829,7 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
         "2",
     ]
     proc = submit(*args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:] + _trial_errors(tmp_path / "runs")
     rows = {r["name"]: r for r in json.loads((tmp_path / "runs" / "summary.json").read_text())}
     assert set(rows) == {"p000", "p001", "p002", "p003"}
     stopped = [n for n, r in rows.items() if r["status"] == "stopped early"]
