@@ -258,9 +258,11 @@ def cmd_ray(args: argparse.Namespace) -> int:
     for r in rows:
         value = r.get(args.metric)
         print(
-            f"{r['name']}: {r['status']} after {r['epochs']} epoch(s)"
+            f"{r['name']}: {r['status']}"
+            + (f" after {r['epochs']} epoch(s)" if r["epochs"] is not None else "")
             + (f", {args.metric} {value:.4g}" if isinstance(value, float) else "")
-            + (f": {r['error']}" if r["status"] == "error" and r.get("error") else "")
+            # Tune's errors are whole tracebacks (kept in summary.json): their last line says what
+            + (f": {r['error'].strip().splitlines()[-1]}" if r["status"] == "error" and r.get("error") else "")
         )
     print(
         f"summary in {workdir / 'summary.json'}; gather the outputs with: payload merge "

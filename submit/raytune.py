@@ -10,6 +10,7 @@ unfinished trial's job resumes from its last checkpoint in its directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from dataclasses import dataclass
@@ -60,9 +61,11 @@ def _trial(config: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
     epochs = load_config(point["config"]).training.epochs
+    last: dict[str, float] = {}
 
     def report(epoch: int, logs: dict[str, float]) -> None:
         if epoch + 1 >= epochs:  # trained to the end: nothing left to stop, the job goes on to evaluate
+            last.update(epoch=epoch + 1, **logs)
             return
         try:
             tune.report({"epoch": epoch + 1, **logs})
@@ -83,6 +86,11 @@ def _trial(config: dict[str, Any]) -> None:
         raise SystemExit(0) from None
     finally:
         epoch_hooks.reset(token)
+    # The last epoch, once the job is complete: Tune requires the metric in a trial's results (a
+    # one-epoch point reported none, and Tune ended the whole scan), and may now stop the trial.
+    if last:
+        with contextlib.suppress(SystemExit):
+            tune.report(last)
 
 
 def _status(out: Path, epochs: int | None, failed: bool) -> tuple[str, str | None]:

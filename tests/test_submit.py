@@ -856,6 +856,42 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     assert changed.returncode == 2 and "another scan" in changed.stderr, changed.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_ray_tune_reports_why_a_point_failed(tmp_path):
+    """A point whose job fails (here: a tree the inputs do not have) is an error with the job's own
+    reason on its line, the other points run on, and the command exits 1."""
+    pytest.importorskip("ray", reason="pip install 'grid-payload[ray]' (in the test extra)")
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update(epochs=1, early_stopping_patience=0)
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "scan.yaml").write_text(
+        yaml.safe_dump({"method": "grid", "parameters": {"data.tree": [raw["data"]["tree"], "no_such_tree"]}})
+    )
+    proc = submit(
+        "ray",
+        "--config",
+        "job.yaml",
+        "--scan",
+        "scan.yaml",
+        "--primary",
+        str(DATA / "sample_A.root"),
+        "--secondary",
+        str(DATA / "sample_B.root"),
+        "--workdir",
+        "runs",
+        "--scheduler",
+        "fifo",
+        "--cpus-per-trial",
+        "1",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line[:4] in ("p000", "p001"))
+    assert lines["p000"].startswith("finished after 1 epoch(s)"), proc.stdout
+    assert lines["p001"].startswith("error: ") and "no_such_tree" in lines["p001"], proc.stdout
+
+
 def test_prun_never_empties_a_directory_it_did_not_stage(submit_dir):
     """The sandbox is emptied on every submission: a directory holding the user's own files is refused."""
     (submit_dir / "analysis.C").write_text("// the user's work\n")
