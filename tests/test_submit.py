@@ -793,6 +793,30 @@ def _trial_errors(workdir: Path) -> str:
     return "".join(parts)
 
 
+def _ray_scan(tmp_path: Path, epochs: int, parameters: dict, *options: str) -> list[str]:
+    """The demo job (``epochs``, no closure checks) and a grid scan over ``parameters`` written in
+    ``tmp_path``; the ``payload-submit ray`` arguments that run it, one CPU per trial."""
+    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
+    raw["training"].update(epochs=epochs, early_stopping_patience=0)
+    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "scan.yaml").write_text(yaml.safe_dump({"method": "grid", "parameters": parameters}))
+    inputs = ["--primary", str(DATA / "sample_A.root"), "--secondary", str(DATA / "sample_B.root")]
+    return [
+        "ray",
+        "--config",
+        "job.yaml",
+        "--scan",
+        "scan.yaml",
+        *inputs,
+        "--workdir",
+        "runs",
+        "--cpus-per-trial",
+        "1",
+        *options,
+    ]
+
+
 @pytest.mark.slow
 def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     """A real local Ray runtime runs a 4-point scan as Tune trials; ASHA stops the points whose
@@ -801,33 +825,10 @@ def test_ray_tune_scan_stops_poor_points_early_and_resumes(tmp_path):
     pytest.importorskip("ray", reason="pip install 'grid-payload[ray]' (in the test extra)")
     from payload.results.merge import merge
 
-    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
-    raw["training"].update(epochs=4, early_stopping_patience=0)
-    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     # Two good learning rates first, then two that barely move the loss.  Two trials at a time, so the
     # poor ones reach ASHA's rung after epoch 1 after the good ones and are stopped there; of the two
     # good ones, whichever reaches a rung first goes on, so at least one trains to the end.
-    (tmp_path / "scan.yaml").write_text(
-        yaml.safe_dump({"method": "grid", "parameters": {"training.learning_rate": [0.003, 0.002, 1e-7, 2e-7]}})
-    )
-    args = [
-        "ray",
-        "--config",
-        "job.yaml",
-        "--scan",
-        "scan.yaml",
-        "--primary",
-        str(DATA / "sample_A.root"),
-        "--secondary",
-        str(DATA / "sample_B.root"),
-        "--workdir",
-        "runs",
-        "--cpus-per-trial",
-        "1",
-        "--parallel",
-        "2",
-    ]
+    args = _ray_scan(tmp_path, 4, {"training.learning_rate": [0.003, 0.002, 1e-7, 2e-7]}, "--parallel", "2")
     proc = submit(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:] + _trial_errors(tmp_path / "runs")
     rows = {r["name"]: r for r in json.loads((tmp_path / "runs" / "summary.json").read_text())}
@@ -861,31 +862,8 @@ def test_ray_tune_reports_why_a_point_failed(tmp_path):
     """A point whose job fails (here: a tree the inputs do not have) is an error with the job's own
     reason on its line, the other points run on, and the command exits 1."""
     pytest.importorskip("ray", reason="pip install 'grid-payload[ray]' (in the test extra)")
-    raw = yaml.safe_load((DATA / "demo.yaml").read_text())
-    raw["training"].update(epochs=1, early_stopping_patience=0)
-    raw["evaluation"].update(closure_classifier=False, independent_test=False, baseline="none")
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
-    (tmp_path / "scan.yaml").write_text(
-        yaml.safe_dump({"method": "grid", "parameters": {"data.tree": [raw["data"]["tree"], "no_such_tree"]}})
-    )
-    proc = submit(
-        "ray",
-        "--config",
-        "job.yaml",
-        "--scan",
-        "scan.yaml",
-        "--primary",
-        str(DATA / "sample_A.root"),
-        "--secondary",
-        str(DATA / "sample_B.root"),
-        "--workdir",
-        "runs",
-        "--scheduler",
-        "fifo",
-        "--cpus-per-trial",
-        "1",
-        cwd=tmp_path,
-    )
+    args = _ray_scan(tmp_path, 1, {"data.tree": ["nominal", "no_such_tree"]}, "--scheduler", "fifo")
+    proc = submit(*args, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line[:4] in ("p000", "p001"))
     assert lines["p000"].startswith("finished after 1 epoch(s)"), proc.stdout
