@@ -236,9 +236,8 @@ def cut_slots(inputs: dict[str, np.ndarray], slots: int, rows: np.ndarray | None
     only those rows of the leading axis (one copy of what is kept; views without ``rows``)."""
     first = slice(None) if rows is None else rows
     out = {k: v[first] for k, v in inputs.items() if k not in ("objects", "mask")}
-    if "mask" in inputs:
-        out["mask"] = inputs["mask"][first, ..., :slots]
-        out["objects"] = inputs["objects"][first, ..., :slots, :]
+    out["mask"] = inputs["mask"][first, ..., :slots]
+    out["objects"] = inputs["objects"][first, ..., :slots, :]
     return out
 
 
