@@ -60,7 +60,8 @@ def _trial(config: dict[str, Any]) -> None:
     directory = Path(point["workdir"]) / point["name"]
     directory.mkdir(parents=True, exist_ok=True)
 
-    epochs = load_config(point["config"]).training.epochs
+    job = load_config(point["config"])
+    epochs = job.training.epochs
     last: dict[str, float] = {}
 
     def report(epoch: int, logs: dict[str, float]) -> None:
@@ -75,7 +76,7 @@ def _trial(config: dict[str, Any]) -> None:
     token = epoch_hooks.set((report,))
     try:
         train_job(
-            load_config(point["config"]),
+            job,
             ",".join(point["primary"]),
             ",".join(point["secondary"]) or None,
             directory / "out",
