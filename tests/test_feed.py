@@ -127,16 +127,15 @@ def test_an_epoch_reads_each_block_once_and_one_more_at_most(tmp_path, monkeypat
     assert len(reads) == len(source.block_ranges()) + 1  # every block once, then one block of the next pass
 
 
-def _wide_stream(tmp_path, training: dict, events: int, seed: int, name: str, variant: str):
-    """Epoch 0 of a training stream over two toy samples in 45 object slots (ROOT files ``name``:
-    the same events, hence the same splits, for every ``variant``)."""
+def _wide_sources(tmp_path, training: dict, events: int, seed: int, name: str, variant: str):
+    """Config, (source, label) pairs and tallies of two toy samples in 45 object slots (ROOT files
+    ``name``: the same events, hence the same splits, for every ``variant``)."""
     from conftest import JAGGED_CONFIG, make_events, write_jagged_root
 
     from payload.config import parse_config
     from payload.ingest.convert import convert
     from payload.learn.dataset import EventSource
-    from payload.learn.splits import TRAIN
-    from payload.learn.train import make_stream_factory, prepare
+    from payload.learn.train import prepare
 
     config = parse_config({**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45}, "training": training})
     files = []
@@ -144,7 +143,15 @@ def _wide_stream(tmp_path, training: dict, events: int, seed: int, name: str, va
         root = write_jagged_root(tmp_path / f"{name}{i}.root", make_events(events, seed=seed + i))
         files.append(convert(config, [str(root)], tmp_path / f"{name}{i}-{variant}.h5", progress=False).output)
     scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
-    sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+    return config, [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))], tallies
+
+
+def _wide_stream(tmp_path, training: dict, events: int, seed: int, name: str, variant: str):
+    """Epoch 0 of a training stream over ``_wide_sources``."""
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory
+
+    config, sources, tallies = _wide_sources(tmp_path, training, events, seed, name, variant)
     return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0)
 
 
@@ -217,3 +224,36 @@ def test_bucketed_batches_are_cut_to_their_own_multiplicity_and_hold_the_same_ro
     batches = sum(len(p[1]) for p in pieces)
     narrow = sum(len(p[1]) for p in pieces if p[0]["mask"].shape[2] < x["mask"].shape[2])
     assert batches == 16 and narrow >= batches // 2
+
+
+def test_validation_batches_are_cut_as_training_batches_and_keras_averages_them_right(tmp_path):
+    """The validation split reaches Keras as the training batches do (grouped, each batch cut to the
+    slots its events need), the same batches every epoch, and Keras's loss over them is the weighted
+    mean of the per-event losses, as over the plain padded batches: a dataset of unknown length
+    would have Keras count one more, empty step into the mean."""
+    from payload.learn.feed import ValidationBatches, validation_input
+    from payload.learn.models import build_model_for
+    from payload.learn.splits import VALIDATION
+    from payload.learn.train import compile_model, make_stream_factory
+
+    training = {"batch_size": 32, "bucket_by_multiplicity": True}
+    config, sources, tallies = _wide_sources(tmp_path, training, 1500, 30, "v", "v")
+    make = make_stream_factory(config, sources, tallies, (VALIDATION,), seed=8, shuffle=False)
+    model = build_model_for(config, sources[0][0])
+    compile_model(model, config, 10)
+    plain = ValidationBatches(lambda: make(0))
+    cut = validation_input(lambda: make(0), group=4)
+    assert len(plain) >= 8
+    assert max(x["objects"].shape[1] for x, _, _ in cut) < 45
+    losses = []
+    for i in range(len(plain)):
+        x, y, w = plain[i]
+        p = np.clip(np.asarray(model.predict_on_batch(x), np.float64).ravel(), 1e-7, 1 - 1e-7)
+        losses.append(-(y.ravel() * np.log(p) + (1 - y.ravel()) * np.log(1 - p)) * w)
+    expected = float(np.mean(np.concatenate(losses)))
+    first, again = (model.evaluate(cut, verbose=0, return_dict=True) for _ in range(2))
+    padded = model.evaluate(plain, verbose=0, return_dict=True)
+    assert first == again
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    assert padded["loss"] == pytest.approx(expected, rel=1e-5)
+    assert first["auc"] == pytest.approx(padded["auc"], abs=1e-6)

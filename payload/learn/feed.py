@@ -34,20 +34,24 @@ def epoch_batches(make_stream: Callable[[int], TrainingStream], start_epoch: int
             yield next(batches)
 
 
+def one_epoch_groups(stream: TrainingStream, group: int, trim: bool = False) -> Iterator[Batch]:
+    """One epoch of ``stream`` in groups of ``group`` stacked batches (the last group is shorter);
+    ``trim``: padding cut per group where the model allows it."""
+    full, rest = divmod(stream.steps, group)
+    groups = stream.groups(group, trim=trim)
+    for _ in range(full):
+        yield from stream.pieces(next(groups)) if trim else [next(groups)]
+    if rest:  # a new generator on the same stream continues where the last one stopped
+        last = next(stream.groups(rest, trim=trim))
+        yield from stream.pieces(last) if trim else [last]
+
+
 def epoch_groups(
     make_stream: Callable[[int], TrainingStream], start_epoch: int, group: int, trim: bool = False
 ) -> Iterator[Batch]:
-    """``epoch_batches`` in groups of ``group`` stacked batches (the last group of an epoch is shorter);
-    ``trim``: padding cut per group where the model allows it."""
+    """``epoch_batches`` in groups: ``one_epoch_groups`` of one epoch after another."""
     for epoch in itertools.count(start_epoch):
-        stream = make_stream(epoch)
-        full, rest = divmod(stream.steps, group)
-        groups = stream.groups(group, trim=trim)
-        for _ in range(full):
-            yield from stream.pieces(next(groups)) if trim else [next(groups)]
-        if rest:  # a new generator on the same stream continues where the last one stopped
-            last = next(stream.groups(rest, trim=trim))
-            yield from stream.pieces(last) if trim else [last]
+        yield from one_epoch_groups(make_stream(epoch), group, trim)
 
 
 class ValidationBatches(keras.utils.PyDataset):
@@ -85,23 +89,41 @@ def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0
         with prefetched(epoch_batches(make_stream, start_epoch)) as stream:
             yield stream
         return
-    import tensorflow as tf
-
     with prefetched(epoch_groups(make_stream, start_epoch, group, trim=True), depth=2) as groups:
         first = next(groups)
-        # Object slots vary from group to group when padding is trimmed: that axis is left open.
-        spec = (
-            {
-                key: tf.TensorSpec(
-                    (None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask") else (None, *v.shape[1:]),
-                    tf.as_dtype(v.dtype),
-                )
-                for key, v in first[0].items()
-            },
-            tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
-            tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)),
-        )
         source = itertools.chain([first], groups)
-        yield (
-            tf.data.Dataset.from_generator(lambda: source, output_signature=spec).unbatch().prefetch(tf.data.AUTOTUNE)
-        )
+        yield _dataset(lambda: source, first)
+
+
+def validation_input(make_stream: Callable[[], TrainingStream], group: int = GROUP) -> Any:
+    """The ``validation_data`` for ``fit``: the validation split, the same batches every epoch, as
+    the training batches are handed on (grouped, padding cut).  Keras iterates a finite dataset
+    afresh each epoch, which starts a new stream.  Other backends get ``ValidationBatches``."""
+    if keras.backend.backend() != "tensorflow" or group <= 1:
+        return ValidationBatches(make_stream)
+    import tensorflow as tf
+
+    stream = make_stream()
+    first = next(one_epoch_groups(stream, group, trim=True))
+    batches = _dataset(lambda: one_epoch_groups(make_stream(), group, trim=True), first)
+    # Keras (3.15) counts one more, empty step into the mean loss of a dataset of unknown length.
+    return batches.apply(tf.data.experimental.assert_cardinality(stream.steps))
+
+
+def _dataset(generator: Callable[[], Iterator[Batch]], first: Batch) -> Any:
+    """A tf.data dataset of the batches in ``generator``'s stacked groups, typed after ``first``."""
+    import tensorflow as tf
+
+    # Object slots vary from group to group when padding is trimmed: that axis is left open.
+    spec = (
+        {
+            key: tf.TensorSpec(
+                (None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask") else (None, *v.shape[1:]),
+                tf.as_dtype(v.dtype),
+            )
+            for key, v in first[0].items()
+        },
+        tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
+        tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)),
+    )
+    return tf.data.Dataset.from_generator(generator, output_signature=spec).unbatch().prefetch(tf.data.AUTOTUNE)

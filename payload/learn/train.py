@@ -26,7 +26,7 @@ from payload.config import JobConfig
 from payload.errors import EmptyInputError, TrainingError
 from payload.learn.dataset import EventSource, TrainingStream, training_weights
 from payload.learn.distribute import replicated
-from payload.learn.feed import ValidationBatches, fit_input
+from payload.learn.feed import fit_input, validation_input
 from payload.learn.scaling import Scaler, ScalerFitter
 from payload.learn.splits import TRAIN, VALIDATION
 from payload.progress import Progress, duration, log
@@ -346,7 +346,7 @@ def train(
             with contextlib.ExitStack() as streams:
                 fit_kwargs: dict[str, Any] = {}
                 if val_streams is not None:
-                    fit_kwargs = {"validation_data": ValidationBatches(lambda: val_streams(0))}
+                    fit_kwargs = {"validation_data": validation_input(lambda: val_streams(0))}
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
                 assert model is not None  # resumed or built above
                 model.fit(
