@@ -61,6 +61,36 @@ def test_trimmed_padding_gives_the_same_predictions():
     np.testing.assert_allclose(np.asarray(model.predict_on_batch(cut)).ravel(), full, rtol=1e-5, atol=1e-6)
 
 
+def test_a_model_compiled_per_shape_predicts_blocks_of_any_size_in_a_few_shapes(monkeypatch):
+    """Where every new input shape is compiled (XLA here; JAX always), ``predict`` hands the model
+    fixed numbers of rows, padded with empty events, and every event keeps its own score: blocks of
+    1 to 3000 events cost a few programs, not one per block and slot count."""
+    from payload.results import evaluate
+
+    rng = np.random.default_rng(3)
+    model, compiled = _model("sum", events=2), _model("sum", events=2)
+    compiled.set_weights(model.get_weights())
+    compiled.jit_compile = True
+    assert compiled.jit_compile
+    shapes = []
+    call = compiled.predict_on_batch
+    monkeypatch.setattr(compiled, "predict_on_batch", lambda x: shapes.append(x["objects"].shape[:2]) or call(x))
+    monkeypatch.setattr(evaluate, "PREDICT_ROWS", 1024)
+    for n in (1, 7, 300, 1000, 1024, 3000):
+        objects, mask, counts = _inputs(rng, n=n, m=45)
+        mask = (np.arange(45) < np.minimum(counts, 13)[:, None]).astype(np.float32)
+        inputs = {
+            "objects": objects * mask[:, :, None],
+            "mask": mask,
+            "events": rng.normal(size=(n, 2)).astype(np.float32),
+        }
+        np.testing.assert_allclose(
+            evaluate.predict(compiled, inputs), evaluate.predict(model, inputs), rtol=1e-5, atol=1e-6
+        )
+    assert {rows for rows, _ in shapes} <= {256, 512, 1024} and {slots for _, slots in shapes} == {8, 16}
+    assert len(set(shapes)) <= 6 < len(shapes)
+
+
 def test_permutation_invariance():
     rng = np.random.default_rng(1)
     model = _model("sum", events=3)
@@ -214,3 +244,12 @@ def test_models_run_on_the_jax_backend(tmp_path):
     suite = ET.parse(report).getroot().find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
     assert counts["tests"] >= 5 and counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_training_jit_compile_decides_whether_xla_compiles_the_step(setting):
+    from payload.learn.train import compile_model
+
+    model = _model()
+    compile_model(model, parse_config({**JAGGED_CONFIG, "training": {"jit_compile": setting}}), 10)
+    assert model.jit_compile is (setting == "on")
