@@ -5,10 +5,11 @@
 Two samples: the reference Pythia events (``../shared/data/ttbar_{A,B}.root``, the seed-000 config:
 about 6 real objects in 45 slots) and a wide-multiplicity toy (2 + Poisson(14) jets, leptons and MET in
 45 slots).  Each is converted once; then the seed-000 Deep Sets is trained from the streaming pipeline
-``payload run`` uses, in fresh processes taking turns (best of ``--repeat``), three ways: every slot
+``payload run`` uses, in fresh processes taking turns (best of ``--repeat``), four ways: every slot
 (``training.trim_padding`` off), each group of 32 batches cut to its largest multiplicity (trimmed,
 ``bucket_by_multiplicity`` off) and each batch cut to its own after the group's rows were sorted by
-multiplicity (bucketed, the default): steady samples/s after a compiling warm-up.  The bucketed run
+multiplicity (bucketed, the default), and that with the training step compiled by XLA
+(``training.jit_compile: on``): steady samples/s after a compiling warm-up.  The bucketed run
 then predicts its test events from the cut and from the fully padded inputs: the largest difference is
 printed beside the speeds (masked pooling makes the two equal to float rounding).
 """
@@ -29,7 +30,13 @@ DATA = REPO.parent / "shared" / "data"
 WARM = 30
 
 
-MODES = {"padded": (False, False), "trimmed": (True, False), "bucketed": (True, True)}
+#: mode -> (training.trim_padding, training.bucket_by_multiplicity, training.jit_compile)
+MODES = {
+    "padded": (False, False, "off"),
+    "trimmed": (True, False, "off"),
+    "bucketed": (True, True, "off"),
+    "bucketed+xla": (True, True, "on"),
+}
 
 
 def child(mode: str, config_path: str, a: str, b: str, steps: int) -> None:
@@ -44,7 +51,7 @@ def child(mode: str, config_path: str, a: str, b: str, steps: int) -> None:
     from payload.results.evaluate import predict
 
     config = load_config(config_path)
-    config.training.trim_padding, config.training.bucket_by_multiplicity = MODES[mode]
+    config.training.trim_padding, config.training.bucket_by_multiplicity, config.training.jit_compile = MODES[mode]
     raw = [EventSource(a, config, None), EventSource(b, config, None)]
     scaler, tallies = prepare(config, raw)
     sources = [(EventSource(a, config, scaler), 0), (EventSource(b, config, scaler), 1)]

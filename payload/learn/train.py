@@ -73,14 +73,16 @@ def compile_model(
     if learning_rate is None:
         learning_rate = make_schedule(config.training, steps_per_epoch, epochs)
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    jit_compile = {"auto": "auto", "on": True, "off": False}[config.training.jit_compile]
     if config.task == "autoencode":
         loss = {"mse": keras.losses.MeanSquaredError(), "l1": keras.losses.MeanAbsoluteError()}
-        model.compile(optimizer=optimizer, loss=loss[config.autoencoder.loss])
+        model.compile(optimizer=optimizer, loss=loss[config.autoencoder.loss], jit_compile=jit_compile)
         return
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(),
         weighted_metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
     )
 
 
