@@ -242,18 +242,57 @@ def test_validation_batches_are_cut_as_training_batches_and_keras_averages_them_
     model = build_model_for(config, sources[0][0])
     compile_model(model, config, 10)
     plain = ValidationBatches(lambda: make(0))
-    cut = validation_input(lambda: make(0), group=4)
     assert len(plain) >= 8
-    assert max(x["objects"].shape[1] for x, _, _ in cut) < 45
     losses = []
     for i in range(len(plain)):
         x, y, w = plain[i]
         p = np.clip(np.asarray(model.predict_on_batch(x), np.float64).ravel(), 1e-7, 1 - 1e-7)
         losses.append(-(y.ravel() * np.log(p) + (1 - y.ravel()) * np.log(1 - p)) * w)
     expected = float(np.mean(np.concatenate(losses)))
-    first, again = (model.evaluate(cut, verbose=0, return_dict=True) for _ in range(2))
+    with validation_input(lambda: make(0), group=4) as cut:
+        assert max(x["objects"].shape[1] for x, _, _ in cut) < 45
+        first, again = (model.evaluate(cut, verbose=0, return_dict=True) for _ in range(2))
     padded = model.evaluate(plain, verbose=0, return_dict=True)
     assert first == again
     assert first["loss"] == pytest.approx(expected, rel=1e-5)
     assert padded["loss"] == pytest.approx(expected, rel=1e-5)
     assert first["auc"] == pytest.approx(padded["auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("damaged", ["training", "validation"])
+def test_a_read_error_while_keras_trains_is_raised_as_itself(tmp_path, monkeypatch, damaged):
+    """tf.data reports an error of a batch generator as a generic UnknownError (an internal error,
+    exit 70); the feeds raise the stream's own, so a damaged input keeps its message and documented
+    exit code.  The damage is injected where a block is read once fit runs (which block a real
+    damaged chunk reaches first depends on the shuffle and the read-ahead)."""
+    from payload.errors import InputCorruptError
+    from payload.learn import dataset
+    from payload.learn.feed import fit_input, validation_input
+    from payload.learn.models import build_model_for
+    from payload.learn.splits import TRAIN, VALIDATION
+    from payload.learn.train import compile_model, make_stream_factory
+
+    config, sources, tallies = _wide_sources(tmp_path, {"batch_size": 32}, 1500, 40, "d", "d")
+    model = build_model_for(config, sources[0][0])
+    compile_model(model, config, 10)
+    split = {"training": TRAIN, "validation": VALIDATION}[damaged]
+    armed = False
+    read = dataset._ShuffledRows._fill
+
+    def fill(self, need):
+        if armed and self.splits == (split,):
+            raise InputCorruptError(f"event file {self.source.path}: damaged chunk; convert the inputs again")
+        return read(self, need)
+
+    monkeypatch.setattr(dataset._ShuffledRows, "_fill", fill)
+    train = make_stream_factory(config, sources, tallies, (TRAIN,), seed=1, shuffle=True)
+    validate = make_stream_factory(config, sources, tallies, (VALIDATION,), seed=2, shuffle=False)
+
+    def run():
+        nonlocal armed
+        with validation_input(lambda: validate(0), group=4) as data, fit_input(train, group=4) as batches:
+            armed = True
+            model.fit(batches, steps_per_epoch=200, epochs=1, validation_data=data, verbose=0)
+
+    with pytest.raises(InputCorruptError, match="damaged chunk"):
+        run()

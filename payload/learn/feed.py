@@ -84,7 +84,8 @@ class ValidationBatches(keras.utils.PyDataset):
 @contextlib.contextmanager
 def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0, group: int = GROUP) -> Iterator[Any]:
     """The ``x`` for ``fit(x, steps_per_epoch=...)``: the endless batches of ``make_stream``'s epochs
-    from ``start_epoch`` on, in order.  The background producer stops when the block is left."""
+    from ``start_epoch`` on, in order.  The background producer stops when the block is left; an
+    error of the stream inside it is raised as itself (``_dataset``)."""
     if keras.backend.backend() != "tensorflow" or group <= 1:
         with prefetched(epoch_batches(make_stream, start_epoch)) as stream:
             yield stream
@@ -92,26 +93,33 @@ def fit_input(make_stream: Callable[[int], TrainingStream], start_epoch: int = 0
     with prefetched(epoch_groups(make_stream, start_epoch, group, trim=True), depth=2) as groups:
         first = next(groups)
         source = itertools.chain([first], groups)
-        yield _dataset(lambda: source, first)
+        with _dataset(lambda: source, first) as batches:
+            yield batches
 
 
-def validation_input(make_stream: Callable[[], TrainingStream], group: int = GROUP) -> Any:
-    """The ``validation_data`` for ``fit``: the validation split, the same batches every epoch, as
-    the training batches are handed on (grouped, padding cut).  Keras iterates a finite dataset
-    afresh each epoch, which starts a new stream.  Other backends get ``ValidationBatches``."""
+@contextlib.contextmanager
+def validation_input(make_stream: Callable[[], TrainingStream], group: int = GROUP) -> Iterator[Any]:
+    """The ``validation_data`` for ``fit`` inside the block: the validation split, the same batches
+    every epoch, as the training batches are handed on (grouped, padding cut).  Keras iterates a
+    finite dataset afresh each epoch, which starts a new stream.  Other backends get
+    ``ValidationBatches``."""
     if keras.backend.backend() != "tensorflow" or group <= 1:
-        return ValidationBatches(make_stream)
+        yield ValidationBatches(make_stream)
+        return
     import tensorflow as tf
 
     stream = make_stream()
     first = next(one_epoch_groups(stream, group, trim=True))
-    batches = _dataset(lambda: one_epoch_groups(make_stream(), group, trim=True), first)
-    # Keras (3.15) counts one more, empty step into the mean loss of a dataset of unknown length.
-    return batches.apply(tf.data.experimental.assert_cardinality(stream.steps))
+    with _dataset(lambda: one_epoch_groups(make_stream(), group, trim=True), first) as batches:
+        # Keras (3.15) counts one more, empty step into the mean loss of a dataset of unknown length.
+        yield batches.apply(tf.data.experimental.assert_cardinality(stream.steps))
 
 
-def _dataset(generator: Callable[[], Iterator[Batch]], first: Batch) -> Any:
-    """A tf.data dataset of the batches in ``generator``'s stacked groups, typed after ``first``."""
+@contextlib.contextmanager
+def _dataset(generator: Callable[[], Iterator[Batch]], first: Batch) -> Iterator[Any]:
+    """A tf.data dataset of the batches in ``generator``'s stacked groups, typed after ``first``.
+    tf.data reports an error of the generator as a generic ``UnknownError``; one that ends the block
+    is raised as the generator's own (a damaged input keeps its message and documented exit code)."""
     import tensorflow as tf
 
     # Object slots vary from group to group when padding is trimmed: that axis is left open.
@@ -126,4 +134,18 @@ def _dataset(generator: Callable[[], Iterator[Batch]], first: Batch) -> Any:
         tf.TensorSpec((None, *first[1].shape[1:]), tf.as_dtype(first[1].dtype)),
         tf.TensorSpec((None, *first[2].shape[1:]), tf.as_dtype(first[2].dtype)),
     )
-    return tf.data.Dataset.from_generator(generator, output_signature=spec).unbatch().prefetch(tf.data.AUTOTUNE)
+    raised: list[BaseException] = []
+
+    def recorded() -> Iterator[Batch]:
+        try:
+            yield from generator()
+        except Exception as err:
+            raised.append(err)
+            raise
+
+    try:
+        yield tf.data.Dataset.from_generator(recorded, output_signature=spec).unbatch().prefetch(tf.data.AUTOTUNE)
+    except tf.errors.OpError as err:
+        if raised:
+            raise raised[-1] from err
+        raise

@@ -348,7 +348,7 @@ def train(
             with contextlib.ExitStack() as streams:
                 fit_kwargs: dict[str, Any] = {}
                 if val_streams is not None:
-                    fit_kwargs = {"validation_data": validation_input(lambda: val_streams(0))}
+                    fit_kwargs = {"validation_data": streams.enter_context(validation_input(lambda: val_streams(0)))}
                 batches = streams.enter_context(fit_input(train_streams, initial_epoch))
                 assert model is not None  # resumed or built above
                 model.fit(
