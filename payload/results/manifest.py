@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from payload import __version__
+from payload.device import release_free_memory
 from payload.ingest.download import ORIGINS
 from payload.ingest.inputs import is_url
 
@@ -96,6 +97,8 @@ class Timer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        # What the stages before freed is handed back first: the peak measured is this stage's own.
+        release_free_memory()
         own_peak = _reset_peak_rss()
         start = time.perf_counter()
         outer, self.current = self.current, name
