@@ -77,13 +77,13 @@ def release_free_memory() -> bool:
     for instance, so without this every later stage's resident memory sits on top of the training's
     peak; glibc's ``malloc_trim`` does the same for its heap."""
     gc.collect()
-    process = ctypes.CDLL(None)
-    for name in ("MallocExtension_ReleaseFreeMemory", "malloc_trim"):
-        release = getattr(process, name, None)
-        if release is not None:
-            release(*((0,) if name == "malloc_trim" else ()))
-            return True
-    return False
+    # glibc's malloc_trim is in every Linux process: only the allocator in use may be asked.
+    name = {"tcmalloc": "MallocExtension_ReleaseFreeMemory", "glibc": "malloc_trim"}.get(allocator())
+    release = getattr(ctypes.CDLL(None), name, None) if name else None  # musl has no malloc_trim
+    if release is None:
+        return False
+    release(*((0,) if name == "malloc_trim" else ()))
+    return True
 
 
 def describe() -> dict[str, Any]:
