@@ -171,6 +171,61 @@ def test_deep_sets_batches_carry_no_padding_beyond_their_largest_event(tmp_path)
     assert not full[0]["objects"][:, :, 16:].any()
 
 
+def test_join_pads_narrower_slot_axes_with_zeros():
+    from payload.learn.dataset import join
+
+    a, b = np.ones((2, 8, 3), np.float32), np.full((1, 16, 3), 2, np.float32)
+    joined = join([a, b], 0, 1)
+    assert joined.shape == (3, 16, 3)
+    np.testing.assert_array_equal(joined[:2, :8], a)
+    assert not joined[:2, 8:].any()
+    np.testing.assert_array_equal(joined[2], b[0])
+    np.testing.assert_array_equal(join([a, a], 0), np.concatenate([a, a]))
+
+
+def test_rows_shuffled_narrow_make_the_same_batches_as_padded_rows(tmp_path):
+    """A Deep Sets stream shuffles and batches each block's rows cut to the slots its own events need:
+    blocks (and classes) of different widths are joined by zero-padding, and untrimmed groups come
+    back with all 45 slots, equal to those of a stream that keeps every slot throughout."""
+    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
+
+    from payload.config import parse_config
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import EventSource, cut_padding
+    from payload.learn.splits import TRAIN
+    from payload.learn.train import make_stream_factory, prepare
+
+    # Class 0: blocks of at most 8 objects, then blocks of up to 13; class 1: up to 13 throughout.
+    narrow_part, wide_part = make_events(300, seed=50, max_jets=4), make_events(300, seed=51)
+    samples = [{k: narrow_part[k] + wide_part[k] for k in narrow_part}, make_events(600, seed=52)]
+
+    def stream(trim: bool):
+        training = {"batch_size": 64, "block_size": 64, "shuffle_blocks": 3, "trim_padding": trim}
+        config = parse_config(
+            {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45}, "training": training}
+        )
+        files = []
+        for i, events in enumerate(samples):
+            root = write_jagged_root(tmp_path / f"n{i}.root", events)
+            files.append(convert(config, [str(root)], tmp_path / f"n{i}-{trim}.h5", progress=False).output)
+        scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
+        sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+        return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0), sources
+
+    (narrow, sources), (padded, _) = stream(True), stream(False)
+    widths = {cut_padding(b.inputs)["mask"].shape[1] for b in sources[0][0].iterate((TRAIN,))}
+    assert widths == {8, 16}  # the joins below pad
+    assert narrow.rows[0].narrow and not padded.rows[0].narrow
+    groups = narrow.groups(3), padded.groups(3)
+    for _ in range(4):  # 12 batches of 64: past the first shuffle buffer
+        (nx, ny, nw), (px, py, pw) = next(groups[0]), next(groups[1])
+        assert nx["objects"].shape == px["objects"].shape == (3, 64, 45, px["objects"].shape[-1])
+        np.testing.assert_array_equal(ny, py)
+        np.testing.assert_array_equal(nw, pw)
+        for key in px:
+            np.testing.assert_array_equal(nx[key], px[key])
+
+
 def test_bucketed_batches_are_cut_to_their_own_multiplicity_and_hold_the_same_rows(tmp_path):
     """Bucketing deals a group's rows into batches by multiplicity: the pieces hold exactly the rows of
     the unbucketed group (the same events with their labels and weights), each piece is cut to the

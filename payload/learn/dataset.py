@@ -290,13 +290,38 @@ def flat_inputs(inputs: dict[str, np.ndarray], level: str) -> np.ndarray:
 
 Rows = dict[str, np.ndarray]  # network inputs plus "weight": all a training batch needs
 
+#: The inputs with an object-slot axis (right after the row axes).
+SLOTTED = ("objects", "mask")
 
-def _rows_of(block: Block, config: JobConfig) -> Rows:
-    return {**block.inputs, "weight": training_weights(block, config, 1.0)}
+
+def _rows_of(block: Block, config: JobConfig, narrow: bool) -> Rows:
+    """A block's training rows; ``narrow``: only the slots its events need (views), so that shuffling
+    and batching copy a few slots per event instead of every padded one."""
+    return {**(cut_padding(block.inputs) if narrow else block.inputs), "weight": training_weights(block, config, 1.0)}
+
+
+def pad_slots(a: np.ndarray, slot_axis: int, width: int) -> np.ndarray:
+    """``a`` with its object-slot axis zero-padded to ``width`` slots (itself when that wide)."""
+    if a.shape[slot_axis] == width:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[slot_axis] = (0, width - a.shape[slot_axis])
+    return np.pad(a, pad)
+
+
+def join(arrays: list[np.ndarray], axis: int, slot_axis: int | None = None) -> np.ndarray:
+    """``np.concatenate`` along ``axis``; arrays cut to different numbers of slots (``slot_axis``) are
+    zero-padded to the widest, as padding is."""
+    if slot_axis is not None:
+        width = max(a.shape[slot_axis] for a in arrays)
+        arrays = [pad_slots(a, slot_axis, width) for a in arrays]
+    return np.concatenate(arrays, axis=axis)
 
 
 def _cat(parts: list[Rows]) -> Rows:
-    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if len(parts) == 1:
+        return parts[0]
+    return {k: join([p[k] for p in parts], 0, 1 if k in SLOTTED else None) for k in parts[0]}
 
 
 class _ShuffledRows:
@@ -312,9 +337,10 @@ class _ShuffledRows:
         buffer_blocks: int,
         half: int | None = None,
         leave_out: tuple[int, int] | None = None,
+        narrow: bool = False,
     ):
         self.source, self.splits, self.rng, self.buffer_blocks, self.half = source, splits, rng, buffer_blocks, half
-        self.leave_out = leave_out
+        self.leave_out, self.narrow = leave_out, narrow
         self._pending: Rows | None = None
         self._size = self._offset = 0
         self._blocks: Iterator[Block] = iter(())
@@ -329,7 +355,7 @@ class _ShuffledRows:
             rows, have = [], 0
             for count, block in enumerate(self._blocks, 1):
                 if len(block):
-                    rows.append(_rows_of(block, config))
+                    rows.append(_rows_of(block, config, self.narrow))
                     have += len(block)
                 if count == self.buffer_blocks or (need is not None and have >= need):
                     break
@@ -395,10 +421,22 @@ class TrainingStream:
         self.factors = [
             (total / len(counts)) / max(abs(s), 1e-12) if config.training.class_balance else 1.0 for s in sumw
         ]
+        #: Whether ``groups(..., trim=True)`` may cut padding (the model takes any number of slots).
+        self.trimmable = config.training.trim_padding and isinstance(config.model, DeepSetsModel)
+        #: Slots of the padded layout, which untrimmed groups keep.
+        self.slots = sources[0][0].max_objects
         rng = np.random.default_rng(seed)
         buffer_blocks = config.training.shuffle_blocks if shuffle else 1
         self.rows = [
-            _ShuffledRows(src, splits, np.random.default_rng(rng.integers(1 << 62)), buffer_blocks, half, leave_out)
+            _ShuffledRows(
+                src,
+                splits,
+                np.random.default_rng(rng.integers(1 << 62)),
+                buffer_blocks,
+                half,
+                leave_out,
+                narrow=self.trimmable,
+            )
             for src, _ in sources
         ]
         self.labels = [label for _, label in sources]
@@ -410,8 +448,6 @@ class TrainingStream:
 
             self.augmenter = Augmenter(config, sources[0][0].scaler)  # type: ignore[arg-type]
         self.level = config.autoencoder.level if config.task == "autoencode" else None
-        #: Whether ``groups(..., trim=True)`` may cut padding (the model takes any number of slots).
-        self.trimmable = config.training.trim_padding and isinstance(config.model, DeepSetsModel)
         #: Whether such groups are ordered by multiplicity, to be cut batch by batch (``pieces``).
         self.bucketed = self.trimmable and config.training.bucket_by_multiplicity
         self.bucket_rng = np.random.default_rng(rng.integers(1 << 62))
@@ -446,12 +482,14 @@ class TrainingStream:
                 parts.append({k: v.reshape(size, n, *v.shape[1:]) for k, v in part.items()})
                 labels.append(np.full((size, n), label, dtype=np.float32))
             # Batch i takes the next per_batch[k] rows of every class k, as consecutive batches would.
-            group = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+            group = {k: join([p[k] for p in parts], 1, 2 if k in SLOTTED else None) for k in parts[0]}
             group["label"] = np.concatenate(labels, axis=1)
             if trim and self.bucketed:
                 group = _by_multiplicity(group)
             elif trim and self.trimmable:
                 group = cut_padding(group)
+            elif self.trimmable:  # the rows were read narrow: back to every slot
+                group |= {k: pad_slots(group[k], 2, self.slots) for k in SLOTTED}
             y = group.pop("label")
             weight = group.pop("weight")
             rows_shape = (size * weight.shape[1],)

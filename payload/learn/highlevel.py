@@ -80,19 +80,25 @@ class HighLevel:
             out[:, i] = column
             i += 1
 
+        types = None if self.type_index is None else np.rint(objects[:, :, self.type_index])
         for _, code in self.groups:
-            sel = real if code is None else real & (np.rint(objects[:, :, self.type_index]) == code)
-            put(sel.sum(axis=1))
-            rank = np.cumsum(sel, axis=1)
+            sel = real if code is None else real & (types == code)
+            count = sel.sum(axis=1)
+            put(count)
+            rank = np.cumsum(sel, axis=1, dtype=np.int32)
+            leading = []
             for k in range(LEADING):
-                hit = sel & (rank == k + 1)
-                slot, present = hit.argmax(axis=1), hit.any(axis=1)
+                # The (k+1)-th selected slot; where there is none, slot 0 (its values are not used).
+                present = count > k
+                picked = objects[rows, (sel & (rank == k + 1)).argmax(axis=1)]
+                leading.append((picked, present))
                 for j, _ in self.features:
-                    put(np.where(present, objects[rows, slot, j], 0.0))
+                    put(np.where(present, picked[:, j], 0.0))
             if self.order is not None:
                 put(np.where(sel, objects[:, :, self.order], 0.0).sum(axis=1))
             if self.kinematics is not None:
-                for column in _pair(objects, sel, rank, rows, self.kinematics):
+                (first, _), (second, both) = leading[:2]
+                for column in _pair(first, second, both, self.kinematics):
                     put(column)
         if len(self.groups) > 1:
             put(real.sum(axis=1))
@@ -112,14 +118,10 @@ class HighLevel:
         )
 
 
-def _pair(
-    objects: np.ndarray, sel: np.ndarray, rank: np.ndarray, rows: np.ndarray, kinematics: list[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Invariant mass and Delta R of the first two selected objects of each event (0 without two)."""
+def _pair(a: np.ndarray, b: np.ndarray, both: np.ndarray, kinematics: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Invariant mass and Delta R of two objects per event, ``a`` and ``b`` (events, features), where
+    ``both`` (0 elsewhere)."""
     pt_i, eta_i, phi_i, m_i = kinematics
-    first, second = sel & (rank == 1), sel & (rank == 2)
-    both = second.any(axis=1)
-    a, b = objects[rows, first.argmax(axis=1)], objects[rows, second.argmax(axis=1)]
     p = []
     for o in (a, b):
         pt, eta, phi, m = (o[:, i].astype(np.float64) for i in (pt_i, eta_i, phi_i, m_i))
