@@ -127,9 +127,10 @@ def test_an_epoch_reads_each_block_once_and_one_more_at_most(tmp_path, monkeypat
     assert len(reads) == len(source.block_ranges()) + 1  # every block once, then one block of the next pass
 
 
-def _wide_sources(tmp_path, training: dict, events: int, seed: int, name: str, variant: str):
+def _wide_sources(tmp_path, training: dict, events: int, seed: int, name: str, variant: str, samples=None):
     """Config, (source, label) pairs and tallies of two toy samples in 45 object slots (ROOT files
-    ``name``: the same events, hence the same splits, for every ``variant``)."""
+    ``name``: the same events, hence the same splits, for every ``variant``); ``samples``: the two
+    samples' events, instead of ``events`` toy events each."""
     from conftest import JAGGED_CONFIG, make_events, write_jagged_root
 
     from payload.config import parse_config
@@ -140,7 +141,8 @@ def _wide_sources(tmp_path, training: dict, events: int, seed: int, name: str, v
     config = parse_config({**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45}, "training": training})
     files = []
     for i in range(2):
-        root = write_jagged_root(tmp_path / f"{name}{i}.root", make_events(events, seed=seed + i))
+        sample = make_events(events, seed=seed + i) if samples is None else samples[i]
+        root = write_jagged_root(tmp_path / f"{name}{i}.root", sample)
         files.append(convert(config, [str(root)], tmp_path / f"{name}{i}-{variant}.h5", progress=False).output)
     scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
     return config, [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))], tallies
@@ -187,13 +189,11 @@ def test_rows_shuffled_narrow_make_the_same_batches_as_padded_rows(tmp_path):
     """A Deep Sets stream shuffles and batches each block's rows cut to the slots its own events need:
     blocks (and classes) of different widths are joined by zero-padding, and untrimmed groups come
     back with all 45 slots, equal to those of a stream that keeps every slot throughout."""
-    from conftest import JAGGED_CONFIG, make_events, write_jagged_root
+    from conftest import make_events
 
-    from payload.config import parse_config
-    from payload.ingest.convert import convert
-    from payload.learn.dataset import EventSource, cut_padding
+    from payload.learn.dataset import cut_padding
     from payload.learn.splits import TRAIN
-    from payload.learn.train import make_stream_factory, prepare
+    from payload.learn.train import make_stream_factory
 
     # Class 0: blocks of at most 8 objects, then blocks of up to 13; class 1: up to 13 throughout.
     narrow_part, wide_part = make_events(300, seed=50, max_jets=4), make_events(300, seed=51)
@@ -201,15 +201,7 @@ def test_rows_shuffled_narrow_make_the_same_batches_as_padded_rows(tmp_path):
 
     def stream(trim: bool):
         training = {"batch_size": 64, "block_size": 64, "shuffle_blocks": 3, "trim_padding": trim}
-        config = parse_config(
-            {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "max_objects": 45}, "training": training}
-        )
-        files = []
-        for i, events in enumerate(samples):
-            root = write_jagged_root(tmp_path / f"n{i}.root", events)
-            files.append(convert(config, [str(root)], tmp_path / f"n{i}-{trim}.h5", progress=False).output)
-        scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
-        sources = [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
+        config, sources, tallies = _wide_sources(tmp_path, training, 0, 0, "n", str(trim), samples)
         return make_stream_factory(config, sources, tallies, (TRAIN,), seed=7, shuffle=True)(0), sources
 
     (narrow, sources), (padded, _) = stream(True), stream(False)

@@ -209,6 +209,9 @@ Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]  # (x, y, sample we
 #: Batches of one multiplicity handed on together when bucketing: few hand-offs, steps well mixed.
 BUCKET_PIECE = 8
 
+#: The inputs with an object-slot axis (right after the row axes).
+SLOTTED = ("objects", "mask")
+
 #: Trimmed object arrays keep a multiple of this many slots: few distinct shapes, so few retracings.
 TRIM_STEP = 8
 
@@ -235,7 +238,7 @@ def cut_slots(inputs: dict[str, np.ndarray], slots: int, rows: np.ndarray | None
     """``inputs`` with the objects and mask cut to their first ``slots`` slots and, given ``rows``,
     only those rows of the leading axis (one copy of what is kept; views without ``rows``)."""
     first = slice(None) if rows is None else rows
-    out = {k: v[first] for k, v in inputs.items() if k not in ("objects", "mask")}
+    out = {k: v[first] for k, v in inputs.items() if k not in SLOTTED}
     out["mask"] = inputs["mask"][first, ..., :slots]
     out["objects"] = inputs["objects"][first, ..., :slots, :]
     return out
@@ -289,9 +292,6 @@ def flat_inputs(inputs: dict[str, np.ndarray], level: str) -> np.ndarray:
 
 
 Rows = dict[str, np.ndarray]  # network inputs plus "weight": all a training batch needs
-
-#: The inputs with an object-slot axis (right after the row axes).
-SLOTTED = ("objects", "mask")
 
 
 def _rows_of(block: Block, config: JobConfig, narrow: bool) -> Rows:

@@ -19,7 +19,7 @@ from typing import Any
 import keras
 
 from payload.ingest.prefetch import prefetched
-from payload.learn.dataset import Batch, TrainingStream
+from payload.learn.dataset import SLOTTED, Batch, TrainingStream
 
 #: Batches per Python hand-off to tf.data.
 GROUP = 32
@@ -126,7 +126,7 @@ def _dataset(generator: Callable[[], Iterator[Batch]], first: Batch) -> Iterator
     spec = (
         {
             key: tf.TensorSpec(
-                (None, v.shape[1], None, *v.shape[3:]) if key in ("objects", "mask") else (None, *v.shape[1:]),
+                (None, v.shape[1], None, *v.shape[3:]) if key in SLOTTED else (None, *v.shape[1:]),
                 tf.as_dtype(v.dtype),
             )
             for key, v in first[0].items()
