@@ -5,7 +5,8 @@
 The reference samples (``../shared/data/ttbar_{A,B}_large.root``, 200 000 events each) are copied as
 whole ROOT files until each sample holds at least ``--events`` events (22 copies for 4.3 M: 4.4 M), and
 ``examples/seed000_reweight.yaml`` runs on them unchanged except for ``--epochs`` (default: the config's
-own). The job's manifest gives every stage's wall time and its own peak RSS (the kernel's high-water
+own; ``--no-cache-inputs`` measures the former training stream, which scaled every block every
+epoch). The job's manifest gives every stage's wall time and its own peak RSS (the kernel's high-water
 mark is reset at each stage); training samples/s come from the events trained on. With fewer epochs
 than configured, the training time of the configured epochs is estimated from the measured epochs.
 The figures are printed as the table docs/benchmarks.md shows, beside the seed-000 talk's.
@@ -30,7 +31,17 @@ DATA = REPO.parent / "shared" / "data"
 REFERENCE_EVENTS = 200_000
 #: The seed-000 talk, for comparison: preprocessing, memory and training of the same job size.
 #: The job's stages in the order they run; any others follow.
-ORDER = ["inputs", "convert_primary", "convert_secondary", "prepare", "train", "export", "onnx", "evaluate"]
+ORDER = [
+    "inputs",
+    "convert_primary",
+    "convert_secondary",
+    "prepare",
+    "cache_inputs",
+    "train",
+    "export",
+    "onnx",
+    "evaluate",
+]
 TALK = {"preprocessing": "40 min", "memory": "> 250 GB", "training": "5-6 h on a GPU"}
 
 
@@ -45,11 +56,14 @@ def replicate(source: Path, copies: int, workdir: Path) -> list[str]:
     return paths
 
 
-def run_job(primary: list[str], secondary: list[str], epochs: int | None, workdir: Path, env: dict) -> dict:
+def run_job(
+    primary: list[str], secondary: list[str], epochs: int | None, workdir: Path, env: dict, cache_inputs: bool = True
+) -> dict:
     raw = yaml.safe_load((REPO / "examples" / "seed000_reweight.yaml").read_text())
     configured = raw["training"]["epochs"]
     if epochs is not None:
         raw["training"]["epochs"] = epochs
+    raw["training"]["cache_inputs"] = cache_inputs
     config = workdir / "job.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = workdir / "job"
@@ -119,14 +133,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/payload-fullsize"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--allocator", choices=ALLOCATORS, default="auto")
+    parser.add_argument(
+        "--no-cache-inputs",
+        action="store_true",
+        help="scale the network inputs block by block every epoch (training.cache_inputs off), the former way",
+    )
     args = parser.parse_args(argv)
     env, allocator = allocator_env(args.allocator)
     args.workdir.mkdir(parents=True, exist_ok=True)
     copies = -(-args.events // REFERENCE_EVENTS)
     primary = replicate(args.data / "ttbar_A_large.root", copies, args.workdir)
     secondary = replicate(args.data / "ttbar_B_large.root", copies, args.workdir)
-    result = run_job(primary, secondary, args.epochs, args.workdir, env)
+    result = run_job(primary, secondary, args.epochs, args.workdir, env, not args.no_cache_inputs)
     result |= {
+        "cache_inputs": not args.no_cache_inputs,
         "machine": f"{os.cpu_count()} cores",
         "allocator": allocator,
         "date": time.strftime("%Y-%m-%d"),

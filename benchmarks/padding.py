@@ -31,14 +31,16 @@ DATA = REPO.parent / "shared" / "data"
 WARM = 30
 
 
-#: mode -> (training.trim_padding, training.bucket_by_multiplicity, training.jit_compile)
+#: mode -> (training.trim_padding, training.bucket_by_multiplicity, training.jit_compile, training.cache_inputs)
 MODES = {
-    "padded": (False, False, "off"),
-    "trimmed": (True, False, "off"),
-    "bucketed": (True, True, "off"),
-    "bucketed+xla": (True, True, "on"),
+    "padded": (False, False, "off", False),
+    "trimmed": (True, False, "off", False),
+    "bucketed": (True, True, "off", False),
+    "bucketed+xla": (True, True, "on", False),
+    # The network inputs scaled once (payload/learn/inputcache.py), as a job does by default.
+    "bucketed+cached": (True, True, "off", True),
     # The bucketed step alone: its first 64 batches repeated from memory, what no input pipeline beats.
-    "step": (True, True, "off"),
+    "step": (True, True, "off", False),
 }
 
 
@@ -48,16 +50,21 @@ def child(mode: str, config_path: str, a: str, b: str, steps: int) -> None:
     from payload.config import load_config
     from payload.learn.dataset import EventSource
     from payload.learn.feed import fit_input
+    from payload.learn.inputcache import attach
     from payload.learn.models import build_model_for, input_names
     from payload.learn.splits import TEST, TRAIN
     from payload.learn.train import compile_model, make_stream_factory, prepare
     from payload.results.evaluate import predict
 
     config = load_config(config_path)
-    config.training.trim_padding, config.training.bucket_by_multiplicity, config.training.jit_compile = MODES[mode]
+    training = config.training
+    training.trim_padding, training.bucket_by_multiplicity, training.jit_compile, training.cache_inputs = MODES[mode]
     raw = [EventSource(a, config, None), EventSource(b, config, None)]
     scaler, tallies = prepare(config, raw)
     sources = [(EventSource(a, config, scaler), 0), (EventSource(b, config, scaler), 1)]
+    if training.cache_inputs:
+        for source, _ in sources:
+            attach(source)
     model = build_model_for(config, raw[0])
     compile_model(model, config, steps)
     rate = steady_rate(WARM)

@@ -1,4 +1,5 @@
-"""Outputs appear complete or not at all: write under a temporary name, rename on success."""
+"""Outputs appear complete or not at all: write under a temporary name, rename on success; and
+the checksum (adler32) that proves a file kept for reuse is still the one written."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,12 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+def adler32(path: str | Path, block: int = 1 << 22) -> str:
+    """Adler-32 as Rucio records it (8 hex digits)."""
+    value = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            value = zlib.adler32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"

@@ -370,6 +370,11 @@ class TrainingConfig(_Strict):
     block_size: Annotated[int, Field(ge=64)] = 8192
     #: Blocks mixed in the shuffle buffer.
     shuffle_blocks: Annotated[int, Field(ge=1)] = 4
+    #: Scale the events' network inputs (and build the high-level ones) once, into
+    #: `work/<sample>.inputs.h5` beside the event file, and read them back every epoch instead of
+    #: recomputing them for every block (payload/learn/inputcache.py); costs one pass and disk about
+    #: the event file's size.
+    cache_inputs: bool = True
     #: Seed of initialisation and shuffling (an ensemble's members use seed, seed + 1, ...).
     seed: int = 1
     #: float16 compute: `auto` on a GPU, `on`, `off`.

@@ -15,7 +15,7 @@ Output directory of a finished job:
     job.log            the job's log
     manifest.json      versions, inputs with sizes and checksums, device, timings, status (written last)
 
-Working files (``work/`` converted HDF5, ``checkpoints/``) stay for resuming.  A failed job leaves
+Working files (``work/`` converted HDF5 and scaled network inputs, ``checkpoints/``) stay for resuming.  A failed job leaves
 ``error.json`` with the reason and no ``manifest.json``: it never looks complete.
 """
 
@@ -219,6 +219,12 @@ def _train(
             log.warning("%s", warning)
         metrics["warnings"] += scaler.warnings
         sources = _open(stack, labelled_sources(config, converted, scaler))
+        if config.training.cache_inputs:
+            from payload.learn.inputcache import attach
+
+            with timer.stage("cache_inputs"):
+                for source, _ in sources:
+                    attach(source)
         with timer.stage("train"):
             model, metrics["training"], members = _train_members(
                 config, sources[: len(trained)], tallies, output, progress

@@ -23,12 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from payload.atomic import write_json
+from payload.atomic import adler32, write_json
 from payload.config import JobConfig, config_to_dict
 from payload.ingest.convert import convert_files
 from payload.learn.splits import base_name
 from payload.progress import log
-from payload.results.manifest import adler32
 
 
 def identity(described: dict[str, Any]) -> dict[str, Any]:

@@ -439,12 +439,19 @@ def test_a_damaged_checkpoint_or_work_file_is_redone_not_a_blocked_rerun(tmp_pat
     middle = len(damaged) // 2
     damaged[middle : middle + 4096] = bytes(4096)  # a zeroed block inside the compressed events
     work.write_bytes(bytes(damaged))
+    inputs = out / "work" / "primary.inputs.h5"
+    damaged = bytearray(inputs.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 4096] = bytes(4096)
+    inputs.write_bytes(bytes(damaged))
     proc = _run(tmp_path, SAMPLE_A, SAMPLE_B, out, config)
     assert proc.returncode == 0, proc.stderr
     log = (out / "job.log").read_text()
     assert f"{state['checkpoint']} cannot be loaded" in log
     assert ("resuming from the best epoch" in log) or ("training from the start" in log)
     assert "converting" in log and "secondary.h5 again" in log
+    assert "writing primary.inputs.h5 again: it is damaged" in log
+    assert "writing secondary.inputs.h5 again: it was computed from other inputs" in log  # reconverted
     epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
     assert epochs == [0, 1, 2, 3]
     with h5py.File(reference / "work" / "secondary.h5") as a, h5py.File(work) as b:

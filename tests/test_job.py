@@ -216,7 +216,11 @@ def test_resume_after_kill(tmp_path):
     assert not (out / "manifest.json").exists()
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"resuming after epoch {killed_at + 1}" in (out / "job.log").read_text()
+    log = (out / "job.log").read_text()
+    assert f"resuming after epoch {killed_at + 1}" in log
+    # The network inputs written before the kill are the rerun's: same event files, same scaler.
+    assert "network inputs of primary.h5: reusing primary.inputs.h5" in log
+    assert "network inputs of secondary.h5: reusing secondary.inputs.h5" in log
     with open(out / "history.csv") as f:
         epochs = [int(line.split(",")[0]) for line in f.readlines()[1:]]
     assert epochs == list(range(6))

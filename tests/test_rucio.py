@@ -26,8 +26,8 @@ from helpers import quick_job_config
 from rucio_loopback import RucioServer
 from xrootd_loopback import xrootd_server
 
+from payload.atomic import adler32
 from payload.ingest.samples import write_sample
-from payload.results.manifest import adler32
 
 pytestmark = pytest.mark.servers
 

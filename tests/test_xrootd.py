@@ -71,7 +71,7 @@ def test_convert_reads_root_urls_like_local_files(server, tmp_path):
 
 
 def test_run_reads_root_urls_and_records_them(server, tmp_path):
-    from payload.results.manifest import adler32
+    from payload.atomic import adler32
 
     cfg = quick_job_config(tmp_path / "job.yaml")
     proc = run(

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from payload.config import ClassifierModel, DeepSetsModel, JobConfig
+from payload.errors import InputCorruptError
 from payload.ingest.h5layout import json_attr, names, object_mask, open_event_file, read_rows
 from payload.learn.scaling import Scaler, outlier_mask
 from payload.learn.splits import TEST, TRAIN, assign, base_name, file_key, part
@@ -106,6 +108,28 @@ class EventSource:
             for n in wanted
         ]
         self._file = None
+        self._inputs_path: Path | None = None
+        self._inputs: Any = None  # h5py.File, opened on first use
+
+    def use_inputs(self, path: Path) -> None:
+        """Read the scaled network inputs from ``path`` (``payload.learn.inputcache``, written for this
+        file and scaler) instead of computing them block by block."""
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("rows", -1)) != self.size or any(len(f[k]) != self.size for k in f):
+                raise InputCorruptError(f"network inputs {path}: not {self.size} rows as {self.path}; delete it")
+        self._inputs_path = path
+
+    def _cached(self, start: int, stop: int) -> dict[str, np.ndarray] | None:
+        if self._inputs_path is None:
+            return None
+        if self._inputs is None:
+            import h5py
+
+            self._inputs = h5py.File(self._inputs_path, "r")
+        f = self._inputs
+        return {name: read_rows(f[name], start, stop) for name in CACHED if name in f}
 
     def _h5(self):
         if self._file is None:
@@ -113,9 +137,10 @@ class EventSource:
         return self._file
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for f in (self._file, self._inputs):
+            if f is not None:
+                f.close()
+        self._file = self._inputs = None
 
     def block_ranges(self) -> list[tuple[int, int]]:
         step = self.config.training.block_size
@@ -158,10 +183,17 @@ class EventSource:
         spectators = read_rows(f["spectators"], start, stop)[index]
         inputs: dict[str, np.ndarray] = {}
         if self.scaler is not None:
-            inputs["objects"] = self.scaler.apply_objects(objects, n_objects)
+            cached = self._cached(start, stop)
+            inputs["objects"] = (
+                self.scaler.apply_objects(objects, n_objects) if cached is None else cached["objects"][index]
+            )
             inputs["mask"] = object_mask(n_objects, objects.shape[1]).astype(np.float32)
             if self.use_events:
-                inputs["events"] = self.scaler.apply_events(self.network_events(objects, n_objects, events))
+                inputs["events"] = (
+                    self.scaler.apply_events(self.network_events(objects, n_objects, events))
+                    if cached is None
+                    else cached["events"][index]
+                )
             if self.decorrelate:
                 inputs["decorrelate"] = np.stack(
                     [spectators[:, i] if kind == "spectator" else events[:, i] for kind, i in self.decorrelate], axis=1
@@ -208,6 +240,10 @@ Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]  # (x, y, sample we
 
 #: Batches of one multiplicity handed on together when bucketing: few hand-offs, steps well mixed.
 BUCKET_PIECE = 8
+
+#: The network inputs ``payload.learn.inputcache`` computes once per job (the scaling and the
+#: high-level features, most of a stream's work); the mask and decorrelation inputs are cheap.
+CACHED = ("objects", "events")
 
 #: The inputs with an object-slot axis (right after the row axes).
 SLOTTED = ("objects", "mask")

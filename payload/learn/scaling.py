@@ -141,20 +141,18 @@ class Scaler:
     def apply_events(self, events: np.ndarray) -> np.ndarray:
         return self.events.apply(events)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCALER_VERSION,
+            "method": self.method,
+            "outliers": self.outliers,
+            "objects": self.objects.to_dict(),
+            "events": self.events.to_dict(),
+            "warnings": self.warnings,
+        }
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(
-            json.dumps(
-                {
-                    "version": SCALER_VERSION,
-                    "method": self.method,
-                    "outliers": self.outliers,
-                    "objects": self.objects.to_dict(),
-                    "events": self.events.to_dict(),
-                    "warnings": self.warnings,
-                },
-                indent=1,
-            )
-        )
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Scaler:

@@ -25,10 +25,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from payload.atomic import atomic_path
+from payload.atomic import adler32, atomic_path
 from payload.learn.splits import base_name
 from payload.progress import log
-from payload.results.manifest import adler32
 
 FRIEND_TREE = "payload"
 SUFFIX = ".friend.root"

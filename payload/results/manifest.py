@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from payload import __version__
+from payload.atomic import adler32
 from payload.device import release_free_memory
 from payload.ingest.download import ORIGINS
 from payload.ingest.inputs import is_url
-
-
-def adler32(path: str | Path, block: int = 1 << 22) -> str:
-    """Adler-32 as Rucio records it (8 hex digits)."""
-    value = 1
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
 
 
 def describe_input(location: str) -> dict[str, Any]:

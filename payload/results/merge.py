@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from payload.atomic import atomic_path, hdf5_writing
+from payload.atomic import adler32, atomic_path, hdf5_writing
 from payload.config import JobConfig, config_to_dict, load_config
 from payload.errors import ConfigError, EmptyInputError, InputCorruptError, InputMissingError, PayloadError
 from payload.progress import log
 from payload.results import bundle as bundles
-from payload.results.manifest import adler32
 from payload.results.schema import HEADLINES, Metrics, parse_metrics
 
 CHUNK = 1 << 20
