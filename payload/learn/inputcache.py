@@ -52,10 +52,8 @@ def key(source: EventSource) -> str:
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
 
 
-def _intact(path: Path, record_path: Path, expected: str) -> str | None:
-    """Why the file at ``path`` cannot be reused (None when it can)."""
-    if not path.exists():
-        return None if not record_path.exists() else "it is missing"
+def _stale(path: Path, record_path: Path, expected: str) -> str | None:
+    """Why the existing file ``path`` cannot be reused (None when it can)."""
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
@@ -71,15 +69,19 @@ def attach(source: EventSource) -> None:
     """Point ``source`` at its cached network inputs, written first unless a matching file is there."""
     path, record_path = inputs_path(source), source.path.with_suffix(".inputs.json")
     expected = key(source)
-    reason = _intact(path, record_path, expected)
-    if path.exists() and reason is None:
+    reason = _stale(path, record_path, expected) if path.exists() else "absent"
+    if reason is None:
         log.info("network inputs of %s: reusing %s", source.path.name, path.name)
     else:
         if path.exists():
             log.info("network inputs of %s: writing %s again: %s", source.path.name, path.name, reason)
         record_path.unlink(missing_ok=True)
         _write(source, path)
-        write_json(record_path, {"key": expected, "bytes": path.stat().st_size, "adler32": adler32(path)})
+        size = path.stat().st_size
+        write_json(record_path, {"key": expected, "bytes": size, "adler32": adler32(path)})
+        log.info(
+            "network inputs of %s: wrote %s (%d events, %.0f MB)", source.path.name, path.name, source.size, size / 1e6
+        )
     source.use_inputs(path)
 
 
