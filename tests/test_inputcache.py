@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 
+import h5py
 import numpy as np
 import pytest
 from conftest import JAGGED_CONFIG, make_events, write_jagged_root
@@ -20,12 +21,12 @@ from payload.learn.train import make_stream_factory, prepare
 TRAINING = {"batch_size": 64, "block_size": 128, "shuffle_blocks": 2, "bucket_by_multiplicity": True}
 
 
-def _converted(tmp_path, events: tuple[int, int] = (700, 700)):
+def _converted(tmp_path, events: tuple[int, int] = (700, 700), compression: str = "blosc-lz4"):
     """Config (Deep Sets with the high-level event inputs) and two converted toy samples."""
     config = parse_config(
         {
             **JAGGED_CONFIG,
-            "data": {**JAGGED_CONFIG["data"], "max_objects": 16},
+            "data": {**JAGGED_CONFIG["data"], "max_objects": 16, "compression": compression},
             "scaling": {"transforms": {"pt": "log", "m": "log1p"}},
             "model": {"type": "deepsets", "high_level_inputs": True},
             "training": TRAINING,
@@ -42,13 +43,17 @@ def _sources(config, files, scaler):
     return [(EventSource(f, config, scaler), label) for f, label in zip(files, (0, 1))]
 
 
-def test_cached_inputs_give_the_same_blocks_and_batches(tmp_path, monkeypatch):
-    config, files = _converted(tmp_path)
+@pytest.mark.parametrize("compression", ["blosc-lz4", "lzf"])
+def test_cached_inputs_give_the_same_blocks_and_batches(tmp_path, monkeypatch, compression):
+    """Compressed as the event file: an lzf job needs no Blosc filter for its cache either."""
+    config, files = _converted(tmp_path, compression=compression)
     scaler, tallies = prepare(config, [EventSource(f, config, None) for f in files])
     computed, cached = _sources(config, files, scaler), _sources(config, files, copy.deepcopy(scaler))
     for source, _ in cached:
         attach(source)
-        assert inputs_path(source).exists()
+        with h5py.File(inputs_path(source)) as f:
+            assert f["objects"].compression == (None if compression == "blosc-lz4" else compression)
+            assert f["objects"].shape == (source.size, 16, len(source.object_names))
 
     def refuse(*args):
         raise AssertionError("computed, not read back")

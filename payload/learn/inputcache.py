@@ -10,9 +10,9 @@ scaler is fitted, row for row with the event file, beside it in ``work/``:
       /events   float32 (N, E)     ``Scaler.apply_events`` of the network's event inputs (when it takes any)
     <sample>.inputs.json           the record: ``key``, the file's size and adler32
 
-Both datasets are Blosc-LZ4 compressed and chunked as the event file's objects.  The key is a digest
-of what the inputs were computed from: the event file as it is on disk, the scaler, the data,
-scaling and model config and the package version.  A file whose record does not match (other
+Both datasets are compressed as the event file (``data.compression``) and chunked as its objects.
+The key is a digest of what the inputs were computed from: the event file as it is on disk, the
+scaler, the data, scaling and model config and the package version.  A file whose record does not match (other
 inputs, another scaler, a damaged or half-written file) is written again, never read.
 """
 
@@ -92,6 +92,7 @@ def _write(source: EventSource, path: Path) -> None:
         with hdf5_writing(file, tmp):
             # Chunks of the event file's object rows: a training block decompresses what it reads, no more.
             rows = _chunk_rows(source.max_objects * len(source.object_names) * 4)
+            compression = source.config.data.compression  # the event file's
             appenders: dict[str, _Appender] = {}
             for start, stop in source.block_ranges():
                 block = source.read(start, stop, None, drop_outliers=False)
@@ -99,20 +100,20 @@ def _write(source: EventSource, path: Path) -> None:
                     if name in block.inputs:
                         values = np.ascontiguousarray(block.inputs[name], dtype=np.float32)
                         if name not in appenders:
-                            appenders[name] = _appender(file, name, values.shape[1:], rows)
+                            appenders[name] = _appender(file, name, values.shape[1:], rows, compression)
                         appenders[name].append(values)
             for appender in appenders.values():
                 appender.close()
             file.attrs["rows"] = source.size
 
 
-def _appender(file: h5py.File, name: str, shape: tuple[int, ...], rows: int) -> _Appender:
+def _appender(file: h5py.File, name: str, shape: tuple[int, ...], rows: int, compression: str) -> _Appender:
     dataset = file.create_dataset(
         name,
         shape=(0, *shape),
         maxshape=(None, *shape),
         dtype=np.float32,
         chunks=(rows, *shape),
-        **_compression("blosc-lz4", np.float32),
+        **_compression(compression, np.float32),
     )
-    return _Appender(dataset, _blosc_lz4)
+    return _Appender(dataset, _blosc_lz4 if compression == "blosc-lz4" else None)
