@@ -9,7 +9,9 @@ about 6 real objects in 45 slots) and a wide-multiplicity toy (2 + Poisson(14) j
 (``training.trim_padding`` off), each group of 32 batches cut to its largest multiplicity (trimmed,
 ``bucket_by_multiplicity`` off) and each batch cut to its own after the group's rows were sorted by
 multiplicity (bucketed, the default), and that with the training step compiled by XLA
-(``training.jit_compile: on``): steady samples/s after a compiling warm-up; ``step`` times the bucketed
+(``training.jit_compile: on``) or with the network inputs computed once and read back
+(``bucketed+cached``, ``training.cache_inputs`` as a job runs it; the other modes compute them block by
+block): steady samples/s after a compiling warm-up; ``step`` times the bucketed
 step alone, its first 64 batches repeated from memory, the ceiling of any input pipeline.  The bucketed run
 then predicts its test events from the cut and from the fully padded inputs: the largest difference is
 printed beside the speeds (masked pooling makes the two equal to float rounding).
