@@ -15,8 +15,9 @@ Output directory of a finished job:
     job.log            the job's log
     manifest.json      versions, inputs with sizes and checksums, device, timings, status (written last)
 
-Working files (``work/`` converted HDF5 and scaled network inputs, ``checkpoints/``) stay for resuming.  A failed job leaves
-``error.json`` with the reason and no ``manifest.json``: it never looks complete.
+Working files (``work/`` converted HDF5 and scaled network inputs, ``checkpoints/``) stay for
+resuming.  A failed job leaves ``error.json`` with the reason and no ``manifest.json``: it never
+looks complete.
 """
 
 from __future__ import annotations

@@ -195,6 +195,27 @@ class _Appender:
             self.tail = self.tail[:0]
 
 
+def appender(
+    file: h5py.File, name: str, row_shape: tuple[int, ...], dtype: Any, rows: int, compression: str
+) -> _Appender:
+    """A new resizable dataset of ``rows``-row chunks, compressed as ``compression`` (a
+    ``data.compression`` value), and what appends to it."""
+    ds = file.create_dataset(
+        name,
+        shape=(0, *row_shape),
+        maxshape=(None, *row_shape),
+        dtype=dtype,
+        chunks=(rows, *row_shape),
+        **_compression(compression, dtype),
+    )
+    return _Appender(ds, _blosc_lz4 if compression == "blosc-lz4" else None)
+
+
+def object_chunk_rows(max_objects: int, features: int) -> int:
+    """Rows per chunk of float32 objects (N, max_objects, features): about ``CHUNK_BYTES`` each."""
+    return _chunk_rows(max_objects * features * 4)
+
+
 class EventFileWriter:
     """Appends ``Chunk``s to resizable, chunked datasets."""
 
@@ -209,9 +230,8 @@ class EventFileWriter:
     ):
         self.file = h5py.File(path, "w")
         self.size = 0
-        compress = _blosc_lz4 if compression == "blosc-lz4" else None
         m, f = max_objects, len(object_names)
-        rows = _chunk_rows(m * f * 4)
+        rows = object_chunk_rows(m, f)
         # Per-event datasets are ~1 % of the bytes: chunks of SMALL_CHUNK_FACTOR object chunks keep
         # their number of (fixed-cost) chunk writes and reads small, and a training block still
         # decompresses little more of them than it uses.
@@ -226,15 +246,9 @@ class EventFileWriter:
                 ds = self.file.create_dataset(name, shape=(0, *shape), dtype=dtype)
                 self._empty.append(name)
             else:
-                ds = self.file.create_dataset(
-                    name,
-                    shape=(0, *shape),
-                    maxshape=(None, *shape),
-                    dtype=dtype,
-                    chunks=(rows if name == "objects" else small_rows, *shape),
-                    **_compression(compression, dtype),
-                )
-                self._appenders[name] = _Appender(ds, compress)
+                chunk = rows if name == "objects" else small_rows
+                self._appenders[name] = appender(self.file, name, shape, dtype, chunk, compression)
+                ds = self._appenders[name].ds
             if names is not None:
                 ds.attrs["names"] = np.array(names, dtype=h5py.string_dtype())
 

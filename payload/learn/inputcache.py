@@ -12,8 +12,8 @@ scaler is fitted, row for row with the event file, beside it in ``work/``:
 
 Both datasets are compressed as the event file (``data.compression``) and chunked as its objects.
 The key is a digest of what the inputs were computed from: the event file as it is on disk, the
-scaler, the data, scaling and model config and the package version.  A file whose record does not match (other
-inputs, another scaler, a damaged or half-written file) is written again, never read.
+scaler, the data, scaling and model config and the package version.  A file whose record does not
+match (other inputs, another scaler, a damaged or half-written file) is written again, never read.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from payload import __version__
 from payload.atomic import adler32, atomic_path, hdf5_writing, write_json
 from payload.config import config_to_dict
-from payload.ingest.h5layout import _Appender, _blosc_lz4, _chunk_rows, _compression
+from payload.ingest.h5layout import appender, object_chunk_rows
 from payload.learn.dataset import CACHED, EventSource
 from payload.progress import log
 
@@ -91,29 +91,17 @@ def _write(source: EventSource, path: Path) -> None:
         file = h5py.File(tmp, "w")
         with hdf5_writing(file, tmp):
             # Chunks of the event file's object rows: a training block decompresses what it reads, no more.
-            rows = _chunk_rows(source.max_objects * len(source.object_names) * 4)
+            rows = object_chunk_rows(source.max_objects, len(source.object_names))
             compression = source.config.data.compression  # the event file's
-            appenders: dict[str, _Appender] = {}
+            appenders = {}
             for start, stop in source.block_ranges():
                 block = source.read(start, stop, None, drop_outliers=False)
                 for name in CACHED:
                     if name in block.inputs:
                         values = np.ascontiguousarray(block.inputs[name], dtype=np.float32)
                         if name not in appenders:
-                            appenders[name] = _appender(file, name, values.shape[1:], rows, compression)
+                            appenders[name] = appender(file, name, values.shape[1:], np.float32, rows, compression)
                         appenders[name].append(values)
-            for appender in appenders.values():
-                appender.close()
+            for each in appenders.values():
+                each.close()
             file.attrs["rows"] = source.size
-
-
-def _appender(file: h5py.File, name: str, shape: tuple[int, ...], rows: int, compression: str) -> _Appender:
-    dataset = file.create_dataset(
-        name,
-        shape=(0, *shape),
-        maxshape=(None, *shape),
-        dtype=np.float32,
-        chunks=(rows, *shape),
-        **_compression(compression, np.float32),
-    )
-    return _Appender(dataset, _blosc_lz4 if compression == "blosc-lz4" else None)
