@@ -306,6 +306,77 @@ def test_validation_batches_are_cut_as_training_batches_and_keras_averages_them_
     assert first["auc"] == pytest.approx(padded["auc"], abs=1e-6)
 
 
+def test_validation_beyond_its_limit_reads_only_evenly_spread_blocks(tmp_path, monkeypatch):
+    """Beyond ``training.validation_events`` the validation stream takes the events of evenly spaced
+    blocks of every file (the first stride and the last both represented), reads no other block,
+    hands on every validation event of those blocks once per pass, keeps the classes in proportion
+    and gives the same batches every epoch; under the limit it reads every block."""
+    from payload.learn.dataset import EventSource
+    from payload.learn.splits import VALIDATION
+    from payload.learn.train import make_stream_factory, spread_blocks
+
+    training = {"batch_size": 32, "block_size": 100}
+    config, sources, tallies = _wide_sources(tmp_path, training, 3000, 50, "l", "l")
+    every = sum(t.counts[VALIDATION] for t in tallies)
+    blocks = spread_blocks(tallies, (VALIDATION,), every // 4)
+    assert blocks is not None and spread_blocks(tallies, (VALIDATION,), every) is None
+    for chosen, tally in zip(blocks, tallies):
+        assert len(tally.blocks) == 30 and 6 <= len(chosen) <= 9
+        assert chosen[0] < 4 and chosen[-1] >= 26 and len(set(chosen)) == len(chosen)
+    read_ranges = []
+    read = EventSource.read
+
+    def recording(self, start, stop, *args, **kwargs):
+        read_ranges.append((self.path, start, stop))
+        return read(self, start, stop, *args, **kwargs)
+
+    monkeypatch.setattr(EventSource, "read", recording)
+    make = make_stream_factory(config, sources, tallies, (VALIDATION,), seed=3, shuffle=False, limit=every // 4)
+    stream = make(0)
+    expected = [
+        sum(tally.blocks[i].counts.get(VALIDATION, 0) for i in chosen) for chosen, tally in zip(blocks, tallies)
+    ]
+    assert stream.steps == -(-sum(expected) // 32)
+    assert abs(stream.per_batch[0] / 32 - expected[0] / sum(expected)) <= 1 / 32
+    first = [b for _, b in zip(range(stream.steps), stream.batches())]
+    allowed = {(s.path, *s.block_ranges()[i]) for (s, _), chosen in zip(sources, blocks) for i in chosen}
+    assert read_ranges and set(read_ranges) <= allowed
+    labels = np.concatenate([y.ravel() for _, y, _ in first])
+    assert abs(int((labels == 0).sum()) - expected[0]) <= 32  # every event of the blocks, once
+    again = [b for _, b in zip(range(stream.steps), make(0).batches())]  # as validation_input reopens it
+    for (x, y, w), (x2, y2, w2) in zip(first, again):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(x["objects"], x2["objects"])
+    read_ranges.clear()
+    whole = make_stream_factory(config, sources, tallies, (VALIDATION,), seed=3, shuffle=False, limit=every)(0)
+    _ = [b for _, b in zip(range(whole.steps), whole.batches())]
+    assert len(set(read_ranges)) == 60
+
+
+def test_training_validates_on_at_most_validation_events(tmp_path, caplog):
+    """``train`` hands Keras the capped validation stream: the log says how many of the validation
+    events each epoch scores, and the validation loss is there."""
+    import csv
+    import logging
+    import re
+
+    from payload.learn.splits import VALIDATION
+    from payload.learn.train import train
+
+    training = {"batch_size": 256, "block_size": 500, "epochs": 1, "validation_events": 1000}
+    config, sources, tallies = _wide_sources(tmp_path, training, 10_000, 60, "t", "t")
+    every = sum(t.counts[VALIDATION] for t in tallies)
+    with caplog.at_level(logging.INFO, logger="payload"):
+        train(config, sources, tallies, tmp_path / "out", progress=False)
+    used = [re.search(r"validation: ([\d,]+) of the ([\d,]+) events", r.getMessage()) for r in caplog.records]
+    used = [m for m in used if m]
+    assert len(used) == 1 and int(used[0][2].replace(",", "")) == every > 1000
+    assert 800 <= int(used[0][1].replace(",", "")) <= 1300
+    with (tmp_path / "out" / "history.csv").open() as f:
+        assert np.isfinite(float(next(csv.DictReader(f))["val_loss"]))
+
+
 @pytest.mark.parametrize("damaged", ["training", "validation"])
 def test_a_read_error_while_keras_trains_is_raised_as_itself(tmp_path, monkeypatch, damaged):
     """tf.data reports an error of a batch generator as a generic UnknownError (an internal error,

@@ -374,9 +374,12 @@ class _ShuffledRows:
         half: int | None = None,
         leave_out: tuple[int, int] | None = None,
         narrow: bool = False,
+        blocks: list[int] | None = None,
     ):
         self.source, self.splits, self.rng, self.buffer_blocks, self.half = source, splits, rng, buffer_blocks, half
         self.leave_out, self.narrow = leave_out, narrow
+        every = source.block_ranges()
+        self.ranges = every if blocks is None else [every[i] for i in blocks]
         self._pending: Rows | None = None
         self._size = self._offset = 0
         self._blocks: Iterator[Block] = iter(())
@@ -399,7 +402,7 @@ class _ShuffledRows:
                 buf = _cat(rows)
                 order = self.rng.permutation(len(buf["weight"]))
                 return {k: v[order] for k, v in buf.items()}
-            ranges = self.source.block_ranges()
+            ranges = self.ranges
             order = self.rng.permutation(len(ranges))
             self._blocks = (
                 self.source.read(*ranges[i], self.splits, half=self.half, leave_out=self.leave_out)  # type: ignore[call-arg,misc]
@@ -445,7 +448,10 @@ class TrainingStream:
         half: int | None = None,
         augment: bool = False,
         leave_out: tuple[int, int] | None = None,
+        blocks: list[list[int]] | None = None,
     ):
+        """``blocks``: per source, the indices of the blocks (``EventSource.block_ranges``) to read,
+        when not all; ``counts`` and ``sumw`` are then of those blocks."""
         total = sum(counts)
         bs = config.training.batch_size
         self.steps = max(1, int(np.ceil(total / bs)))
@@ -472,8 +478,9 @@ class TrainingStream:
                 half,
                 leave_out,
                 narrow=self.trimmable,
+                blocks=None if blocks is None else blocks[i],
             )
-            for src, _ in sources
+            for i, (src, _) in enumerate(sources)
         ]
         self.labels = [label for _, label in sources]
         self.extra_weight = extra_weight

@@ -28,33 +28,68 @@ from payload.learn.dataset import EventSource, TrainingStream, training_weights
 from payload.learn.distribute import replicated
 from payload.learn.feed import fit_input, validation_input
 from payload.learn.scaling import Scaler, ScalerFitter
-from payload.learn.splits import TRAIN, VALIDATION
+from payload.learn.splits import NAMES, TRAIN, VALIDATION
 from payload.progress import Progress, duration, log
 
 
 @dataclass
 class Tally:
-    """Selected events and their training weight sum per split, for one source."""
+    """Selected events and their training weight sum per split, for one source, and the same per
+    block of ``EventSource.block_ranges()`` (``blocks``, as ``prepare`` counts them)."""
 
     counts: dict[int, int] = field(default_factory=dict)
     sumw: dict[int, float] = field(default_factory=dict)
+    blocks: list[Tally] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        for code, n in other.counts.items():
+            self.counts[code] = self.counts.get(code, 0) + n
+            self.sumw[code] = self.sumw.get(code, 0.0) + other.sumw[code]
+
+    def of_blocks(self, index: list[int]) -> Tally:
+        """The tally of only the blocks ``index``."""
+        part = Tally()
+        for i in index:
+            part.add(self.blocks[i])
+        return part
+
+
+def spread_blocks(tallies: list[Tally], splits: tuple[int, ...], limit: int) -> list[list[int]] | None:
+    """Evenly spaced blocks of every source holding about ``limit`` events of ``splits`` in all (the
+    same share of each source's blocks, so the classes keep their proportions), or None when all of
+    them hold no more.  Spread over the whole file, they span every input file in it."""
+    total = sum(t.counts.get(s, 0) for t in tallies for s in splits)
+    if total <= limit:
+        return None
+    stride = total / limit
+    chosen = [
+        sorted({min(len(t.blocks) - 1, int((k + 0.5) * stride)) for k in range(max(1, round(len(t.blocks) / stride)))})
+        for t in tallies
+    ]
+    if any(not t.of_blocks(index).counts.get(s) for t, index in zip(tallies, chosen) for s in splits):
+        return None  # too few events per block to spread: all of them
+    return chosen
 
 
 def prepare(config: JobConfig, sources: list[EventSource], fit: bool = True) -> tuple[Scaler | None, list[Tally]]:
     """One pass over both samples: fit the scaler on their training split (unless ``fit`` is off:
-    applying a trained model), count every split."""
+    applying a trained model), count every split in every block."""
     first = sources[0]
     aliases = first.high_level.derived if first.high_level else {}
     fitter = ScalerFitter(config.scaling, first.object_names, first.network_event_names, aliases) if fit else None
     tallies = []
     for source in sources:
         tally = Tally()
-        for block in source.iterate(splits=None):
+        for start, stop in source.block_ranges():
+            block = source.read(start, stop, None)
             w = training_weights(block, config, 1.0)
+            counted = Tally()
             for code in np.unique(block.split):
                 sel = block.split == code
-                tally.counts[int(code)] = tally.counts.get(int(code), 0) + int(sel.sum())
-                tally.sumw[int(code)] = tally.sumw.get(int(code), 0.0) + float(w[sel].sum())
+                counted.counts[int(code)] = int(sel.sum())
+                counted.sumw[int(code)] = float(w[sel].sum())
+            tally.add(counted)
+            tally.blocks.append(counted)
             train = block.split == TRAIN
             if fitter is not None and train.any():
                 events = source.network_events(block.raw_objects[train], block.n_objects[train], block.events[train])
@@ -272,7 +307,25 @@ def make_stream_factory(
     half: int | None = None,
     augment: bool = False,
     leave_out: tuple[int, int] | None = None,
+    limit: int | None = None,
 ) -> Callable[[int], TrainingStream]:
+    """Epoch -> stream of the events of ``splits``; ``limit``: at most about that many of them in
+    all, from evenly spaced blocks (``spread_blocks``), which is all a pass then reads."""
+    blocks = spread_blocks(tallies, splits, limit) if limit is not None else None
+    if blocks is not None:
+        every = sum(t.counts.get(s, 0) for t in tallies for s in splits)
+        n_blocks = sum(len(t.blocks) for t in tallies)
+        tallies = [t.of_blocks(index) for t, index in zip(tallies, blocks)]
+        used = sum(t.counts.get(s, 0) for t in tallies for s in splits)
+        log.info(
+            "%s: %s of the %s events, from %d of %d blocks spread over the files (at most about %s)",
+            "+".join(NAMES[s] for s in splits),
+            f"{used:,}",
+            f"{every:,}",
+            sum(map(len, blocks)),
+            n_blocks,
+            f"{limit:,}",
+        )
     share = 1.0 if half is None else 0.5
     if leave_out is not None and TRAIN in splits:
         share *= 1.0 - 1.0 / leave_out[0]
@@ -292,6 +345,7 @@ def make_stream_factory(
             half=half,
             augment=augment,
             leave_out=leave_out,
+            blocks=blocks,
         )
 
     return make
@@ -323,7 +377,9 @@ def train(
     steps = train_streams(0).steps
     has_validation = all(t.counts.get(VALIDATION, 0) for t in tallies)
     val_streams = (
-        make_stream_factory(config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False)
+        make_stream_factory(
+            config, sources, tallies, (VALIDATION,), seed + 1, shuffle=False, limit=config.training.validation_events
+        )
         if has_validation
         else None
     )
