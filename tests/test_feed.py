@@ -354,7 +354,7 @@ def test_validation_beyond_its_limit_reads_only_evenly_spread_blocks(tmp_path, m
     assert len(set(read_ranges)) == 60
 
 
-def test_training_validates_on_at_most_validation_events(tmp_path, caplog):
+def test_training_validates_on_at_most_validation_events(tmp_path):
     """``train`` hands Keras the capped validation stream: the log says how many of the validation
     events each epoch scores, and the validation loss is there."""
     import csv
@@ -367,9 +367,19 @@ def test_training_validates_on_at_most_validation_events(tmp_path, caplog):
     training = {"batch_size": 256, "block_size": 500, "epochs": 1, "validation_events": 1000}
     config, sources, tallies = _wide_sources(tmp_path, training, 10_000, 60, "t", "t")
     every = sum(t.counts[VALIDATION] for t in tallies)
-    with caplog.at_level(logging.INFO, logger="payload"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("payload")
+    level = logger.level
+    logger.addHandler(handler)  # the CLI's tests leave the payload logger not propagating to caplog's
+    logger.setLevel(logging.INFO)
+    try:
         train(config, sources, tallies, tmp_path / "out", progress=False)
-    used = [re.search(r"validation: ([\d,]+) of the ([\d,]+) events", r.getMessage()) for r in caplog.records]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    used = [re.search(r"validation: ([\d,]+) of the ([\d,]+) events", r.getMessage()) for r in records]
     used = [m for m in used if m]
     assert len(used) == 1 and int(used[0][2].replace(",", "")) == every > 1000
     assert 800 <= int(used[0][1].replace(",", "")) <= 1300
