@@ -46,6 +46,9 @@ class Tally:
             self.counts[code] = self.counts.get(code, 0) + n
             self.sumw[code] = self.sumw.get(code, 0.0) + other.sumw[code]
 
+    def events(self, splits: tuple[int, ...]) -> int:
+        return sum(self.counts.get(s, 0) for s in splits)
+
     def of_blocks(self, index: list[int]) -> Tally:
         """The tally of only the blocks ``index``."""
         part = Tally()
@@ -58,7 +61,7 @@ def spread_blocks(tallies: list[Tally], splits: tuple[int, ...], limit: int) -> 
     """Evenly spaced blocks of every source holding about ``limit`` events of ``splits`` in all (the
     same share of each source's blocks, so the classes keep their proportions), or None when all of
     them hold no more.  Spread over the whole file, they span every input file in it."""
-    total = sum(t.counts.get(s, 0) for t in tallies for s in splits)
+    total = sum(t.events(splits) for t in tallies)
     if total <= limit:
         return None
     stride = total / limit
@@ -313,10 +316,10 @@ def make_stream_factory(
     all, from evenly spaced blocks (``spread_blocks``), which is all a pass then reads."""
     blocks = spread_blocks(tallies, splits, limit) if limit is not None else None
     if blocks is not None:
-        every = sum(t.counts.get(s, 0) for t in tallies for s in splits)
+        every = sum(t.events(splits) for t in tallies)
         n_blocks = sum(len(t.blocks) for t in tallies)
         tallies = [t.of_blocks(index) for t, index in zip(tallies, blocks)]
-        used = sum(t.counts.get(s, 0) for t in tallies for s in splits)
+        used = sum(t.events(splits) for t in tallies)
         log.info(
             "%s: %s of the %s events, from %d of %d blocks spread over the files (at most about %s)",
             "+".join(NAMES[s] for s in splits),
@@ -329,7 +332,7 @@ def make_stream_factory(
     share = 1.0 if half is None else 0.5
     if leave_out is not None and TRAIN in splits:
         share *= 1.0 - 1.0 / leave_out[0]
-    counts = [max(1, int(share * sum(t.counts.get(s, 0) for s in splits))) for t in tallies]
+    counts = [max(1, int(share * t.events(splits))) for t in tallies]
     sumw = [share * sum(t.sumw.get(s, 0.0) for s in splits) for t in tallies]
 
     def make(epoch: int) -> TrainingStream:
