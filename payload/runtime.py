@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 #: XRootD client defaults (read once, when the client library loads): a lost server is reported in
@@ -40,6 +42,62 @@ def preload_xrootd() -> bool:
     except ImportError:
         return False
     return True
+
+
+#: TensorFlow's native log lines: glog style (``I0000 00:00:1796584802.44 31630 port.cc:153] ...``, severity
+#: first) and the older ``2024-01-01 12:00:00.0: I tensorflow/...`` form; and absl's notice that it
+#: writes to stderr until initialised, which comes with them.
+_NATIVE_LOG = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\]|\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) )")
+_ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_SEVERITY = "IWEF"
+
+
+def _held_back(line: str, level: int) -> bool:
+    if line.startswith(_ABSL_NOTICE):
+        return True
+    match = _NATIVE_LOG.match(line)
+    return match is not None and _SEVERITY.index(match.group(1) or match.group(2)) < level
+
+
+def import_backend() -> None:
+    """Import Keras, and with it its backend, keeping TensorFlow's native start-up lines to
+    ``TF_CPP_MIN_LOG_LEVEL``.
+
+    TensorFlow 2.21 writes some (oneDNN, the absl notice) before its logging has read that variable,
+    so while Keras loads, file descriptor 2 goes through a pipe and the lines below the level are
+    dropped.  Everything else (Python warnings, errors, fatal lines) is passed on as it comes.
+    """
+    if "keras" in sys.modules:
+        return
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    if level <= 0:
+        import keras
+
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                if not _held_back(raw.decode(errors="replace"), level):
+                    os.write(real, raw)
+
+    forwarder = threading.Thread(target=forward, name="payload-stderr", daemon=True)
+    forwarder.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        import keras  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the forwarder reads to its end
+        forwarder.join()
+        os.close(real)
 
 
 def prepare_environment() -> None:
