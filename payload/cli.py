@@ -19,7 +19,7 @@ from pathlib import Path
 
 from payload import __version__
 from payload.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, OutputError, PayloadError
-from payload.runtime import import_backend, prepare_environment
+from payload.runtime import prepare_environment, quiet_backend_import
 from payload.signals import Terminated
 
 log = logging.getLogger("payload")
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail at once (exit 13) when no GPU is usable, instead of training on the CPU "
         "(default: on when PAYLOAD_REQUIRE_GPU=1; the submission helpers set it for GPU requests)",
     )
-    p.set_defaults(func=cmd_run, backend=True)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "hpo", parents=[common], help="one PanDA phpo evaluation: input.json + input_ds.json in, output.json out"
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the steering minimises (default: best validation loss)",
     )
     p.add_argument("--output", default="output", help="output directory (default: %(default)s)")
-    p.set_defaults(func=cmd_hpo, backend=True)
+    p.set_defaults(func=cmd_hpo)
 
     p = sub.add_parser("merge", parents=[common], help="gather many job outputs into one summary, best model, ensemble")
     p.add_argument("inputs", nargs="+", help="job tarballs or output directories (globs allowed)")
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each job (k folds: out-of-fold), or none; auto picks by the jobs",
     )
     p.add_argument("--strict", action="store_true", help="any bad job output is an error, not skipped")
-    p.set_defaults(func=cmd_merge, backend=True)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser(
         "lr-find",
@@ -334,18 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: %(default)s)")
     p.add_argument("--stop", type=float, default=10.0, help="last learning rate (default: %(default)s)")
     p.add_argument("--steps", type=int, default=200, help="batches, one rate each (default: %(default)s)")
-    p.set_defaults(func=cmd_lr_find, backend=True)
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled sample")
     p.add_argument("--output", default="demo-output", help="output directory (default: %(default)s)")
-    p.set_defaults(func=cmd_demo, backend=True)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def run_cli(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
-        if getattr(args, "backend", False):
-            import_backend()
         return func(args)
     except PayloadError as err:
         print(f"payload: error: {err.message}", file=sys.stderr)
@@ -368,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
     args = build_parser().parse_args(argv)
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA plugin registration, absl) would bury the job's
-    # own lines in grid logs; -v shows it.  Set before TensorFlow loads (import_backend, in run_cli).
+    # own lines in grid logs; -v shows it.  Set before TensorFlow loads (no command imports it earlier).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")
+    quiet_backend_import()
     _setup_logging(args.verbose)
     return run_cli(args.func, args)

@@ -10,13 +10,20 @@ when even /tmp is read-only), removed when the process exits.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib.abc
+import importlib.util
 import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 #: XRootD client defaults (read once, when the client library loads): a lost server is reported in
 #: about a minute instead of the library's default of up to ten, and the reader retries on top.
@@ -59,24 +66,10 @@ def _held_back(line: str, level: int) -> bool:
     return match is not None and _SEVERITY.index(match.group(1) or match.group(2)) < level
 
 
-def import_backend() -> None:
-    """Import Keras, and with it its backend, keeping TensorFlow's native start-up lines to
-    ``TF_CPP_MIN_LOG_LEVEL``.
-
-    TensorFlow 2.21 writes some (oneDNN, the absl notice) before its logging has read that variable,
-    so while Keras loads, file descriptor 2 goes through a pipe and the lines below the level are
-    dropped.  Everything else (Python warnings, errors, fatal lines) is passed on as it comes.
-    """
-    if "keras" in sys.modules:
-        return
-    try:
-        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    except ValueError:
-        level = 0
-    if level <= 0:
-        import keras
-
-        return
+@contextlib.contextmanager
+def _native_lines_held_to(level: int) -> Iterator[None]:
+    """File descriptor 2 through a pipe whose reader drops the native log lines below ``level`` and
+    passes everything else on as it comes."""
     sys.stderr.flush()
     real = os.dup(2)
     read_end, write_end = os.pipe()
@@ -92,12 +85,59 @@ def import_backend() -> None:
     os.dup2(write_end, 2)
     os.close(write_end)
     try:
-        import keras  # noqa: F401
+        yield
     finally:
         sys.stderr.flush()
         os.dup2(real, 2)  # closes the pipe's last write end: the forwarder reads to its end
         forwarder.join()
         os.close(real)
+
+
+class _HeldLoader(importlib.abc.Loader):
+    """The module's own loader, run with the native lines held back; anything else it is asked is its."""
+
+    def __init__(self, loader: importlib.abc.Loader, level: int) -> None:
+        self._loader, self._level = loader, level
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with _native_lines_held_to(self._level):
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class _QuietBackendFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name not in ("keras", "tensorflow"):
+            return None
+        # The first of the two only: TensorFlow's start-up lines all come while it loads.
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _HeldLoader(spec.loader, self.level)
+        return spec
+
+
+def quiet_backend_import() -> None:
+    """Keep TensorFlow's native start-up lines to ``TF_CPP_MIN_LOG_LEVEL`` when Keras (or TensorFlow)
+    first loads, wherever that happens (a job that fails on its inputs first never waits seconds to load it).
+
+    TensorFlow 2.21 writes some (oneDNN, absl's notice) before its logging has read that variable.
+    """
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    loaded = {"keras", "tensorflow"} & sys.modules.keys()
+    if level > 0 and not loaded and not any(isinstance(f, _QuietBackendFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietBackendFinder(level))
 
 
 def prepare_environment() -> None:

@@ -43,7 +43,7 @@ def test_what_loads_with_the_backend_reaches_stderr_but_its_chatter(tmp_path):
             """
         )
     )
-    code = "from payload.runtime import import_backend; import_backend(); print('loaded')"
+    code = "from payload.runtime import quiet_backend_import; quiet_backend_import(); import keras; print('loaded')"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
