@@ -126,10 +126,11 @@ def _summary(result) -> None:
     if verdict is not None:
         state = "closed" if verdict.closed else "NOT closed"
         beats = {
-            True: ", at or below the GBReweighter baseline",
-            False: ", worse than the GBReweighter baseline",
+            "better": ", better than the GBReweighter baseline",
+            "level": ", level with the GBReweighter baseline within the statistics of these events",
+            "worse": ", worse than the GBReweighter baseline",
             None: "",
-        }[verdict.beats_baseline]
+        }[verdict.against_baseline]
         log.info(
             "reweighting %s on the test events%s%s",
             state,

@@ -13,7 +13,15 @@ from payload.ingest.convert import convert
 from payload.learn.dataset import EventSource
 from payload.learn.highlevel import HighLevel
 from payload.learn.splits import uniform
-from payload.results.closure import ClosureSample, edges_for, event_level, independent_test, null_sigma, verdict
+from payload.results.closure import (
+    ClosureSample,
+    against_baseline,
+    edges_for,
+    event_level,
+    independent_test,
+    null_sigma,
+    verdict,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +118,23 @@ def test_leading_pair_mass_and_separation_match_the_generators_mjj_and_drjj(even
         truth = f["nominal"].arrays(["mjj", "dRjj"], library="np")
     np.testing.assert_allclose(x[:, high.names.index("jets12_m")], truth["mjj"], rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(x[:, high.names.index("jets12_dr")], truth["dRjj"], atol=1e-4)
+
+
+def test_network_and_baseline_are_level_within_the_statistics_and_only_worse_beyond_them_is_a_warning():
+    def tables(nn, baseline, ndf=306):
+        return {"total": {"nn": {"chi2_ndf": nn, "ndf": ndf}, "baseline": {"chi2_ndf": baseline, "ndf": ndf}}}
+
+    # 2 sqrt(2) sqrt(2/306) = 0.23: a job's own 20k test events cannot tell 1.12 from 1.13 (or from 1.30).
+    assert against_baseline(tables(1.12, 1.13)["total"]) == "level"
+    assert against_baseline(tables(1.30, 1.13)["total"]) == "level"
+    assert against_baseline(tables(1.40, 1.13)["total"]) == "worse"
+    assert against_baseline(tables(1.00, 1.40)["total"]) == "better"
+    # With more bins the same difference is beyond the statistics.
+    assert against_baseline(tables(1.30, 1.13, ndf=3000)["total"]) == "worse"
+    assert against_baseline({"nn": {"chi2_ndf": 1.0, "ndf": 100}}) is None
+    assert against_baseline(tables(1.0, 1.0)["total"], baseline=None) is None
+    warned = [m for m in verdict(tables(1.40, 1.13), {}) if m.startswith("the standard reweighter")]
+    assert warned == [
+        "the standard reweighter (baseline) closes better than the network: total chi2/ndf 1.13 against 1.40 over 306 bins"
+    ]
+    assert not [m for m in verdict(tables(1.30, 1.13), {}) if m.startswith("the standard reweighter")]

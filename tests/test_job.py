@@ -119,6 +119,7 @@ def test_reweighting_moves_primary_towards_secondary(trained):
     assert m["test"]["auc"] > 0.55
     assert abs(m["closure_classifier_auc"] - 0.5) < abs(m["test"]["auc"] - 0.5)
     assert isinstance(closure["verdict"]["messages"], list) and closure["verdict"]["beats_baseline"] in (True, False)
+    assert closure["verdict"]["against_baseline"] in ("better", "level", "worse")
     with h5py.File(trained.output / "predictions.h5") as f:
         primary = f["sample"][:] == 0
         bw = f["baseline_weight"][:]

@@ -268,13 +268,20 @@ def verdict(
             f"{result['auc']:.4f} against 0.5 +- {result['null_sigma']:.4f} (p = {result['p']:.2g})"
         )
     total = tables.get("total", {})
-    if baseline and baseline in total and judged in total:
-        mine, theirs = total[judged]["chi2_ndf"], total[baseline]["chi2_ndf"]
-        ndf = total[judged]["ndf"]
-        # The difference of two chi2/ndf is noise below ~2 sqrt(2/ndf) (each has sd sqrt(2/ndf)).
-        if mine - theirs > 2 * math.sqrt(2 / max(ndf, 1)) * math.sqrt(2):
-            lines.append(
-                f"the standard reweighter (baseline) closes better than the network: total chi2/ndf "
-                f"{theirs:.2f} against {mine:.2f} over {ndf} bins"
-            )
+    if against_baseline(total, judged, baseline) == "worse":
+        lines.append(
+            f"the standard reweighter (baseline) closes better than the network: total chi2/ndf "
+            f"{total[baseline]['chi2_ndf']:.2f} against {total[judged]['chi2_ndf']:.2f} over {total[judged]['ndf']} bins"
+        )
     return lines
+
+
+def against_baseline(total: dict[str, Any], judged: str = "nn", baseline: str | None = "baseline") -> str | None:
+    """``better``, ``level`` or ``worse``: the judged weighting's total chi2/ndf against the baseline's,
+    ``level`` while their difference is within the statistics; None without a baseline."""
+    if not (baseline and baseline in total and judged in total):
+        return None
+    difference = total[judged]["chi2_ndf"] - total[baseline]["chi2_ndf"]
+    # Each chi2/ndf has sd sqrt(2/ndf), so their difference is noise below ~2 sqrt(2) sqrt(2/ndf).
+    noise = 2 * math.sqrt(2) * math.sqrt(2 / max(total[judged]["ndf"], 1))
+    return "worse" if difference > noise else "better" if difference < -noise else "level"

@@ -465,7 +465,7 @@ def evaluate(
 
 def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict[str, _Weighting], baseline) -> None:
     """Closure metrics of every weighting on the test events (see ``payload.results.closure``), in metrics."""
-    from payload.results.closure import event_level, independent_test, verdict, weight_diagnostics
+    from payload.results.closure import against_baseline, event_level, independent_test, verdict, weight_diagnostics
 
     ev = config.evaluation
     metrics = evaluation.metrics
@@ -515,6 +515,7 @@ def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict
     closure["verdict"] = {
         "closed": not messages or all(m.startswith("the standard reweighter") for m in messages),
         "beats_baseline": (total["nn"]["chi2_ndf"] <= total["baseline"]["chi2_ndf"]) if "baseline" in total else None,
+        "against_baseline": against_baseline(total),
         "messages": messages,
     }
     for line in _summary_lines(total, nn_result, test.get("results", {})):

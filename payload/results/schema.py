@@ -43,7 +43,10 @@ class TrainingSummary(_Open):
 
 class ClosureVerdict(_Open):
     closed: bool
+    #: The network's total chi2/ndf at or below the baseline's (None without a baseline).
     beats_baseline: bool | None = None
+    #: The same beyond the statistics: ``better``, ``level`` (within them) or ``worse``.
+    against_baseline: Literal["better", "level", "worse"] | None = None
     messages: list[str] = []
 
 
