@@ -285,7 +285,8 @@ class DeepSetsModel(ClassifierModel):
 
 
 class DenseModel(ClassifierModel):
-    """Seed 002: a dense network on the event features (and, optionally, the flattened objects)."""
+    """Seed 002: a dense network on the event features, the flattened objects or the high-level
+    features built from them (``model.high_level_inputs``), any of them together."""
 
     type: Literal["dense"]
     #: The padded object array, flattened, is an input beside the event features.
@@ -556,8 +557,10 @@ class JobConfig(_Strict):
             if unknown:
                 raise ValueError(f"{section} names unknown feature(s) {unknown}; features are {sorted(known)}")
         model, objects, events = self.model, self.data.object_features, self.data.event_features
-        if isinstance(model, DenseModel) and not (events or model.flatten_objects):
-            raise ValueError("model.type dense needs data.event_features or model.flatten_objects")
+        if isinstance(model, DenseModel) and not (events or model.flatten_objects or model.high_level_inputs):
+            raise ValueError(
+                "model.type dense needs data.event_features, model.flatten_objects or model.high_level_inputs"
+            )
         if (self.task == "autoencode") != isinstance(model, AutoencoderModel):
             raise ValueError("task autoencode and model.type autoencoder go together")
         if self.scaling.method == "fixed":

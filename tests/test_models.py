@@ -253,3 +253,32 @@ def test_training_jit_compile_decides_whether_xla_compiles_the_step(setting):
     model = _model()
     compile_model(model, parse_config({**JAGGED_CONFIG, "training": {"jit_compile": setting}}), 10)
     assert model.jit_compile is (setting == "on")
+
+
+def test_a_dense_network_on_the_high_level_features_alone_trains_on_what_it_is_fed(tmp_path):
+    """``model.type dense`` with ``model.high_level_inputs`` and no event features or flattened objects:
+    the network sees only the columns built from the objects (multiplicities, leading objects, sums),
+    and the stream feeds it exactly those; with none of the three the config names what is missing."""
+    from conftest import make_events, write_jagged_root
+
+    from payload.errors import ConfigError
+    from payload.ingest.convert import convert
+    from payload.learn.dataset import EventSource
+    from payload.learn.models import build_model
+    from payload.learn.train import prepare
+
+    raw = {**JAGGED_CONFIG, "data": {**JAGGED_CONFIG["data"], "event_features": []}}
+    with pytest.raises(ConfigError, match=r"model\.high_level_inputs"):
+        parse_config({**raw, "model": {"type": "dense"}})
+    config = parse_config({**raw, "model": {"type": "dense", "f_widths": [8], "high_level_inputs": True}})
+    root = write_jagged_root(tmp_path / "s.root", make_events(300, seed=5))
+    source = EventSource(convert(config, [str(root)], tmp_path / "s.h5", progress=False).output, config, None)
+    scaler, _ = prepare(config, [source])
+    source = EventSource(source.path, config, scaler)
+    assert source.network_event_names == source.high_level.object_names_ and source.network_event_names
+    block = next(iter(source.iterate(None)))
+    assert block.inputs["events"].shape[1] == len(source.network_event_names)
+    model = build_model(config, source.max_objects, source.object_names, source.network_event_names)
+    assert [i.name for i in model.inputs] == ["events"]
+    p = np.asarray(model.predict_on_batch({"events": block.inputs["events"]})).ravel()
+    assert p.shape == (len(block.inputs["events"]),) and np.all((p > 0) & (p < 1))
