@@ -138,3 +138,16 @@ def test_network_and_baseline_are_level_within_the_statistics_and_only_worse_bey
         "the standard reweighter (baseline) closes better than the network: total chi2/ndf 1.13 against 1.40 over 306 bins"
     ]
     assert not [m for m in verdict(tables(1.30, 1.13), {}) if m.startswith("the standard reweighter")]
+
+
+def test_an_object_feature_that_did_not_close_is_named_in_the_verdict():
+    """The event-level variables close, the jets' mass over all jets does not: the verdict must say so."""
+    closed = {"unweighted": {"chi2": 90.0, "p": 1e-10}, "nn": {"chi2": 20.0, "p": 0.4}}
+    tables = {"variables": {"mjj": closed}, "total": {}}
+    assert verdict(tables, {}, objects={"jets_pt": closed}) == []
+    mass = {"unweighted": {"chi2": 900.0, "p": 1e-90}, "nn": {"chi2": 400.0, "p": 1e-40}}
+    assert verdict(tables, {}, objects={"jets_pt": closed, "jets_m": mass}) == [
+        "1 variable(s) not closed after reweighting (chi2 p < 0.01): jets_m (objects)"
+    ]
+    mass["nn"]["chi2"] = 1000.0
+    assert verdict(tables, {}, objects={"jets_m": mass})[0].endswith("not closed (chi2 p < 0.01): jets_m (objects)")

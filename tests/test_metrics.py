@@ -53,6 +53,38 @@ def test_binned_ks_equals_scipy_and_chi2_follows_its_distribution():
     assert 0.4 < np.mean(p_values) < 0.6 and 0.05 < np.mean(np.array(p_values) < 0.1) < 0.16
 
 
+def test_objects_of_one_event_count_as_one_event_in_the_chi2():
+    """Events of 1-4 objects whose values cluster (an event's objects fall in one bin more often than
+    chance): two samples of one distribution must give p-values uniform when the objects are grouped
+    per event and bin, where filling every object on its own makes the chi2 too large."""
+    rng = np.random.default_rng(6)
+    edges = np.linspace(0, 1, 21)
+
+    def sample(n_events):
+        counts = rng.integers(1, 5, n_events)
+        event = np.repeat(np.arange(n_events), counts)
+        centre = rng.random(n_events)[event]
+        values = np.clip(centre + rng.normal(0, 0.02, event.size), 0, 1)
+        return values, event, rng.exponential(1.0, n_events)
+
+    grouped, naive = [], []
+    for _ in range(200):
+        hists = {}
+        for key, n in (("a", 3000), ("b", 2000)):
+            values, event, w = sample(n)
+            h, flat = WeightedHist(edges), WeightedHist(edges)
+            v, e, count = h.per_event(values, event)
+            assert count.sum() == len(values) and len(v) < len(values)
+            h.fill(v, w[e] * count)
+            flat.fill(values, w[event])
+            np.testing.assert_allclose(h.sumw, flat.sumw)  # the same histogram, other variances
+            hists[key] = (h, flat)
+        grouped.append(compare(hists["a"][0], hists["b"][0])["p"])
+        naive.append(compare(hists["a"][1], hists["b"][1])["p"])
+    assert 0.4 < np.mean(grouped) < 0.6 and np.mean(np.array(grouped) < 0.05) < 0.1
+    assert np.mean(np.array(naive) < 0.05) > 0.3
+
+
 def test_ams_at_a_clean_cut_is_the_closed_form():
     scored = BinaryScores()
     scored.fill(np.array([0.9] * 10 + [0.1] * 40), np.array([1] * 10 + [0] * 40), np.full(50, 2.0))

@@ -255,7 +255,7 @@ def test_training_jit_compile_decides_whether_xla_compiles_the_step(setting):
     assert model.jit_compile is (setting == "on")
 
 
-def test_a_dense_network_on_the_high_level_features_alone_trains_on_what_it_is_fed(tmp_path):
+def test_a_dense_network_on_the_high_level_features_alone_is_fed_exactly_those_columns(tmp_path):
     """``model.type dense`` with ``model.high_level_inputs`` and no event features or flattened objects:
     the network sees only the columns built from the objects (multiplicities, leading objects, sums),
     and the stream feeds it exactly those; with none of the three the config names what is missing."""

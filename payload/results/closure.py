@@ -243,12 +243,18 @@ def weight_diagnostics(weights: np.ndarray, factors: np.ndarray, clipped: int | 
 
 
 def verdict(
-    tables: dict[str, Any], test: dict[str, Any], judged: str = "nn", baseline: str | None = "baseline"
+    tables: dict[str, Any],
+    test: dict[str, Any],
+    judged: str = "nn",
+    baseline: str | None = "baseline",
+    objects: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Plain sentences for the log and metrics.json: what did not close, what got worse, and how the
+    """Plain sentences for the log and metrics.json: what did not close (event-level variables, and the
+    object-level ``objects`` tables, named ``<feature> (objects)``), what got worse, and how the
     network compares with the baseline.  Empty when nothing is wrong."""
     lines = []
-    variables = tables.get("variables", {})
+    variables = dict(tables.get("variables", {}))
+    variables.update({f"{name} (objects)": v for name, v in (objects or {}).items()})
     open_ = sorted(n for n, v in variables.items() if judged in v and v[judged]["p"] < SIGNIFICANCE)
     worse = sorted(n for n in open_ if variables[n][judged]["chi2"] > variables[n]["unweighted"]["chi2"])
     if worse:

@@ -322,13 +322,12 @@ class _TestEvents:
                 weighting.hist.fill(factors[key][test], w[test])
         sub = block.take(np.flatnonzero(test))
         for v in self.variables:
-            values, event = v.values(sub, self.type_index)
-            if index:
-                v.hists.setdefault("secondary", WeightedHist(v.edges)).fill(values, w[test][event])
-                continue
-            v.hists.setdefault("unweighted", WeightedHist(v.edges)).fill(values, w[test][event])
-            for key in self.weightings:
-                v.hists.setdefault(key, WeightedHist(v.edges)).fill(values, (w * factors[key])[test][event])
+            keys = ["unweighted", *self.weightings] if index == 0 else ["secondary"]
+            hists = [v.hists.setdefault(k, WeightedHist(v.edges)) for k in keys]
+            values, event, count = hists[0].per_event(*v.values(sub, self.type_index))
+            for key, h in zip(keys, hists, strict=True):
+                f = factors[key][test][event] if key in self.weightings else 1.0
+                h.fill(values, w[test][event] * f * count)
 
     def metrics(self) -> dict[str, Any]:
         if not self.labelled:
@@ -509,7 +508,7 @@ def _closure(config: JobConfig, evaluation: Evaluation, sample, weightings: dict
         )
         test = independent_test(sample, ev.independent_folds, ev.permutations, config.training.seed)
         closure["independent_test"] = test
-    messages = verdict(tables, test, "nn", "baseline" if baseline is not None else None)
+    messages = verdict(tables, test, "nn", "baseline" if baseline is not None else None, closure["object_level"])
     total = tables["total"]
     nn_result = test.get("results", {}).get("nn")
     closure["verdict"] = {

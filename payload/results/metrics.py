@@ -52,6 +52,18 @@ class WeightedHist:
     def fill(self, values: np.ndarray, weights: np.ndarray) -> None:
         self.hist.fill(np.asarray(values, dtype=np.float64), weight=np.asarray(weights, dtype=np.float64))
 
+    def per_event(self, values: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Values of objects grouped by (event, bin): one value per group, its event and how many objects
+        it holds.  Objects of one event share its weight, so a bin's variance is the sum over events of
+        (weight x objects in the bin)^2, not over objects of weight^2: fill each group once with weight
+        x count and the chi2 of ``compare`` counts events, which are independent."""
+        axis = self.hist.axes[0]
+        index = np.clip(axis.index(np.asarray(values, dtype=np.float64)), 0, axis.size - 1)
+        _, first, count = np.unique(
+            np.asarray(event, np.int64) * axis.size + index, return_index=True, return_counts=True
+        )
+        return values[first], event[first], count
+
     def scaled(self, factor: float) -> WeightedHist:
         out = WeightedHist.__new__(WeightedHist)
         out.hist = self.hist * factor  # values x factor, variances x factor^2
