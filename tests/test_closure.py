@@ -151,3 +151,29 @@ def test_an_object_feature_that_did_not_close_is_named_in_the_verdict():
     ]
     mass["nn"]["chi2"] = 1000.0
     assert verdict(tables, {}, objects={"jets_m": mass})[0].endswith("not closed (chi2 p < 0.01): jets_m (objects)")
+
+
+def test_a_job_whose_object_level_closure_fails_says_so_though_its_event_level_closes(events):
+    """The job's closure step (``payload.results.evaluate``) with event-level tables that close (the
+    toy's true ratio) and an object feature whose NN-weighted histogram is tilted: the verdict must not
+    be closed, and must name the object feature."""
+    from payload.results import evaluate
+    from payload.results.metrics import BinaryScores, WeightedHist
+
+    config = parse_config(
+        yaml.safe_load((REPO / "examples" / "seed000_reweight.yaml").read_text())
+        | {"evaluation": {"independent_test": False, "baseline": "none"}}
+    )
+    rng = np.random.default_rng(7)
+    variable = evaluate.Variable("jets_m", 3, 1, np.linspace(0, 1, 21))
+    for key, tilt in (("secondary", 0.0), ("unweighted", 0.3), ("nn", 0.1)):
+        values = rng.random(50_000)
+        variable.hists[key] = WeightedHist(variable.edges)
+        variable.hists[key].fill(values, 1 + tilt * (values - 0.5))
+    evaluation = evaluate.Evaluation({}, BinaryScores(), [variable])
+    weighting = evaluate._Weighting(20)
+    weighting.sum_w = weighting.sum_wf = 1.0
+    evaluate._closure(config, evaluation, _toy(events), {"nn": weighting}, None)
+    verdict_ = evaluation.metrics["closure"]["verdict"]
+    assert not verdict_["closed"]
+    assert verdict_["messages"] == ["1 variable(s) not closed after reweighting (chi2 p < 0.01): jets_m (objects)"]
