@@ -10,7 +10,10 @@ ndf = bins - 1 per variable, and its p-value.  Rows:
 - every ``--predictions`` file given (``payload run --mode evaluate`` of a trained model on the
   held-out files): its ``nn_weight`` joined to the ROOT entries by (file, entry);
 - with ``--train-primary/--train-secondary``: hep_ml's GBReweighter trained on the same eight
-  variables of those files (the field's standard reweighter, the baseline).
+  variables of those files (the field's standard reweighter, the baseline); with
+  ``--baseline-features more`` on eight more besides (lepton multiplicity, second jet's pT, the two
+  leading jets' masses and pseudorapidities, the leading lepton's pseudorapidity, the second lepton's
+  pT), about as much as the network's high-level inputs tell it.
 
     python benchmarks/holdout_closure.py --primary hold_A*.root --secondary hold_B*.root \
         --predictions applied/predictions.h5 --train-primary ttbar_A_large.root --train-secondary ttbar_B_large.root
@@ -32,7 +35,8 @@ import uproot
 from scipy import stats
 
 VARIABLES = ["njets", "jet1_pt", "HT", "mjj", "ptV", "dRjj", "lep1_pt", "met"]
-BRANCHES = ["jet_pt", "jet_m", "lep_pt", "met", "mjj", "ptV", "dRjj", "weight"]
+MORE = ["nleps", "jet2_pt", "jet1_m", "jet2_m", "jet1_eta", "jet2_eta", "lep1_eta", "lep2_pt"]
+BRANCHES = ["jet_pt", "jet_eta", "jet_m", "lep_pt", "lep_eta", "met", "mjj", "ptV", "dRjj", "weight"]
 
 
 def read(paths: list[str], tree: str = "nominal") -> dict[str, np.ndarray]:
@@ -55,6 +59,20 @@ def read(paths: list[str], tree: str = "nominal") -> dict[str, np.ndarray]:
         "nleps": ak.to_numpy(ak.num(leps)).astype(np.float64),
         "weight": ak.to_numpy(a["weight"]).astype(np.float64),
     }
+
+    def nth(values, n: int) -> np.ndarray:
+        return ak.to_numpy(ak.fill_none(ak.pad_none(values, n + 1)[:, n], 0.0)).astype(np.float64)
+
+    by_pt = ak.argsort(leps, axis=1, ascending=False)
+    out.update(
+        jet2_pt=nth(jets, 1),
+        jet1_m=nth(a["jet_m"], 0),
+        jet2_m=nth(a["jet_m"], 1),
+        jet1_eta=nth(a["jet_eta"], 0),
+        jet2_eta=nth(a["jet_eta"], 1),
+        lep1_eta=nth(a["lep_eta"][by_pt], 0),
+        lep2_pt=nth(leps[by_pt], 1),
+    )
     out["_jet_m"] = ak.to_numpy(ak.flatten(a["jet_m"])).astype(np.float64)
     out["_jet_event"] = np.repeat(np.arange(len(jets)), ak.to_numpy(ak.num(jets)))
     return out
@@ -140,18 +158,18 @@ def entries(paths: list[str], tree: str = "nominal") -> list[int]:
     return sizes
 
 
-def gb_weights(train_a: list[str], train_b: list[str], primary, seed: int) -> np.ndarray:
+def gb_weights(train_a: list[str], train_b: list[str], primary, seed: int, features: list[str]) -> np.ndarray:
     from hep_ml.reweight import GBReweighter
 
     a, b = read(train_a), read(train_b)
-    xa = np.column_stack([a[v] for v in VARIABLES])
-    xb = np.column_stack([b[v] for v in VARIABLES])
+    xa = np.column_stack([a[v] for v in features])
+    xb = np.column_stack([b[v] for v in features])
     np.random.seed(seed)  # noqa: NPY002 - hep_ml's GBReweighter draws its subsamples from the global RNG
     gb = GBReweighter(
         n_estimators=50, learning_rate=0.1, max_depth=3, min_samples_leaf=1000, gb_args={"subsample": 0.4}
     )
     gb.fit(xa, xb, original_weight=a["weight"], target_weight=b["weight"])
-    w = gb.predict_weights(np.column_stack([primary[v] for v in VARIABLES]), primary["weight"])
+    w = gb.predict_weights(np.column_stack([primary[v] for v in features]), primary["weight"])
     w = w / primary["weight"]
     return w * primary["weight"].sum() / (primary["weight"] * w).sum()
 
@@ -163,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--predictions", nargs="*", default=[], help="LABEL=predictions.h5 or predictions.h5")
     p.add_argument("--train-primary", nargs="+")
     p.add_argument("--train-secondary", nargs="+")
+    p.add_argument("--baseline-features", choices=["eight", "more"], default="eight")
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
@@ -178,7 +197,16 @@ def main(argv=None) -> int:
         )
     if args.train_primary and args.train_secondary:
         rows["GBReweighter"] = table(
-            primary, secondary, gb_weights(args.train_primary, args.train_secondary, primary, args.seed), args.bins
+            primary,
+            secondary,
+            gb_weights(
+                args.train_primary,
+                args.train_secondary,
+                primary,
+                args.seed,
+                VARIABLES + (MORE if args.baseline_features == "more" else []),
+            ),
+            args.bins,
         )
     head = ["", *VARIABLES, "total", "n_leptons", "jet m"]
     print("| " + " | ".join(head) + " |")
