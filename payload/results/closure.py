@@ -242,6 +242,12 @@ def weight_diagnostics(weights: np.ndarray, factors: np.ndarray, clipped: int | 
     return out
 
 
+def named_tables(event_level: dict[str, Any], object_level: dict[str, Any]) -> dict[str, Any]:
+    """The event-level and object-level closure tables in one mapping, the object-level ones named
+    ``<collection>_<feature> (objects)``: how the verdict and the summary plot name them."""
+    return {**event_level, **{f"{name} (objects)": v for name, v in object_level.items()}}
+
+
 def verdict(
     tables: dict[str, Any],
     test: dict[str, Any],
@@ -253,8 +259,7 @@ def verdict(
     object-level ``objects`` tables, named ``<feature> (objects)``), what got worse, and how the
     network compares with the baseline.  Empty when nothing is wrong."""
     lines = []
-    variables = dict(tables.get("variables", {}))
-    variables.update({f"{name} (objects)": v for name, v in (objects or {}).items()})
+    variables = named_tables(tables.get("variables", {}), objects or {})
     open_ = sorted(n for n, v in variables.items() if judged in v and v[judged]["p"] < SIGNIFICANCE)
     worse = sorted(n for n in open_ if variables[n][judged]["chi2"] > variables[n]["unweighted"]["chi2"])
     if worse:

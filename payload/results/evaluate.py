@@ -321,13 +321,16 @@ class _TestEvents:
             for key, weighting in self.weightings.items():
                 weighting.hist.fill(factors[key][test], w[test])
         sub = block.take(np.flatnonzero(test))
+        # Each histogram's weight per test event, computed once per block for every variable.
+        if index:
+            event_weight = {"secondary": w[test]}
+        else:
+            event_weight = {"unweighted": w[test]} | {k: (w * factors[k])[test] for k in self.weightings}
         for v in self.variables:
-            keys = ["unweighted", *self.weightings] if index == 0 else ["secondary"]
-            hists = [v.hists.setdefault(k, WeightedHist(v.edges)) for k in keys]
-            values, event, count = hists[0].per_event(*v.values(sub, self.type_index))
-            for key, h in zip(keys, hists, strict=True):
-                f = factors[key][test][event] if key in self.weightings else 1.0
-                h.fill(values, w[test][event] * f * count)
+            hists = {k: v.hists.setdefault(k, WeightedHist(v.edges)) for k in event_weight}
+            values, event, count = next(iter(hists.values())).per_event(*v.values(sub, self.type_index))
+            for key, h in hists.items():
+                h.fill(values, event_weight[key][event] * count)
 
     def metrics(self) -> dict[str, Any]:
         if not self.labelled:

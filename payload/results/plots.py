@@ -193,9 +193,9 @@ def closure_summary(closure_metrics: dict, path: Path) -> Path:
     """chi2/ndf of every variable per weighting, with where p = 0.01 lies: what to look at first."""
     from scipy.stats import chi2 as chi2_dist
 
-    rows = [(n, c) for n, c in closure_metrics["event_level"].items()] + [
-        (f"{n} (objects)", c) for n, c in closure_metrics["object_level"].items()
-    ]
+    from payload.results.closure import named_tables
+
+    rows = list(named_tables(closure_metrics["event_level"], closure_metrics["object_level"]).items())
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.5))
     y = np.arange(len(rows))
     for offset, key in zip((-0.2, 0.0, 0.2), ("unweighted", "nn", "baseline")):
