@@ -106,3 +106,19 @@ def test_a_converter_failure_leaves_no_model_onnx(tmp_path, monkeypatch):
     result = onnx.export_onnx(model, tmp_path / "model.onnx", batch)
     assert result == {"skipped": "the ONNX converter failed: NotImplementedError: no ONNX op for this layer"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_onnx_runtime_cannot_load_is_a_skip_not_a_failed_job(tmp_path):
+    """Exact GELU (``model.activation: gelu``) becomes TensorFlow's Erfc, which has no ONNX op: the
+    converter writes the graph anyway, and ONNX Runtime refuses it.  That ended a finished training in
+    an internal error; it is the converter's limit, a recorded skip with no model.onnx left behind."""
+    import keras
+
+    from payload.results import onnx
+
+    inputs = keras.Input((3,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(8, activation="gelu")(inputs)))
+    result = onnx.export_onnx(model, tmp_path / "model.onnx", np.ones((4, 3), np.float32))
+    assert result["skipped"].startswith("the ONNX converter failed: ONNX Runtime cannot load the graph")
+    assert "Erfc" in result["skipped"]
+    assert list(tmp_path.iterdir()) == []

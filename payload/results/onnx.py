@@ -3,7 +3,8 @@
 The graph takes the network's scaled inputs, as ``model.keras`` does, with a dynamic batch axis (and
 a dynamic object axis): the scaling stays in ``scaler.json`` and docs/onnx.md shows how to apply it
 and compute the weights in a few lines of numpy.  Each export is checked against Keras on a batch of
-real test events with ONNX Runtime; a mismatch is an error, a missing converter a logged skip.
+real test events with ONNX Runtime; a mismatch is an error, a missing converter or a graph it wrote that
+ONNX Runtime cannot load a logged skip.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) ->
                 # Raised out of the block, so atomic_path removes whatever the converter left behind
                 # instead of putting a partial file in place.
                 raise _ConverterFailed(f"{type(err).__name__}: {str(err)[:200]}") from err
-            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            except Exception as err:  # tf2onnx logs ops it cannot map (exact GELU's Erfc) and writes the graph anyway
+                why = str(err).rpartition(" failed:")[2]  # past the temporary file's name
+                raise _ConverterFailed(f"ONNX Runtime cannot load the graph: {why[:300]}") from err
             names = [i.name for i in session.get_inputs()]
             feed = batch if isinstance(batch, dict) else {names[0]: batch}
             got = session.run(None, {name: np.asarray(feed[name], dtype=np.float32) for name in names})[0]
