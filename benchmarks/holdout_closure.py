@@ -158,10 +158,10 @@ def entries(paths: list[str], tree: str = "nominal") -> list[int]:
     return sizes
 
 
-def gb_weights(train_a: list[str], train_b: list[str], primary, seed: int, features: list[str]) -> np.ndarray:
+def gb_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
+    """GBReweighter weights of the ``primary`` events, trained on the ``read`` variables of ``a`` -> ``b``."""
     from hep_ml.reweight import GBReweighter
 
-    a, b = read(train_a), read(train_b)
     xa = np.column_stack([a[v] for v in features])
     xb = np.column_stack([b[v] for v in features])
     np.random.seed(seed)  # noqa: NPY002 - hep_ml's GBReweighter draws its subsamples from the global RNG
@@ -200,8 +200,8 @@ def main(argv=None) -> int:
             primary,
             secondary,
             gb_weights(
-                args.train_primary,
-                args.train_secondary,
+                read(args.train_primary),
+                read(args.train_secondary),
                 primary,
                 args.seed,
                 VARIABLES + (MORE if args.baseline_features == "more" else []),
