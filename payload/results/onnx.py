@@ -44,6 +44,8 @@ def available() -> str | None:
 def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) -> dict[str, Any]:
     """Write ``model`` as ONNX to ``path`` (atomically) and check it on ``batch``; its description."""
     import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedOp
 
     reference = np.asarray(model(batch))  # also marks the model as called, which the exporter needs
     try:
@@ -58,7 +60,8 @@ def export_onnx(model, path: Path, batch: dict[str, np.ndarray] | np.ndarray) ->
                 raise _ConverterFailed(f"{type(err).__name__}: {str(err)[:200]}") from err
             try:
                 session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            except Exception as err:  # tf2onnx logs ops it cannot map (exact GELU's Erfc) and writes the graph anyway
+            except (InvalidGraph, NotImplementedOp) as err:
+                # tf2onnx logs ops it cannot map (exact GELU's Erfc) and writes the graph anyway
                 why = str(err).rpartition(" failed:")[2]  # past the temporary file's name
                 raise _ConverterFailed(f"ONNX Runtime cannot load the graph: {why[:300]}") from err
             names = [i.name for i in session.get_inputs()]

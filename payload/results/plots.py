@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from payload.results.closure import named_tables
 from payload.results.evaluate import Evaluation
 from payload.results.metrics import WeightedHist
 
@@ -192,8 +193,6 @@ def closure(evaluation: Evaluation, directory: Path) -> list[Path]:
 def closure_summary(closure_metrics: dict, path: Path) -> Path:
     """chi2/ndf of every variable per weighting, with where p = 0.01 lies: what to look at first."""
     from scipy.stats import chi2 as chi2_dist
-
-    from payload.results.closure import named_tables
 
     rows = list(named_tables(closure_metrics["event_level"], closure_metrics["object_level"]).items())
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.5))
