@@ -170,8 +170,27 @@ def gb_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
     )
     gb.fit(xa, xb, original_weight=a["weight"], target_weight=b["weight"])
     w = gb.predict_weights(np.column_stack([primary[v] for v in features]), primary["weight"])
-    w = w / primary["weight"]
-    return w * primary["weight"].sum() / (primary["weight"] * w).sum()
+    return normalised(w / primary["weight"], primary)
+
+
+def normalised(weights: np.ndarray, primary) -> np.ndarray:
+    """Per-event factors scaled so the reweighted primary keeps its sum of weights; refuses non-finite ones."""
+    weights = weights * primary["weight"].sum() / (primary["weight"] * weights).sum()
+    if not np.isfinite(weights).all():
+        raise SystemExit(
+            f"{np.count_nonzero(~np.isfinite(weights))} non-finite weights: that reweighting is not scored"
+        )
+    return weights
+
+
+HEAD = ["", *VARIABLES, "total", "n_leptons", "jet m"]
+
+
+def markdown_row(label: str, r: dict) -> str:
+    cells = [f"{r[v]['chi2_ndf']:.2f}" for v in VARIABLES]
+    cells.append(f"{r['total']['chi2_ndf']:.2f} (ndf {r['total']['ndf']})")
+    cells += [f"{r['objects'][k]['chi2_ndf']:.2f}" for k in ("nleps", "jet_m")]
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def main(argv=None) -> int:
@@ -208,14 +227,10 @@ def main(argv=None) -> int:
             ),
             args.bins,
         )
-    head = ["", *VARIABLES, "total", "n_leptons", "jet m"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    print("| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
     for label, r in rows.items():
-        cells = [f"{r[v]['chi2_ndf']:.2f}" for v in VARIABLES]
-        cells.append(f"{r['total']['chi2_ndf']:.2f} (ndf {r['total']['ndf']})")
-        cells += [f"{r['objects'][k]['chi2_ndf']:.2f}" for k in ("nleps", "jet_m")]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        print(markdown_row(label, r))
     worst = {label: min((r[v]["p"], v) for v in VARIABLES) for label, r in rows.items()}
     for label, (pv, v) in worst.items():
         print(f"{label}: smallest p-value {pv:.3g} ({v})", file=sys.stderr)

@@ -23,7 +23,16 @@ import json
 import os
 
 import numpy as np
-from holdout_closure import MORE, VARIABLES, gb_weights, read, table  # benchmarks/ is on sys.path
+from holdout_closure import (
+    HEAD,
+    MORE,
+    VARIABLES,
+    gb_weights,
+    markdown_row,
+    normalised,
+    read,
+    table,
+)  # benchmarks/ on sys.path
 
 LOGARITHMIC = {"jet1_pt", "HT", "mjj", "ptV", "lep1_pt", "met", "jet2_pt", "jet1_m", "jet2_m", "lep2_pt"}
 
@@ -54,8 +63,7 @@ def nn_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
     model.compile(keras.optimizers.Adam(schedule), keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit((x - mean) / std, y, sample_weight=w, batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
     logit = model.predict((columns(primary, features) - mean) / std, batch_size=65536, verbose=0)[:, 0]
-    weights = np.exp(logit.astype(np.float64))
-    return weights * primary["weight"].sum() / (primary["weight"] * weights).sum()
+    return normalised(np.exp(logit.astype(np.float64)), primary)
 
 
 def main(argv=None) -> int:
@@ -75,20 +83,18 @@ def main(argv=None) -> int:
     train_a, train_b = read(args.train_primary), read(args.train_secondary)
     rows: dict[str, dict] = {}
     totals: dict[str, list[float]] = {}
-    head = ["", *VARIABLES, "total", "n_leptons", "jet m"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    print("| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
     for method, weights in (("GBReweighter", gb_weights), ("network", nn_weights)):
         for seed in args.seeds:
             label = f"{method}, seed {seed}"
             r = rows[label] = table(primary, secondary, weights(train_a, train_b, primary, seed, features), args.bins)
             totals.setdefault(method, []).append(r["total"]["chi2_ndf"])
-            cells = [f"{r[v]['chi2_ndf']:.2f}" for v in VARIABLES] + [f"{r['total']['chi2_ndf']:.3f}"]
-            cells += [f"{r['objects'][k]['chi2_ndf']:.2f}" for k in ("nleps", "jet_m")]
-            print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+            print(markdown_row(label, r), flush=True)
     for method, values in totals.items():
+        spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
         print(
-            f"{method} on {args.features}: total chi2/ndf {np.mean(values):.3f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.3f} over seeds {args.seeds}"
+            f"{method} on {args.features}: total chi2/ndf {np.mean(values):.3f} +- {spread:.3f} over seeds {args.seeds}"
         )
     if args.json:
         with open(args.json, "w") as f:
