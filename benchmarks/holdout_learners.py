@@ -3,7 +3,7 @@
 hep_ml's GBReweighter, a small dense classifier of this script's own, a linear logistic regression and a
 two-stage reweighter (the regression, then the network on what it leaves), all trained on the same
 variables of the same training files (every event), every one but the regression repeated over
-``--seeds``, scored on the held-out files.  The spread over seeds is what one training of either can be
+``--seeds``, scored on the held-out files.  The spread over seeds is what one training of any of them can be
 trusted to: compare methods by their means, not by one run each.
 
 The network: ``log1p`` of the momenta and masses, standardised; two hidden layers of 128 (GELU, dropout
@@ -81,9 +81,12 @@ def network(a, b, seed: int, features: list[str], offset: np.ndarray | None = No
     z = (x - mean) / std
     trained.fit(z if offset is None else [z, offset[:, None].astype(np.float32)], y, sample_weight=w,
                 batch_size=batch, epochs=epochs, shuffle=True, verbose=0)  # fmt: skip
-    return lambda sample: model.predict((columns(sample, features) - mean) / std, batch_size=65536, verbose=0)[
-        :, 0
-    ].astype(np.float64)
+
+    def logit(sample) -> np.ndarray:
+        z = (columns(sample, features) - mean) / std
+        return model.predict(z, batch_size=65536, verbose=0)[:, 0].astype(np.float64)
+
+    return logit
 
 
 def nn_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
@@ -133,9 +136,8 @@ def two_stage_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarr
 
 
 def select(sample, keep: np.ndarray) -> dict[str, np.ndarray]:
-    """The events ``keep`` of a ``read`` sample (its per-event arrays only)."""
-    n = len(keep)
-    return {k: v[keep] for k, v in sample.items() if not k.startswith("_") and len(v) == n}
+    """The events ``keep`` of a ``read`` sample: its per-event arrays (``read`` names the per-object ones ``_*``)."""
+    return {k: v[keep] for k, v in sample.items() if not k.startswith("_")}
 
 
 LEARNERS = {
