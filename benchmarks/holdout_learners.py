@@ -96,7 +96,7 @@ def nn_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
 
 def logistic(a, b, features: list[str]):
     """A cross-validated L2 logistic regression of ``a`` against ``b``: a function of a sample that gives its logit."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.preprocessing import StandardScaler
 
     def design(sample) -> np.ndarray:
@@ -108,9 +108,9 @@ def logistic(a, b, features: list[str]):
     scaler = StandardScaler().fit(x)
     z = scaler.transform(x)
     strengths = np.logspace(-6, 0, 13)
-    cv = LogisticRegressionCV(Cs=strengths, cv=5, scoring="neg_log_loss", max_iter=3000).fit(z, y, sample_weight=w)
-    model = LogisticRegression(C=float(cv.C_[0]), max_iter=3000).fit(z, y, sample_weight=w)
-    print(f"logistic regression: C = {cv.C_[0]:.1e} by 5-fold cross-validation on the training events", flush=True)
+    # refit=True (the default) fits the chosen strength on every training event: the model itself.
+    model = LogisticRegressionCV(Cs=strengths, cv=5, scoring="neg_log_loss", max_iter=3000).fit(z, y, sample_weight=w)
+    print(f"logistic regression: C = {model.C_[0]:.1e} by 5-fold cross-validation on the training events", flush=True)
     return lambda sample: model.decision_function(scaler.transform(design(sample)))
 
 
