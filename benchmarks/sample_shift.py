@@ -36,17 +36,30 @@ def shift(a, b, edges: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+def effective_events(sample) -> float:
+    """Kish's effective number of events, (sum w)^2 / sum w^2: the event count for unit weights."""
+    w = sample["weight"]
+    return float(w.sum() ** 2 / (w * w).sum())
+
+
 def per_100k(row: dict[str, float], a, b) -> dict[str, float]:
     """The excess of chi2/ndf over 1 scaled to 100k + 100k events: a true difference makes it grow with
     the effective sample size 1 / (1/n_a + 1/n_b), so samples of other sizes compare on this scale."""
-    na, nb = len(a["weight"]), len(b["weight"])
+    na, nb = effective_events(a), effective_events(b)
     scale = 5e4 * (na + nb) / (na * nb)
     return {name: (value - 1) * scale for name, value in row.items()}
 
 
 def same_distribution_auc(x: dict, y: dict, seed: int = 0) -> tuple[float, float]:
     """Out-of-fold AUC of a classifier separating ``x`` from ``y`` on the 16 variables, and the
-    AUC's standard deviation for two samples of these sizes drawn from one distribution."""
+    AUC's standard deviation for two samples of these sizes drawn from one distribution.  Both count
+    events, so samples whose generator weights differ are refused rather than compared unweighted."""
+    for sample in (x, y):
+        if np.ptp(sample["weight"]) > 0:
+            raise SystemExit(
+                "the same-distribution check counts events, and these files carry unequal generator weights: "
+                "rerun with --no-classifier"
+            )
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -76,7 +89,13 @@ def main(argv=None) -> int:
     if reference not in samples:
         raise SystemExit(f"--edges-from {reference}: no --pair has that label (labels: {', '.join(samples)})")
     edges = {name: edges_for(name, samples[reference][1][name], args.bins) for name in SHOWN}
-    result: dict[str, dict] = {"bins_from": reference, "shift": {}, "excess_per_100k": {}, "same_distribution": {}}
+    rows = {label: shift(a, b, edges) for label, (a, b) in samples.items()}
+    result: dict[str, dict] = {
+        "bins_from": reference,
+        "shift": rows,
+        "excess_per_100k": {label: per_100k(rows[label], a, b) for label, (a, b) in samples.items()},
+        "same_distribution": {},
+    }
     for key, title in (
         ("shift", f"unweighted chi2/ndf of A against B, {args.bins} bins of {reference}'s B"),
         ("excess_per_100k", "its excess over 1 scaled to 100k + 100k events"),
@@ -85,10 +104,8 @@ def main(argv=None) -> int:
         print("| pair | events A + B | " + " | ".join(SHOWN) + " |")
         print("|" + "---|" * (len(SHOWN) + 2))
         for label, (a, b) in samples.items():
-            row = shift(a, b, edges) if key == "shift" else per_100k(result["shift"][label], a, b)
-            result[key][label] = row
             size = f"{len(a['weight'])} + {len(b['weight'])}"
-            print(f"| {label} | {size} | " + " | ".join(f"{row[v]:.2f}" for v in SHOWN) + " |", flush=True)
+            print(f"| {label} | {size} | " + " | ".join(f"{result[key][label][v]:.2f}" for v in SHOWN) + " |")
     if not args.no_classifier:
         first, (a0, b0) = next(iter(samples.items()))
         for label, (a, b) in list(samples.items())[1:]:
