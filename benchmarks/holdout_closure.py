@@ -13,7 +13,12 @@ ndf = bins - 1 per variable, and its p-value.  Rows:
   variables of those files (the field's standard reweighter, the baseline); with
   ``--baseline-features more`` on eight more besides (lepton multiplicity, second jet's pT, the two
   leading jets' masses and pseudorapidities, the leading lepton's pseudorapidity, the second lepton's
-  pT), about as much as the network's high-level inputs tell it.
+  pT), about as much as the network's high-level inputs tell it;
+- with ``--marginals TRAINING_PREDICTIONS`` (the same model applied to the training files with
+  ``--mode evaluate``, which writes every event's weight), each ``--predictions`` row again with its
+  marginal on the baseline's variables replaced by the baseline's: its weights divided by their mean
+  given those variables (a gradient-boosted regression on the training primary's events) and multiplied
+  by the GBReweighter's.  What is left of the network is what those variables do not show.
 
     python benchmarks/holdout_closure.py --primary hold_A*.root --secondary hold_B*.root \
         --predictions applied/predictions.h5 --train-primary ttbar_A_large.root --train-secondary ttbar_B_large.root
@@ -173,6 +178,20 @@ def gb_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
     return normalised(w / primary["weight"], primary)
 
 
+def conditional_mean(weights: np.ndarray, train, primary, features: list[str]) -> np.ndarray:
+    """E[weight | features] at the ``primary`` events, regressed on the ``train`` events' ``weights``."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    def x(sample) -> np.ndarray:
+        return np.column_stack([sample[v] for v in features])
+
+    regression = HistGradientBoostingRegressor(
+        max_iter=500, early_stopping=True, validation_fraction=0.2, n_iter_no_change=20, random_state=0
+    ).fit(x(train), weights, sample_weight=train["weight"])
+    # A regressed mean of positive weights can dip below 0 where events are few; the floor keeps it a divisor.
+    return np.clip(regression.predict(x(primary)), 0.05, None)
+
+
 def normalised(weights: np.ndarray, primary) -> np.ndarray:
     """Per-event factors scaled so the reweighted primary keeps its sum of weights; refuses non-finite ones."""
     weights = weights * primary["weight"].sum() / (primary["weight"] * weights).sum()
@@ -203,30 +222,34 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-features", choices=["eight", "more"], default="eight")
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--marginals", metavar="TRAINING_PREDICTIONS", help="the model's predictions.h5 on the training files"
+    )
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.marginals and not (args.train_primary and args.train_secondary):
+        p.error("--marginals needs --train-primary and --train-secondary (the baseline and its training files)")
 
     primary, secondary = read(args.primary), read(args.secondary)
     n = len(primary["weight"])
     rows = {"unweighted": table(primary, secondary, np.ones(n), args.bins)}
+    nn = {}
     for spec in args.predictions:
         label, _, path = spec.rpartition("=")
-        rows[label or path] = table(
-            primary, secondary, nn_weights(path, args.primary, entries(args.primary)), args.bins
-        )
+        nn[label or path] = nn_weights(path, args.primary, entries(args.primary))
+        rows[label or path] = table(primary, secondary, nn[label or path], args.bins)
     if args.train_primary and args.train_secondary:
-        rows["GBReweighter"] = table(
-            primary,
-            secondary,
-            gb_weights(
-                read(args.train_primary),
-                read(args.train_secondary),
-                primary,
-                args.seed,
-                VARIABLES + (MORE if args.baseline_features == "more" else []),
-            ),
-            args.bins,
-        )
+        features = VARIABLES + (MORE if args.baseline_features == "more" else [])
+        train_a = read(args.train_primary)
+        gb = gb_weights(train_a, read(args.train_secondary), primary, args.seed, features)
+        rows["GBReweighter"] = table(primary, secondary, gb, args.bins)
+        if args.marginals:
+            on_train = nn_weights(args.marginals, args.train_primary, entries(args.train_primary))
+            mean = conditional_mean(on_train, train_a, primary, features)
+            for label, w in nn.items():
+                rows[f"{label}, GBReweighter marginals"] = table(
+                    primary, secondary, normalised(w * gb / mean, primary), args.bins
+                )
     print("| " + " | ".join(HEAD) + " |")
     print("|" + "---|" * len(HEAD))
     for label, r in rows.items():
