@@ -163,18 +163,22 @@ def entries(paths: list[str], tree: str = "nominal") -> list[int]:
     return sizes
 
 
+def matrix(sample, features: list[str]) -> np.ndarray:
+    """The ``read`` variables ``features`` of every event, one column each."""
+    return np.column_stack([sample[v] for v in features])
+
+
 def gb_weights(a, b, primary, seed: int, features: list[str]) -> np.ndarray:
     """GBReweighter weights of the ``primary`` events, trained on the ``read`` variables of ``a`` -> ``b``."""
     from hep_ml.reweight import GBReweighter
 
-    xa = np.column_stack([a[v] for v in features])
-    xb = np.column_stack([b[v] for v in features])
+    xa, xb = matrix(a, features), matrix(b, features)
     np.random.seed(seed)  # noqa: NPY002 - hep_ml's GBReweighter draws its subsamples from the global RNG
     gb = GBReweighter(
         n_estimators=50, learning_rate=0.1, max_depth=3, min_samples_leaf=1000, gb_args={"subsample": 0.4}
     )
     gb.fit(xa, xb, original_weight=a["weight"], target_weight=b["weight"])
-    w = gb.predict_weights(np.column_stack([primary[v] for v in features]), primary["weight"])
+    w = gb.predict_weights(matrix(primary, features), primary["weight"])
     return normalised(w / primary["weight"], primary)
 
 
@@ -182,14 +186,11 @@ def conditional_mean(weights: np.ndarray, train, primary, features: list[str]) -
     """E[weight | features] at the ``primary`` events, regressed on the ``train`` events' ``weights``."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    def x(sample) -> np.ndarray:
-        return np.column_stack([sample[v] for v in features])
-
     regression = HistGradientBoostingRegressor(
         max_iter=500, early_stopping=True, validation_fraction=0.2, n_iter_no_change=20, random_state=0
-    ).fit(x(train), weights, sample_weight=train["weight"])
+    ).fit(matrix(train, features), weights, sample_weight=train["weight"])
     # A regressed mean of positive weights can dip below 0 where events are few; the floor keeps it a divisor.
-    return np.clip(regression.predict(x(primary)), 0.05, None)
+    return np.clip(regression.predict(matrix(primary, features)), 0.05, None)
 
 
 def normalised(weights: np.ndarray, primary) -> np.ndarray:

@@ -22,7 +22,7 @@ import json
 import math
 
 import numpy as np
-from holdout_closure import MORE, VARIABLES, chi2, edges_for, read  # benchmarks/ on sys.path
+from holdout_closure import MORE, VARIABLES, chi2, edges_for, matrix, read  # benchmarks/ on sys.path
 
 SHOWN = [*VARIABLES, "nleps"]
 
@@ -65,7 +65,7 @@ def same_distribution_auc(x: dict, y: dict, seed: int = 0) -> tuple[float, float
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     features = VARIABLES + MORE
-    data = np.concatenate([np.column_stack([s[f] for f in features]) for s in (x, y)])
+    data = np.concatenate([matrix(s, features) for s in (x, y)])
     labels = np.concatenate([np.zeros(len(x["weight"])), np.ones(len(y["weight"]))])
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
     score = cross_val_predict(
