@@ -30,8 +30,10 @@ which the baseline cannot see.  ``--json OUT`` writes every figure.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+from pathlib import Path
 
 import awkward as ak
 import h5py
@@ -189,8 +191,26 @@ def conditional_mean(weights: np.ndarray, train, primary, features: list[str]) -
     regression = HistGradientBoostingRegressor(
         max_iter=500, early_stopping=True, validation_fraction=0.2, n_iter_no_change=20, random_state=0
     ).fit(matrix(train, features), weights, sample_weight=train["weight"])
-    # A regressed mean of positive weights can dip below 0 where events are few; the floor keeps it a divisor.
-    return np.clip(regression.predict(matrix(primary, features)), 0.05, None)
+    mean = regression.predict(matrix(primary, features))
+    # A boosted sum of leaf values can undershoot a mean of positive weights; dividing by such a value would
+    # blow the event up, and flooring it would score weights that are not the ones described.
+    if (low := np.count_nonzero(mean < 0.05)) > 0:
+        raise SystemExit(f"--marginals: the regressed mean weight is below 0.05 at {low} events: not scored")
+    return mean
+
+
+def same_model(predictions: str, other: str) -> None:
+    """Refuses two ``payload run`` outputs whose ``model.keras`` (each evaluate job keeps a copy beside its
+    ``predictions.h5``) differ or cannot be compared: one model's weights divided by another's mean would
+    score a reweighting nobody trained."""
+    digests = []
+    for path in (predictions, other):
+        model = Path(path).parent / "model.keras"
+        if not model.is_file():
+            raise SystemExit(f"--marginals: no {model} beside {path} to tell which model wrote it")
+        digests.append(hashlib.sha256(model.read_bytes()).hexdigest())
+    if digests[0] != digests[1]:
+        raise SystemExit(f"--marginals: {predictions} and {other} come from different models (model.keras differ)")
 
 
 def normalised(weights: np.ndarray, primary) -> np.ndarray:
@@ -230,6 +250,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.marginals and not (args.train_primary and args.train_secondary):
         p.error("--marginals needs --train-primary and --train-secondary (the baseline and its training files)")
+    for spec in args.predictions if args.marginals else []:
+        same_model(spec.rpartition("=")[2], args.marginals)
 
     primary, secondary = read(args.primary), read(args.secondary)
     n = len(primary["weight"])
